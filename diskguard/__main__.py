@@ -1,0 +1,3 @@
+from diskguard.cli import main
+
+main()

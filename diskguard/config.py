@@ -1,0 +1,196 @@
+"""Configuration from environment variables, validated once at start-up.
+
+Every variable is parsed here; a bad value raises ConfigError naming the variable, the
+value and the accepted form, and start-up stops. Nothing else in diskguard reads os.environ.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import attrs
+
+from diskguard.filters import ExclusionFilter, FilterConfigError
+from diskguard.limitvalues import parse_bps, parse_iops
+from diskguard.model import IOLimits
+
+T = TypeVar("T")
+
+DEFAULT_EXCLUDE_KEYWORDS = "pause,istio-proxy,psmdb,kube-system,koordinator,apisix"
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+class ConfigError(ValueError):
+    def __init__(self, variable: str, value: str, accepted: str, problem: str = "") -> None:
+        why = f" ({problem})" if problem else ""
+        super().__init__(f"{variable}={value!r} is invalid{why}: expected {accepted}")
+        self.variable = variable
+
+
+@attrs.frozen
+class Config:
+    node_name: str
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_version: str = "auto"  # auto | v1 | v2
+    cgroup_driver: str = "auto"  # auto | cgroupfs | systemd
+    container_runtime: str = "auto"  # auto | containerd | docker | cri-o
+    container_socket_path: str = ""
+    kubelet_cgroup_root: str = "/"
+    defaults: IOLimits = attrs.field(factory=lambda: IOLimits(500, 500, 0, 0))
+    data_mounts: tuple[str, ...] = ("/data",)
+    exclusion: ExclusionFilter = attrs.field(factory=lambda: default_exclusion())
+    annotation_prefix: str = "iops-limit"
+    resync_interval: float = 60.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        low = value.strip().lower()
+        if low not in allowed:
+            raise ValueError
+        return low
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError
+    return number
+
+
+def _path_list(value: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not items or any(not p.startswith("/") for p in items):
+        raise ValueError
+    return items
+
+
+def _absolute_path(value: str) -> str:
+    if not value.strip().startswith("/"):
+        raise ValueError
+    return value.strip()
+
+
+def _prefix(value: str) -> str:
+    value = value.strip()
+    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError
+    return value
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    def get(name: str, parse: Callable[[str], T], accepted: str, default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, re.error) as exc:
+            # Parsers that know more than "wrong form" (limit values) say it.
+            raise ConfigError(name, raw, accepted, str(exc)) from None
+
+    node_name = env.get("NODE_NAME", "").strip()
+    if not node_name or len(node_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(node_name):
+        raise ConfigError(
+            "NODE_NAME", node_name, "the node's name (a DNS subdomain); it is required"
+        )
+
+    iops_form = "a non-negative whole number of IO operations/s (0 = unlimited)"
+    bps_form = "a non-negative number of bytes/s or a quantity such as 10Mi (0 = unlimited)"
+    legacy_iops = get("CONTAINER_IOPS_LIMIT", parse_iops, iops_form, 500)
+    defaults = IOLimits(
+        riops=get("CONTAINER_READ_IOPS_LIMIT", parse_iops, iops_form, legacy_iops),
+        wiops=get("CONTAINER_WRITE_IOPS_LIMIT", parse_iops, iops_form, legacy_iops),
+        rbps=get("CONTAINER_READ_BPS_LIMIT", parse_bps, bps_form, 0),
+        wbps=get("CONTAINER_WRITE_BPS_LIMIT", parse_bps, bps_form, 0),
+    )
+
+    exclusion = _exclusion(env)
+
+    return Config(
+        node_name=node_name,
+        cgroup_root=get("CGROUP_ROOT", _absolute_path, "an absolute path", "/sys/fs/cgroup"),
+        cgroup_version=get(
+            "CGROUP_VERSION",
+            _choice(("auto", "v1", "v2")),
+            "auto | v1 | v2",
+            "auto",
+        ),
+        cgroup_driver=get(
+            "CGROUP_DRIVER",
+            _choice(("auto", "cgroupfs", "systemd")),
+            "auto | cgroupfs | systemd",
+            "auto",
+        ),
+        container_runtime=get(
+            "CONTAINER_RUNTIME",
+            _choice(("auto", "containerd", "docker", "cri-o")),
+            "auto | containerd | docker | cri-o",
+            "auto",
+        ),
+        container_socket_path=get(
+            "CONTAINER_SOCKET_PATH", _absolute_path, "an absolute path to a socket", ""
+        ),
+        kubelet_cgroup_root=get(
+            "KUBELET_CGROUP_ROOT", _absolute_path, "an absolute cgroup path such as /", "/"
+        ),
+        defaults=defaults,
+        data_mounts=get(
+            "DATA_MOUNT", _path_list, "a comma-separated list of absolute paths", ("/data",)
+        ),
+        exclusion=exclusion,
+        annotation_prefix=get(
+            "SMART_LIMIT_ANNOTATION_PREFIX",
+            _prefix,
+            "an annotation prefix that is a DNS subdomain, such as iops-limit",
+            "iops-limit",
+        ),
+        resync_interval=get(
+            "RESYNC_INTERVAL", _seconds, "a positive number of seconds, such as 60", 60.0
+        ),
+        log_level=get(
+            "LOG_LEVEL",
+            _choice(("debug", "info", "warning", "error")),
+            "debug | info | warning | error",
+            "info",
+        ),
+        log_format=get("LOG_FORMAT", _choice(("text", "json")), "text | json", "text"),
+    )
+
+
+_FILTER_VARIABLES = {
+    "keywords": ("EXCLUDE_KEYWORDS", "a comma-separated list of substrings"),
+    "namespaces": ("EXCLUDE_NAMESPACES", "a comma-separated list of namespace names"),
+    "label_selector": (
+        "EXCLUDE_LABEL_SELECTOR",
+        "a Kubernetes label selector such as 'app in (db,cache),!canary'",
+    ),
+    "regex": ("EXCLUDE_REGEX", "a regular expression matched against namespace/pod/container"),
+}
+_FILTER_DEFAULTS = {
+    "EXCLUDE_KEYWORDS": DEFAULT_EXCLUDE_KEYWORDS,
+    "EXCLUDE_NAMESPACES": "kube-system",
+}
+
+
+def _exclusion(env: Mapping[str, str]) -> ExclusionFilter:
+    raw = {
+        var: env.get(var, _FILTER_DEFAULTS.get(var, "")) for var, _ in _FILTER_VARIABLES.values()
+    }
+    try:
+        return ExclusionFilter.from_strings(*raw.values())
+    except FilterConfigError as exc:
+        variable, accepted = _FILTER_VARIABLES[exc.field]
+        problem = str(exc).split(": ", 1)[1]
+        raise ConfigError(variable, raw[variable], accepted, problem) from None
+
+
+def default_exclusion() -> ExclusionFilter:
+    return _exclusion({})

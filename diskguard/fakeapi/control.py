@@ -1,0 +1,176 @@
+"""Test controls that sit beside the API: a log of received requests and injected faults.
+
+Both are thread-safe: the server's trio loop records and consults them while test code on
+other threads reads the log, waits on it and changes the fault plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class RecordedRequest:
+    """One request as the server received it (before any injected fault was applied)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    content_type: str | None
+    body: Any  # parsed JSON, the raw text if it was not JSON, or None without a body
+    time: float  # time.monotonic() at receipt
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": dict(self.query),
+            "contentType": self.content_type,
+            "body": self.body,
+            "time": self.time,
+        }
+
+
+class RequestLog:
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._entries: list[RecordedRequest] = []
+        self._cond = threading.Condition()
+
+    def record(self, entry: RecordedRequest) -> None:
+        with self._cond:
+            self._entries.append(entry)
+            if len(self._entries) > self._limit:
+                del self._entries[: len(self._entries) - self._limit]
+            self._cond.notify_all()
+
+    def entries(self) -> list[RecordedRequest]:
+        with self._cond:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._entries.clear()
+
+    def wait_for(self, match: Callable[[RecordedRequest], bool], timeout: float) -> RecordedRequest:
+        """The first logged request that satisfies `match`, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for entry in self._entries:
+                    if match(entry):
+                        return entry
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no matching request within {timeout} s")
+                self._cond.wait(remaining)
+
+
+def _upper_or_none(method: str | None) -> str | None:
+    return method.upper() if method else None
+
+
+@attrs.frozen
+class Fault:
+    """What to do to matching requests.
+
+    `delay` seconds pass first; then `hang` holds the request until the faults are cleared
+    (or the server stops); then `status`, if set, is answered as an error `Status` instead of
+    serving the request. `count` is how many requests it hits (None: until cleared).
+    """
+
+    method: str | None = attrs.field(default=None, converter=_upper_or_none)
+    path_regex: str = attrs.field(default="")
+    status: int | None = None
+    delay: float = 0.0
+    count: int | None = None
+    hang: bool = False
+
+    @path_regex.validator
+    def _check_regex(self, _: Any, value: str) -> None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"path_regex {value!r} is not a valid regex: {exc}") from exc
+
+    def __attrs_post_init__(self) -> None:
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError(f"fault status must be an HTTP error code, got {self.status}")
+        if self.delay < 0:
+            raise ValueError(f"fault delay must be >= 0, got {self.delay}")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"fault count must be >= 1 or None, got {self.count}")
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and bool(
+            re.search(self.path_regex, path)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise ValueError("a fault must be a JSON object")
+        fields = {"method", "path_regex", "status", "delay", "count", "hang"}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown fault fields {sorted(unknown)}; known: {sorted(fields)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class FaultPlan:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[list[Any]] = []  # [fault, remaining count or None]
+        self._clear_listeners: list[Callable[[], None]] = []
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append([fault, fault.count])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            listeners = list(self._clear_listeners)
+        for listener in listeners:
+            listener()
+
+    @contextlib.contextmanager
+    def on_clear(self, listener: Callable[[], None]) -> Iterator[None]:
+        """Call `listener` (from whichever thread clears) if the faults are cleared meanwhile."""
+        with self._lock:
+            self._clear_listeners.append(listener)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._clear_listeners.remove(listener)
+
+    def active(self) -> list[Fault]:
+        with self._lock:
+            return [f for f, _ in self._faults]
+
+    def take(self, method: str, path: str) -> Fault | None:
+        """The first fault matching this request, consuming one of its count."""
+        with self._lock:
+            for entry in self._faults:
+                fault, remaining = entry
+                if fault.matches(method, path):
+                    if remaining is not None:
+                        entry[1] = remaining - 1
+                        if entry[1] <= 0:
+                            self._faults.remove(entry)
+                    return fault  # type: ignore[no-any-return]
+            return None

@@ -1,0 +1,114 @@
+"""Kubernetes Events about pods: queued without blocking, posted with rate limit and retry.
+
+The apply path must never wait on the API server, so Events go through a bounded queue; a
+full queue drops the Event with a log line rather than stalling enforcement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from typing import Any
+
+import attrs
+import trio
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+
+
+@attrs.frozen
+class EventRequest:
+    kind: str  # Pod | Namespace
+    namespace: str  # "" for cluster-scoped objects
+    name: str
+    uid: str
+    reason: str
+    message: str
+    type: str = "Normal"  # Normal | Warning
+
+
+def event_body(req: EventRequest, node_name: str, now: dt.datetime) -> dict[str, Any]:
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    namespace = req.namespace or "default"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{req.name}.{secrets.token_hex(8)}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": req.kind,
+            "namespace": req.namespace or None,
+            "name": req.name,
+            "uid": req.uid,
+        },
+        "reason": req.reason,
+        "message": req.message[:1024],
+        "type": req.type,
+        "source": {"component": "diskguard", "host": node_name},
+        "reportingComponent": "diskguard",
+        "reportingInstance": node_name,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+class EventSink:
+    """Producer side: `emit` never blocks."""
+
+    def __init__(self, send: trio.MemorySendChannel[EventRequest]) -> None:
+        self._send = send
+        self.dropped = 0
+
+    def emit(self, req: EventRequest) -> None:
+        log_fn = log.warning if req.type == "Warning" else log.info
+        log_fn("event %s %s/%s: %s", req.reason, req.namespace, req.name, req.message)
+        try:
+            self._send.send_nowait(req)
+        except trio.WouldBlock:
+            self.dropped += 1
+            log.warning("event queue full, dropped %s for %s/%s", req.reason, req.namespace,
+                        req.name)
+
+
+async def post_events(
+    receive: trio.MemoryReceiveChannel[EventRequest],
+    api: CoreV1Api,
+    node_name: str,
+    *,
+    rate: float = 10.0,
+    attempts: int = 5,
+) -> None:
+    """Post queued Events at most `rate` per second, retrying transient failures."""
+    interval = 1.0 / rate
+    async for req in receive:
+        body = event_body(req, node_name, dt.datetime.now(dt.UTC))
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                await trio.to_thread.run_sync(
+                    lambda b=body: api.create_namespaced_event(  # type: ignore[misc]
+                        b["metadata"]["namespace"], b, _request_timeout=(5, 10)
+                    )
+                )
+                break
+            except ApiException as exc:
+                # 4xx other than throttling will not get better by retrying.
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                    log.warning("event %s rejected: HTTP %s", req.reason, exc.status)
+                    break
+                err: str = f"HTTP {exc.status}"
+            except Exception as exc:  # connection errors of many types
+                err = type(exc).__name__
+            if attempt == attempts:
+                log.warning("event %s for %s/%s not posted after %d attempts (%s)",
+                            req.reason, req.namespace, req.name, attempts, err)
+            else:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        await trio.sleep(interval)

@@ -1,0 +1,167 @@
+"""Value types shared by every floor of diskguard.
+
+Everything here is immutable and free of I/O: adapters parse outside input into these
+values once, and the rest of the code only ever sees them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+# What the kernel accepts. blk-throttle keeps IOPS limits as `unsigned int` and BPS limits
+# as u64 where U64_MAX means "no limit"; anything beyond is refused or silently clamped,
+# so we refuse it ourselves and say why.
+MAX_IOPS = 2**32 - 1
+MAX_BPS = 2**63 - 1
+
+
+class CgroupVersion(enum.Enum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+class CgroupDriver(enum.Enum):
+    CGROUPFS = "cgroupfs"
+    SYSTEMD = "systemd"
+
+
+class Runtime(enum.Enum):
+    CONTAINERD = "containerd"
+    DOCKER = "docker"
+    CRIO = "cri-o"
+
+
+class QoSClass(enum.Enum):
+    GUARANTEED = "Guaranteed"
+    BURSTABLE = "Burstable"
+    BESTEFFORT = "BestEffort"
+
+
+@attrs.frozen(order=True)
+class Device:
+    """A whole block device, the unit the kernel's IO throttling is keyed by."""
+
+    major: int
+    minor: int
+    name: str = attrs.field(default="", eq=False, order=False)
+
+    def __str__(self) -> str:
+        return f"{self.major}:{self.minor}"
+
+
+LIMIT_FIELDS = ("riops", "wiops", "rbps", "wbps")
+
+
+@attrs.frozen
+class IOLimits:
+    """IO limits for one cgroup on one device. 0 means unlimited in that direction."""
+
+    riops: int = 0
+    wiops: int = 0
+    rbps: int = 0
+    wbps: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in LIMIT_FIELDS}
+
+    def is_unlimited(self) -> bool:
+        return not any(getattr(self, f) for f in LIMIT_FIELDS)
+
+    def stricter(self, other: IOLimits) -> IOLimits:
+        """Per field, the stricter of two limits (0 = unlimited never wins over a number)."""
+
+        def pick(a: int, b: int) -> int:
+            if a == 0:
+                return b
+            if b == 0:
+                return a
+            return min(a, b)
+
+        return IOLimits(*(pick(getattr(self, f), getattr(other, f)) for f in LIMIT_FIELDS))
+
+
+UNLIMITED = IOLimits()
+
+
+@attrs.frozen
+class ContainerInfo:
+    """A regular container of a pod as the API server reports it."""
+
+    name: str
+    image: str
+    # Validated lowercase hex; None while the runtime has not started it yet.
+    container_id: str | None = None
+    runtime: Runtime | None = None
+    # Only a running container has a cgroup worth limiting; a terminated one's is gone.
+    running: bool = False
+
+
+@attrs.frozen
+class PodInfo:
+    """The parts of a Pod diskguard acts on, parsed and validated at the API edge."""
+
+    uid: str
+    namespace: str
+    name: str
+    node_name: str
+    qos: QoSClass
+    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    annotations: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    containers: tuple[ContainerInfo, ...] = ()
+    resource_version: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@attrs.frozen
+class ContainerKey:
+    """Identifies a container slot across restarts (the container ID changes, this does not)."""
+
+    pod_uid: str
+    container: str
+
+
+@attrs.frozen
+class ContainerRef:
+    """One running container instance, enough to find its cgroup."""
+
+    namespace: str
+    pod: str
+    pod_uid: str
+    container: str
+    container_id: str
+    runtime: Runtime
+    qos: QoSClass
+
+    @property
+    def key(self) -> ContainerKey:
+        return ContainerKey(self.pod_uid, self.container)
+
+    @property
+    def display(self) -> str:
+        return f"{self.namespace}/{self.pod}/{self.container}"
+
+
+@attrs.frozen
+class Counters:
+    """Cumulative IO counters of one cgroup on one device (monotonic until a reset)."""
+
+    rios: int = 0
+    wios: int = 0
+    rbytes: int = 0
+    wbytes: int = 0
+
+
+@attrs.frozen
+class Rates:
+    """IO rates of one cgroup on one device over one sampling interval (per second)."""
+
+    riops: float = 0.0
+    wiops: float = 0.0
+    rbps: float = 0.0
+    wbps: float = 0.0

@@ -1,0 +1,223 @@
+"""Reading and writing a cgroup's IO limits: v1 blk-throttle files and v2 io.max.
+
+Both versions sit behind one LimitBackend so the applier never branches on the version.
+What the kernel reads back is the truth; writes touch only the fields that differ, so a
+reconcile loop that finds nothing to change writes nothing. Every failure becomes a
+typed LimitError whose message says what was written where.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from diskguard.model import (
+    LIMIT_FIELDS,
+    MAX_BPS,
+    MAX_IOPS,
+    CgroupVersion,
+    Device,
+    IOLimits,
+)
+
+DeviceKey = tuple[int, int]
+
+
+class LimitError(Exception):
+    """Reading or writing a cgroup's IO limits failed."""
+
+
+class CgroupGoneError(LimitError):
+    """The cgroup directory no longer exists (the container went away)."""
+
+
+class DeviceRejectedError(LimitError):
+    """The kernel refused the device: gone, or not a whole disk (a partition)."""
+
+
+class LimitRejectedError(LimitError):
+    """The kernel (or our range check) refused a value or the line's format."""
+
+
+class ControllerMissingError(LimitError):
+    """The cgroup exists but has no IO-limit file: the controller is not enabled for it."""
+
+
+class LimitBackend(Protocol):
+    version: CgroupVersion
+
+    def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
+        """Per device, the limits the kernel holds; devices without a rule are absent."""
+        ...
+
+    def write(
+        self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
+    ) -> None:
+        """Make the kernel hold `want` for `device`, writing only fields that differ
+        from `have` (read from the kernel when None)."""
+        ...
+
+
+def check_limits(limits: IOLimits) -> None:
+    """Refuse values the kernel would reject or silently clamp."""
+    for field, value in limits.as_dict().items():
+        top = MAX_IOPS if field.endswith("iops") else MAX_BPS
+        if not 0 <= value <= top:
+            raise LimitRejectedError(f"{field}={value} is outside 0..{top}")
+
+
+def _dir_gone(cgroup_dir: Path) -> bool:
+    return not cgroup_dir.is_dir()
+
+
+def read_knob(cgroup_dir: Path, knob: str) -> str:
+    """Read one cgroup file, mapping a vanished cgroup to CgroupGoneError."""
+    path = cgroup_dir / knob
+    try:
+        return path.read_text()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV) and _dir_gone(cgroup_dir):
+            raise CgroupGoneError(f"reading {path}: cgroup {cgroup_dir} is gone") from exc
+        if exc.errno == errno.ENOENT:
+            raise ControllerMissingError(_missing_message(cgroup_dir, knob)) from exc
+        raise LimitError(f"reading {path}: {exc.strerror}") from exc
+
+
+def _missing_message(cgroup_dir: Path, knob: str) -> str:
+    return (
+        f"{cgroup_dir} has no {knob}: the IO controller is not enabled for this cgroup "
+        "(on v2 the parent's cgroup.subtree_control must contain io)"
+    )
+
+
+def write_knob(cgroup_dir: Path, knob: str, line: str) -> None:
+    """Write one line to a cgroup file in a single write(2), errors typed by errno."""
+    path = cgroup_dir / knob
+    where = f"writing {line!r} to {path}"
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV) and _dir_gone(cgroup_dir):
+            raise CgroupGoneError(f"{where}: cgroup {cgroup_dir} is gone") from exc
+        if exc.errno == errno.ENOENT:
+            raise ControllerMissingError(f"{where}: {_missing_message(cgroup_dir, knob)}") from exc
+        raise LimitError(f"{where}: {exc.strerror}") from exc
+    try:
+        os.write(fd, line.encode())
+    except OSError as exc:
+        # A file opened before its cgroup was removed fails with ENODEV; so does a bad
+        # device. Only the directory's existence tells the two apart.
+        if exc.errno in (errno.ENOENT, errno.ENODEV) and _dir_gone(cgroup_dir):
+            raise CgroupGoneError(f"{where}: cgroup {cgroup_dir} is gone") from exc
+        if exc.errno == errno.ENODEV:
+            raise DeviceRejectedError(
+                f"{where}: no such device (gone, or a partition rather than a whole disk)"
+            ) from exc
+        if exc.errno in (errno.EINVAL, errno.ERANGE):
+            raise LimitRejectedError(f"{where}: {exc.strerror}") from exc
+        raise LimitError(f"{where}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _parse_devkey(text: str, where: str) -> DeviceKey:
+    try:
+        major, minor = text.split(":")
+        return int(major), int(minor)
+    except ValueError as exc:
+        raise LimitError(f"unexpected device {text!r} in {where}") from exc
+
+
+def _changed(want: IOLimits, have: IOLimits) -> Iterable[tuple[str, int]]:
+    for field in LIMIT_FIELDS:
+        value = getattr(want, field)
+        if value != getattr(have, field):
+            yield field, value
+
+
+class V1Backend:
+    """cgroup v1 blk-throttle: one file per field, lines "MAJ:MIN value", 0 clears."""
+
+    version = CgroupVersion.V1
+
+    KNOBS: Mapping[str, str] = {
+        "riops": "blkio.throttle.read_iops_device",
+        "wiops": "blkio.throttle.write_iops_device",
+        "rbps": "blkio.throttle.read_bps_device",
+        "wbps": "blkio.throttle.write_bps_device",
+    }
+
+    def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
+        fields: dict[DeviceKey, dict[str, int]] = {}
+        for field, knob in self.KNOBS.items():
+            for line in read_knob(cgroup_dir, knob).splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    dev, value = line.split()
+                    number = int(value)
+                except ValueError as exc:
+                    raise LimitError(f"unexpected line {line!r} in {cgroup_dir / knob}") from exc
+                key = _parse_devkey(dev, str(cgroup_dir / knob))
+                fields.setdefault(key, {})[field] = number
+        return {key: IOLimits(**values) for key, values in fields.items()}
+
+    def write(
+        self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
+    ) -> None:
+        check_limits(want)
+        if have is None:
+            have = self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+        for field, value in _changed(want, have):
+            write_knob(cgroup_dir, self.KNOBS[field], f"{device} {value}")
+
+
+class V2Backend:
+    """cgroup v2 io.max: "MAJ:MIN riops=N wiops=N rbps=N wbps=N", "key=max" clears.
+
+    "key=0" is refused with ERANGE and a bare "max" with EINVAL, so 0 (unlimited in our
+    model) is always spelled "max".
+    """
+
+    version = CgroupVersion.V2
+
+    KNOB = "io.max"
+
+    def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
+        result: dict[DeviceKey, IOLimits] = {}
+        where = str(cgroup_dir / self.KNOB)
+        for line in read_knob(cgroup_dir, self.KNOB).splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            values: dict[str, int] = {}
+            for item in parts[1:]:
+                key, sep, value = item.partition("=")
+                # Newer kernels may add keys; only the four limits are ours to read.
+                if not sep or key not in LIMIT_FIELDS:
+                    continue
+                try:
+                    values[key] = 0 if value == "max" else int(value)
+                except ValueError as exc:
+                    raise LimitError(f"unexpected value {item!r} in {where}") from exc
+            result[_parse_devkey(parts[0], where)] = IOLimits(**values)
+        return result
+
+    def write(
+        self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
+    ) -> None:
+        check_limits(want)
+        if have is None:
+            have = self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+        items = [f"{field}={value or 'max'}" for field, value in _changed(want, have)]
+        if items:
+            write_knob(cgroup_dir, self.KNOB, f"{device} {' '.join(items)}")
+
+
+def backend_for(version: CgroupVersion) -> LimitBackend:
+    if version is CgroupVersion.V1:
+        return V1Backend()
+    return V2Backend()

@@ -1,0 +1,65 @@
+"""Pure planning: from the pods on this node to what each container's cgroup should hold.
+
+No I/O here. The reconciler feeds it pods, remembered key values and the exclusion filter;
+the applier takes the resulting ContainerPlans to the kernel.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from diskguard.annotations import AnnotationLimits, parse_limit_annotations
+from diskguard.filters import ExclusionFilter
+from diskguard.model import ContainerRef, IOLimits, PodInfo, Runtime
+from diskguard.policy import KeyMemory, Resolution, resolve_limits
+
+
+@attrs.frozen
+class ContainerPlan:
+    ref: ContainerRef
+    # None: the container is excluded, so any limit on the data devices is cleared.
+    resolution: Resolution | None
+    excluded_because: str = ""
+
+
+@attrs.frozen
+class PodPlan:
+    pod: PodInfo
+    parsed: AnnotationLimits
+    resolution: Resolution
+    containers: tuple[ContainerPlan, ...]
+
+
+def plan_pod(
+    pod: PodInfo,
+    *,
+    prefix: str,
+    defaults: IOLimits,
+    exclusion: ExclusionFilter,
+    previous: KeyMemory | None,
+) -> PodPlan:
+    parsed = parse_limit_annotations(pod.annotations, prefix)
+    resolution = resolve_limits(parsed, prefix, defaults, previous)
+    plans = []
+    for container in pod.containers:
+        if not (container.running and container.container_id and container.runtime):
+            continue
+        ref = ContainerRef(
+            namespace=pod.namespace,
+            pod=pod.name,
+            pod_uid=pod.uid,
+            container=container.name,
+            container_id=container.container_id,
+            runtime=container.runtime,
+            qos=pod.qos,
+        )
+        reason = exclusion.container_exclusion(pod, container)
+        plans.append(
+            ContainerPlan(ref, None if reason else resolution, excluded_because=reason or "")
+        )
+    return PodPlan(pod, parsed, resolution, tuple(plans))
+
+
+def runtime_override(name: str) -> Runtime | None:
+    """CONTAINER_RUNTIME: `auto` trusts the containerID scheme; a runtime name forces it."""
+    return None if name == "auto" else Runtime(name)

@@ -1,0 +1,273 @@
+"""The cgroup-apply task: level-triggered reconcile of pods on this node against the kernel.
+
+Every pod event marks its pod dirty; a batch of dirty pods is planned (pure) and applied
+(kernel I/O in a thread). Containers whose cgroup does not exist yet are retried with a
+short backoff; a periodic resync re-reads every container so drift is repaired.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from diskguard.annotations import LIMIT_KEYS
+from diskguard.applier import Applier, ApplyResult
+from diskguard.filters import ExclusionFilter
+from diskguard.kube.events import EventRequest
+from diskguard.kube.pods import PodParseError, parse_pod
+from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.model import ContainerKey, IOLimits, PodInfo, Runtime
+from diskguard.plan import PodPlan, plan_pod
+from diskguard.policy import KeyMemory
+
+log = logging.getLogger(__name__)
+
+RETRY_INITIAL = 0.05
+RETRY_MAX = 1.0
+
+
+@attrs.frozen
+class ReconcileSettings:
+    node_name: str
+    prefix: str
+    defaults: IOLimits
+    exclusion: ExclusionFilter
+    resync_interval: float
+    forced_runtime: Runtime | None = None
+
+
+@attrs.define
+class _Retry:
+    due: float
+    delay: float
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: ReconcileSettings,
+        applier: Applier,
+        emit: Callable[[EventRequest], None],
+    ) -> None:
+        self.settings = settings
+        self._applier = applier
+        self._emit = emit
+        self.pods: dict[str, PodInfo] = {}
+        self.plans: dict[str, PodPlan] = {}
+        self.results: dict[ContainerKey, ApplyResult] = {}
+        self._memory: dict[str, KeyMemory] = {}
+        self._announced: dict[str, tuple[object, bool]] = {}
+        self._warned: dict[str, frozenset[tuple[str, str]]] = {}
+        self._errors_logged: dict[ContainerKey, str] = {}
+        self._parse_failures: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._retry: dict[str, _Retry] = {}
+        self.synced = trio.Event()  # set after the first full reconcile
+        self.reconciles = 0
+        self._relisted = False
+
+    # -- input ---------------------------------------------------------------------------
+
+    def on_watch_event(self, event: WatchEvent) -> None:
+        if isinstance(event, Relisted):
+            seen = set()
+            for obj in event.objects:
+                uid = self._upsert(obj)
+                if uid:
+                    seen.add(uid)
+            for uid in set(self.pods) - seen:
+                self._forget(uid)
+            self._dirty |= set(self.pods)
+            self._relisted = True
+        elif isinstance(event, Changed):
+            if event.kind == "DELETED":
+                uid = str((event.object.get("metadata") or {}).get("uid", ""))
+                self._forget(uid)
+            else:
+                uid = self._upsert(event.object)
+                if uid:
+                    self._dirty.add(uid)
+
+    def _upsert(self, obj: Mapping[str, Any]) -> str | None:
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        try:
+            pod = parse_pod(obj, self.settings.forced_runtime)
+        except PodParseError as exc:
+            # Keep acting on the last good version of the pod, if any; say it once.
+            if self._parse_failures.get(key) != str(exc):
+                self._parse_failures[key] = str(exc)
+                log.warning("ignoring pod update: %s", exc)
+            uid = str(meta.get("uid", ""))
+            return uid if uid in self.pods else None
+        self._parse_failures.pop(key, None)
+        if pod.node_name != self.settings.node_name:
+            self._forget(pod.uid)
+            return None
+        old = self.pods.get(pod.uid)
+        if old is not None:
+            gone = {c.container_id for c in old.containers} - {
+                c.container_id for c in pod.containers
+            }
+            self._applier.forget([cid for cid in gone if cid])
+        self.pods[pod.uid] = pod
+        return pod.uid
+
+    def _forget(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is not None:
+            self._applier.forget([c.container_id for c in pod.containers if c.container_id])
+        for table in (self.plans, self._memory, self._announced, self._warned, self._retry):
+            table.pop(uid, None)
+        self._dirty.discard(uid)
+        for key in [k for k in self.results if k.pod_uid == uid]:
+            del self.results[key]
+            self._errors_logged.pop(key, None)
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self, receive: trio.MemoryReceiveChannel[WatchEvent]) -> None:
+        next_resync = math.inf
+        while True:
+            deadline = min([next_resync, *(r.due for r in self._retry.values())])
+            with trio.move_on_at(deadline):
+                self.on_watch_event(await receive.receive())
+            while True:  # take everything already queued as one batch
+                try:
+                    self.on_watch_event(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            now = trio.current_time()
+            if now >= next_resync:
+                self._dirty |= set(self.pods)
+            relisted, self._relisted = self._relisted, False
+            if relisted or now >= next_resync:
+                next_resync = now + self.settings.resync_interval
+            for uid, retry in list(self._retry.items()):
+                if retry.due <= now:
+                    self._dirty.add(uid)
+            if self._dirty or relisted:
+                await self.reconcile(self._take_dirty())
+                if not self.synced.is_set():
+                    self.synced.set()
+                    log.info("initial reconcile done: %d pods", len(self.pods))
+
+    def _take_dirty(self) -> list[str]:
+        dirty, self._dirty = sorted(self._dirty), set()
+        return dirty
+
+    async def reconcile(self, uids: Iterable[str]) -> None:
+        s = self.settings
+        pod_plans = []
+        for uid in uids:
+            pod = self.pods.get(uid)
+            if pod is None:
+                continue
+            plan = plan_pod(
+                pod,
+                prefix=s.prefix,
+                defaults=s.defaults,
+                exclusion=s.exclusion,
+                previous=self._memory.get(uid),
+            )
+            self._memory[uid] = plan.resolution.memory
+            self.plans[uid] = plan
+            self._warn_invalid(plan)
+            pod_plans.append(plan)
+        container_plans = [c for p in pod_plans for c in p.containers]
+        results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+        self.reconciles += 1
+        by_pod: dict[str, list[ApplyResult]] = {}
+        for result in results:
+            self.results[result.ref.key] = result
+            by_pod.setdefault(result.ref.pod_uid, []).append(result)
+        now = trio.current_time()
+        for plan in pod_plans:
+            self._after_apply(plan, by_pod.get(plan.pod.uid, []), now)
+
+    def _after_apply(self, plan: PodPlan, results: list[ApplyResult], now: float) -> None:
+        uid = plan.pod.uid
+        waiting = [r for r in results if r.cgroup is None]
+        if waiting:
+            old = self._retry.get(uid)
+            delay = min(RETRY_MAX, old.delay * 2) if old else RETRY_INITIAL
+            self._retry[uid] = _Retry(now + delay, delay)
+            if old is None or (old.delay < RETRY_MAX <= delay):
+                log.info(
+                    "%s: cgroup of %s not there yet, retrying",
+                    plan.pod.key,
+                    ", ".join(r.ref.container for r in waiting),
+                )
+        else:
+            self._retry.pop(uid, None)
+        for r in results:
+            if r.error and self._errors_logged.get(r.ref.key) != r.error:
+                self._errors_logged[r.ref.key] = r.error
+                log.error("%s: applying limits failed: %s", r.ref.display, r.error)
+            elif not r.error:
+                self._errors_logged.pop(r.ref.key, None)
+            if r.wrote:
+                log.info("%s: limits set (%s): %s", r.ref.display, r.cgroup, "; ".join(r.changes))
+        if any(r.wrote for r in results):
+            self._announce(plan)
+
+    def _announce(self, plan: PodPlan) -> None:
+        """One IOLimitApplied Event per change of a pod's annotation-driven limits."""
+        uid, res = plan.pod.uid, plan.resolution
+        signature = (res.limits, res.keep)
+        previous = self._announced.get(uid)
+        self._announced[uid] = (signature, res.annotation_driven)
+        if previous is not None and previous[0] == signature:
+            return  # e.g. a container restart: same limits on a new cgroup
+        if not res.annotation_driven and not (previous and previous[1]):
+            return  # env defaults on a new pod: no Event per pod on the node
+        self._emit(_pod_event(plan.pod, "IOLimitApplied", f"IO limits in force: {res.describe()}"))
+
+    def _warn_invalid(self, plan: PodPlan) -> None:
+        """One Warning Event per distinct bad value, saying what stays in force instead."""
+        uid, res = plan.pod.uid, plan.resolution
+        bad = frozenset((b.key, b.value) for b in plan.parsed.invalid.values())
+        already = self._warned.get(uid, frozenset())
+        for suffix, b in plan.parsed.invalid.items():
+            if (b.key, b.value) in already:
+                continue
+            in_force = ", ".join(
+                f"{field} stays "
+                + (
+                    "as the kernel holds it"
+                    if field in res.keep
+                    else _show(getattr(res.limits, field))
+                )
+                + f" ({res.sources[field]})"
+                for field in LIMIT_KEYS[suffix][1]
+            )
+            self._emit(
+                _pod_event(
+                    plan.pod,
+                    "InvalidIOLimit",
+                    f"annotation {b.key}={b.value!r} ignored: {b.reason}; {in_force}",
+                    warning=True,
+                )
+            )
+        self._warned[uid] = bad
+
+
+def _show(value: int) -> str:
+    return str(value) if value else "unlimited"
+
+
+def _pod_event(pod: PodInfo, reason: str, message: str, *, warning: bool = False) -> EventRequest:
+    return EventRequest(
+        kind="Pod",
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        reason=reason,
+        message=message,
+        type="Warning" if warning else "Normal",
+    )

@@ -1,0 +1,17 @@
+"""Per-container IO measurement: eBPF (blkcg attribution) or the kernel's cgroup counters."""
+
+from diskguard.sampler.base import Logger, Sampler, SamplerUnavailable, Snapshot, Target
+from diskguard.sampler.factory import SamplerKind, open_sampler
+from diskguard.sampler.rates import RateSample, RateTracker
+
+__all__ = [
+    "Logger",
+    "RateSample",
+    "RateTracker",
+    "Sampler",
+    "SamplerKind",
+    "SamplerUnavailable",
+    "Snapshot",
+    "Target",
+    "open_sampler",
+]

@@ -1,0 +1,104 @@
+"""The sampler interface: cumulative per-container IO counters per data device."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from diskguard.model import Counters, Device
+
+
+class SamplerUnavailable(Exception):
+    """This kind of sampler cannot run here; the message says why (for logs and `doctor`)."""
+
+
+def _positive(_inst: object, _attr: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"cgroup id must be positive, got {value}")
+
+
+def _absolute(_inst: object, _attr: attrs.Attribute[Path], value: Path) -> None:
+    if not value.is_absolute() or ".." in value.parts:
+        raise ValueError(f"cgroup path must be absolute without '..', got {value}")
+
+
+@attrs.frozen
+class Target:
+    """One container cgroup to measure.
+
+    `cgroup_id` is the inode number of the cgroup directory (blkio hierarchy on cgroup v1,
+    the unified hierarchy on v2): the id the kernel's block layer charges IO to. The path
+    tells a reused id apart from its previous owner.
+    """
+
+    cgroup_id: int = attrs.field(validator=_positive)
+    path: Path = attrs.field(converter=Path, validator=_absolute)
+
+    @classmethod
+    def of(cls, path: Path) -> Target:
+        """The target for an existing cgroup directory (raises OSError if it is gone)."""
+        return cls(os.stat(path).st_ino, path)
+
+
+Snapshot = dict[Target, dict[Device, Counters]]
+
+
+class Logger(Protocol):
+    """What samplers need from a logger (a structlog BoundLogger fits)."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+class Sampler(Protocol):
+    """Reads cumulative IO counters of container cgroups on the data devices.
+
+    `read` blocks (file or BPF-map reads); call it from a worker thread. The result holds
+    every requested target that still exists, with an entry (possibly all zero) for every
+    data device; a target missing from the result no longer exists (its cgroup directory is
+    gone, or its id now belongs to another directory).
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def degraded(self) -> str | None: ...
+
+    @property
+    def devices(self) -> Sequence[Device]: ...
+
+    def read(self, targets: Sequence[Target]) -> Snapshot: ...
+
+    def close(self) -> None: ...
+
+
+def under_root(root: Path, path: Path) -> bool:
+    """Is `path` a cgroup strictly below `root` (lexically; cgroupfs has no symlinks)?"""
+    return path != root and path.is_relative_to(root)
+
+
+def alive(target: Target) -> bool:
+    """The target's directory still exists and still has the target's id."""
+    try:
+        return os.stat(target.path).st_ino == target.cgroup_id
+    except OSError:
+        return False
+
+
+def zero_counters(devices: Sequence[Device]) -> dict[Device, Counters]:
+    return dict.fromkeys(devices, Counters())
+
+
+def as_counters(values: Mapping[str, int]) -> Counters:
+    return Counters(
+        rios=values.get("rios", 0),
+        wios=values.get("wios", 0),
+        rbytes=values.get("rbytes", 0),
+        wbytes=values.get("wbytes", 0),
+    )

@@ -1,0 +1,410 @@
+"""eBPF sampler: counts IO per (cgroup the block layer charges, data device, direction).
+
+The program (bpf/diskguard_io.c) runs on the `block_rq_issue` raw tracepoint and follows
+rq->bio->bi_blkg->blkcg->css.cgroup->kn->id with offsets read from the running kernel's
+BTF, so IO that kernel threads issue on a container's behalf (loop workers, writeback,
+bios released after throttling) is still charged to the container. Without BTF it degrades
+to the classic tracepoint and the issuing task's cgroup, which misattributes that IO and
+only names unified-hierarchy (cgroup v2) cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from diskguard.model import CgroupVersion, Counters, Device
+from diskguard.sampler.base import (
+    Logger,
+    SamplerUnavailable,
+    Snapshot,
+    Target,
+    alive,
+    under_root,
+    zero_counters,
+)
+from diskguard.sampler.btf import (
+    BTF,
+    KIND_INT,
+    KIND_PTR,
+    KIND_STRUCT,
+    KIND_UNION,
+    VMLINUX_BTF,
+    BTFError,
+)
+from diskguard.sampler.headers import DEFAULT_SEARCH, HeadersError, find_kernel_headers
+from diskguard.sampler.tracefs import DEFAULT_TRACEFS, TracefsError, ensure_tracefs
+
+TRACEPOINT = "block_rq_issue"
+# REQ_OP_BITS has been 8 since the op/flags split (4.10); it is a #define, absent from BTF.
+REQ_OP_MASK = 0xFF
+_KEY = struct.Struct("<QIIII")  # struct dg_key
+_VAL = struct.Struct("<QQ")  # struct dg_val
+_DIR_READ, _DIR_WRITE = 0, 1
+
+
+def default_source() -> Path:
+    """bpf/diskguard_io.c of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[2] / "bpf" / "diskguard_io.c"
+
+
+@attrs.frozen
+class BpfOptions:
+    """Where the BPF sampler looks for its inputs; overridable for tests and `doctor`."""
+
+    btf_path: Path = VMLINUX_BTF
+    header_search: tuple[Path, ...] = DEFAULT_SEARCH
+    cache_dir: Path = Path("/var/cache/diskguard")
+    tracefs: tuple[Path, ...] = DEFAULT_TRACEFS
+    source: Path = attrs.field(factory=default_source)
+    max_entries: int = 32768
+    release: str = attrs.field(factory=lambda: os.uname().release)
+
+
+@attrs.frozen
+class Layout:
+    """Kernel-specific numbers for the blkcg program, all taken from BTF."""
+
+    defines: tuple[tuple[str, int | str], ...]
+
+    def cflags(self) -> list[str]:
+        return [f"-D{name}={value}" for name, value in self.defines]
+
+    def get(self, name: str) -> int | str:
+        return dict(self.defines)[name]
+
+
+def _pointer(btf: BTF, struct_name: str, path: str) -> int:
+    m = btf.member(struct_name, path)
+    if m.kind != KIND_PTR:
+        raise BTFError(f"struct {struct_name}.{path} is not a pointer")
+    return m.offset
+
+
+def _integer(btf: BTF, struct_name: str, path: str, sizes: tuple[int, ...] = (4,)) -> int:
+    m = btf.member(struct_name, path)
+    if m.kind != KIND_INT or m.size not in sizes:
+        raise BTFError(f"struct {struct_name}.{path} is not a {sizes}-byte integer")
+    return m.offset
+
+
+def blkcg_layout(btf: BTF) -> Layout:
+    """Offsets and constants for DG_MODE_BLKCG; raises BTFError naming what is missing."""
+    args = btf.raw_tracepoint_args(TRACEPOINT)
+    if "struct request *" not in args:
+        raise BTFError(f"{TRACEPOINT} has no struct request * argument: {args}")
+    d: dict[str, int | str] = {"DG_ARG_RQ": args.index("struct request *")}
+    d["DG_OFF_RQ_BIO"] = _pointer(btf, "request", "bio")
+    d["DG_OFF_BIO_BLKG"] = _pointer(btf, "bio", "bi_blkg")
+    d["DG_OFF_BLKG_BLKCG"] = _pointer(btf, "blkcg_gq", "blkcg")
+    d["DG_OFF_BLKCG_CGROUP"] = _pointer(btf, "blkcg", "css.cgroup")
+    d["DG_OFF_CGROUP_KN"] = _pointer(btf, "cgroup", "kn")
+    kn_id = btf.member("kernfs_node", "id")
+    if kn_id.kind in (KIND_STRUCT, KIND_UNION):
+        # Before 5.5 the id was `union kernfs_node_id { struct { u32 ino, generation; }; u64 }`.
+        kn_id = btf.member("kernfs_node", "id.ino")
+    if kn_id.kind != KIND_INT or kn_id.size not in (4, 8):
+        raise BTFError("struct kernfs_node.id is not an integer")
+    d["DG_OFF_KN_ID"] = kn_id.offset
+    d["DG_KN_ID_SIZE"] = kn_id.size
+    # Little-endian: reading the low 4 bytes of an 8-byte field is fine for the op bits.
+    d["DG_OFF_RQ_CMD_FLAGS"] = _integer(btf, "request", "cmd_flags", (4, 8))
+    d["DG_OFF_RQ_DATA_LEN"] = _integer(btf, "request", "__data_len")
+    if btf.has_member("request", "q") and btf.has_member("request_queue", "disk"):
+        d["DG_OFF_RQ_Q"] = _pointer(btf, "request", "q")
+        d["DG_OFF_Q_DISK"] = _pointer(btf, "request_queue", "disk")
+    else:  # before 5.17 the request pointed at its disk directly
+        d["DG_OFF_RQ_DISK"] = _pointer(btf, "request", "rq_disk")
+    d["DG_OFF_DISK_MAJOR"] = _integer(btf, "gendisk", "major")
+    d["DG_OFF_DISK_FIRST_MINOR"] = _integer(btf, "gendisk", "first_minor")
+    for enum in ("req_op", "req_opf"):
+        if btf.has_enumerator(enum, "REQ_OP_WRITE"):
+            d["DG_REQ_OP_READ"] = btf.enum_value(enum, "REQ_OP_READ")
+            d["DG_REQ_OP_WRITE"] = btf.enum_value(enum, "REQ_OP_WRITE")
+            break
+    else:
+        d["DG_REQ_OP_READ"], d["DG_REQ_OP_WRITE"] = 0, 1
+    d["DG_REQ_OP_MASK"] = REQ_OP_MASK
+    d["DG_PROBE_READ"] = probe_read_helper(btf)
+    return Layout(tuple(d.items()))
+
+
+def probe_read_helper(btf: BTF | None) -> str:
+    if btf is not None and btf.has_enumerator("bpf_func_id", "BPF_FUNC_probe_read_kernel"):
+        return "bpf_probe_read_kernel"
+    return "bpf_probe_read"
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what libbcc/clang print on fd 2 (compile errors, verifier logs)."""
+    out: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return " | ".join(kept)
+
+
+class BpfSampler:
+    """Reads the counters the loaded program keeps; create with `open_bpf_sampler`."""
+
+    kind = "bpf"
+
+    def __init__(
+        self,
+        bpf: Any,
+        devices: Sequence[Device],
+        root: Path,
+        log: Logger,
+        degraded: str | None,
+        info: dict[str, str],
+        max_entries: int,
+    ) -> None:
+        self._bpf: Any = bpf
+        self._devices = tuple(devices)
+        self._by_number = {(d.major, d.minor): d for d in self._devices}
+        self._root = root
+        self._log = log
+        self._outside: set[Target] = set()
+        self._degraded = degraded
+        self.info = info
+        self._max = max_entries
+        self._fd: int = bpf[b"dg_counts"].map_fd
+        self._keys = ctypes.create_string_buffer(_KEY.size * max_entries)
+        self._vals = ctypes.create_string_buffer(_VAL.size * max_entries)
+        self._batch_ok = True
+
+    @property
+    def degraded(self) -> str | None:
+        return self._degraded
+
+    @property
+    def devices(self) -> Sequence[Device]:
+        return self._devices
+
+    def _entries(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """(cgroup id, major, minor, dir, ios, bytes) for every map entry."""
+        if self._batch_ok:
+            try:
+                n = self._lookup_batch()
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
+                    raise
+                self._batch_ok = False  # kernel without BPF_MAP_LOOKUP_BATCH (< 5.6)
+            else:
+                keys = memoryview(self._keys)[: n * _KEY.size]
+                vals = memoryview(self._vals)[: n * _VAL.size]
+                for (cg, major, minor, direction, _), (ios, nbytes) in zip(
+                    _KEY.iter_unpack(keys), _VAL.iter_unpack(vals), strict=True
+                ):
+                    yield cg, major, minor, direction, ios, nbytes
+                return
+        for k, v in self._bpf[b"dg_counts"].items():
+            yield k.cgroup_id, k.major, k.minor, k.dir, v.ios, v.bytes
+
+    def _lookup_batch(self) -> int:
+        from bcc.libbcc import lib  # imported lazily: bcc is optional
+
+        token_in = ctypes.c_uint32(0)
+        token_out = ctypes.c_uint32(0)
+        count = ctypes.c_uint32(0)
+        total = 0
+        while total < self._max:
+            count.value = self._max - total
+            res = lib.bpf_lookup_batch(
+                self._fd,
+                ctypes.byref(token_in) if total else None,
+                ctypes.byref(token_out),
+                ctypes.byref(self._keys, _KEY.size * total),
+                ctypes.byref(self._vals, _VAL.size * total),
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    break  # walked the whole map
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            if count.value == 0:
+                break
+            token_in.value = token_out.value
+        return total
+
+    def _totals(self, wanted: set[int] | None) -> dict[int, dict[Device, list[int]]]:
+        if self._bpf is None:
+            raise RuntimeError("sampler is closed")
+        found: dict[int, dict[Device, list[int]]] = {}
+        for cg, major, minor, direction, ios, nbytes in self._entries():
+            if wanted is not None and cg not in wanted:
+                continue
+            dev = self._by_number.get((major, minor))
+            if dev is None:
+                continue
+            # In Counters field order: rios, wios, rbytes, wbytes.
+            acc = found.setdefault(cg, {}).setdefault(dev, [0, 0, 0, 0])
+            if direction == _DIR_READ:
+                acc[0] += ios
+                acc[2] += nbytes
+            elif direction == _DIR_WRITE:
+                acc[1] += ios
+                acc[3] += nbytes
+        return found
+
+    def totals_by_cgroup(self) -> dict[int, dict[Device, Counters]]:
+        """Counters of every cgroup id seen on the data devices, targets or not.
+
+        Id 0 collects requests the block layer charged to no cgroup. For diagnostics
+        (where does IO go?) and metrics of IO outside any container.
+        """
+        return {
+            cg: {dev: Counters(*acc) for dev, acc in devs.items()}
+            for cg, devs in self._totals(None).items()
+        }
+
+    def read(self, targets: Sequence[Target]) -> Snapshot:
+        found = self._totals({t.cgroup_id for t in targets})
+        out: Snapshot = {}
+        for target in targets:
+            if not under_root(self._root, target.path):
+                if target not in self._outside:
+                    self._outside.add(target)
+                    self._log.warning(
+                        "sampler.target_outside_hierarchy",
+                        cgroup=str(target.path),
+                        root=str(self._root),
+                    )
+                continue
+            if not alive(target):
+                continue
+            counters = zero_counters(self._devices)
+            for dev, acc in found.get(target.cgroup_id, {}).items():
+                counters[dev] = Counters(*acc)
+            out[target] = counters
+        return out
+
+    def close(self) -> None:
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()  # detaches the tracepoint, closes program and map fds
+
+
+def _set_devices(bpf: Any, devices: Sequence[Device]) -> None:
+    table = bpf[b"dg_devices"]
+    for dev in devices:
+        table[table.Key(dev.major, dev.minor)] = ctypes.c_uint8(1)
+
+
+def open_bpf_sampler(
+    devices: Sequence[Device],
+    cgroup_root: Path,
+    version: CgroupVersion,
+    log: Logger,
+    options: BpfOptions | None = None,
+) -> BpfSampler:
+    """Compile, load and attach the program; raises SamplerUnavailable with the reason."""
+    opts = options or BpfOptions()
+    if not devices:
+        raise SamplerUnavailable("no data devices to measure")
+    if os.geteuid() != 0:
+        raise SamplerUnavailable("not root: loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN")
+    try:
+        import bcc
+    except ImportError as e:
+        raise SamplerUnavailable(f"BCC missing (python3-bpfcc not importable: {e})") from e
+    try:
+        source = opts.source.read_text()
+    except OSError as e:
+        raise SamplerUnavailable(f"BPF program source unreadable: {e}") from e
+    try:
+        headers = find_kernel_headers(opts.release, opts.cache_dir, opts.header_search)
+    except HeadersError as e:
+        raise SamplerUnavailable(str(e)) from e
+
+    degraded: str | None = None
+    btf: BTF | None = None
+    try:
+        btf = BTF.from_file(opts.btf_path)
+        cflags = blkcg_layout(btf).cflags()
+        attach = f"raw tracepoint {TRACEPOINT}"
+    except BTFError as e:
+        degraded = (
+            f"no usable BTF ({e}): counting by the issuing task's cgroup, which misattributes "
+            "IO issued by kernel threads (loop workers, writeback)"
+        )
+        if version is CgroupVersion.V1:
+            raise SamplerUnavailable(
+                f"no usable BTF ({e}), and the task-cgroup fallback cannot name "
+                "cgroup v1 blkio cgroups"
+            ) from e
+        try:
+            ensure_tracefs(opts.tracefs)
+        except TracefsError as te:
+            raise SamplerUnavailable(f"no usable BTF ({e}) and {te}") from te
+        cflags = ["-DDG_MODE_TASK=1", f"-DDG_PROBE_READ={probe_read_helper(btf)}"]
+        attach = f"tracepoint block:{TRACEPOINT}"
+    cflags.append(f"-DDG_MAX_ENTRIES={opts.max_entries}")
+
+    started = time.monotonic()
+    try:
+        with _env("BCC_KERNEL_SOURCE", str(headers.path)), _captured_stderr() as err:
+            bpf = bcc.BPF(text=source.encode(), cflags=cflags)
+    except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+        detail = _tail(err[0]) if err else ""
+        raise SamplerUnavailable(
+            f"BPF compile/load failed with headers {headers.describe()}: {e}"
+            + (f": {detail}" if detail else "")
+        ) from e
+    compile_s = time.monotonic() - started
+    try:
+        _set_devices(bpf, devices)
+    except Exception as e:
+        bpf.cleanup()
+        raise SamplerUnavailable(f"cannot configure BPF device filter: {e}") from e
+
+    info = {
+        "headers": headers.describe(),
+        "headers_path": str(headers.path),
+        "attach": attach,
+        "compile_seconds": f"{compile_s:.2f}",
+        "btf": str(opts.btf_path) if btf is not None else "unavailable",
+    }
+    if degraded:
+        log.warning("sampler.bpf.degraded", reason=degraded)
+    log.info("sampler.bpf.loaded", **info)
+    return BpfSampler(bpf, devices, cgroup_root, log, degraded, info, opts.max_entries)

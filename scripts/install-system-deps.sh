@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System packages diskguard needs, shared by .ci/run, the demo and the Dockerfile.
+# Usage: scripts/install-system-deps.sh [runtime|dev]
+#   runtime: what the agent needs on a node (BCC, tools it reads with).
+#   dev:     runtime + what the test lanes need (fio, loop devices, qemu lane).
+set -euo pipefail
+kind="${1:-dev}"
+export DEBIAN_FRONTEND=noninteractive
+
+runtime_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool util-linux e2fsprogs)
+dev_pkgs=(fio linux-headers-amd64 qemu-system-x86 busybox-static kmod cpio zstd procps)
+
+pkgs=("${runtime_pkgs[@]}")
+if [ "$kind" = dev ]; then pkgs+=("${dev_pkgs[@]}"); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

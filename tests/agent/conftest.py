@@ -1,0 +1,232 @@
+"""Whole-agent fixtures: a real loop disk, kubelet-layout cgroups, the fake API server,
+and the agent running in-process (pytest-trio) or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from diskguard.agent import Agent, NodeSetup
+from diskguard.config import load_config
+from diskguard.fakeapi import FakeAPIServer
+from diskguard.fakeapi.objects import make_pod
+from diskguard.kube.client import make_api_client
+from diskguard.lab import KubeletRoot
+from diskguard.model import (
+    UNLIMITED,
+    CgroupDriver,
+    ContainerRef,
+    IOLimits,
+    QoSClass,
+)
+from diskguard.node.cgroups import CgroupHierarchy, parse_container_id
+from diskguard.node.limits import LimitBackend, backend_for
+
+NODE = "node-1"
+P = "iops-limit"
+
+
+@attrs.define
+class Cluster:
+    """One node's world: fake API server, kubelet-layout cgroups, a data disk."""
+
+    api: FakeAPIServer
+    kubeconfig: Path
+    hierarchy: CgroupHierarchy
+    kubelet: KubeletRoot
+    mount: Path
+    device: Any  # diskguard.model.Device
+    backend: LimitBackend
+    driver: CgroupDriver = CgroupDriver.CGROUPFS
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {
+            "NODE_NAME": NODE,
+            "DATA_MOUNT": str(self.mount),
+            "KUBELET_CGROUP_ROOT": self.kubelet.prefix,
+            "KUBECONFIG": str(self.kubeconfig),
+            "CGROUP_ROOT": str(self.hierarchy.path.parent)
+            if self.hierarchy.path.name == "blkio"
+            else str(self.hierarchy.path),
+            "RESYNC_INTERVAL": "60",
+        }
+        return {**base, **extra}
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def add_pod(
+        self,
+        name: str,
+        *,
+        annotations: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        containers: tuple[tuple[str, str], ...] = (("app", "busybox:1.36"),),
+        qos: str = "Burstable",
+        runtime: str = "containerd",
+        namespace: str = "default",
+        driver: CgroupDriver | None = None,
+        create_cgroups: bool = True,
+    ) -> dict[str, Any]:
+        pod = make_pod(
+            name,
+            namespace,
+            NODE,
+            containers=containers,
+            annotations=annotations,
+            labels=labels,
+            qos=qos,
+            runtime=runtime,
+        )
+        if create_cgroups:
+            for ref in self.refs(pod):
+                self.kubelet.create(ref, driver or self.driver)
+        return self.api.create("pods", pod)
+
+    def refs(self, pod: dict[str, Any]) -> list[ContainerRef]:
+        refs = []
+        for status in pod["status"]["containerStatuses"]:
+            runtime, cid = parse_container_id(status["containerID"])
+            refs.append(
+                ContainerRef(
+                    namespace=pod["metadata"]["namespace"],
+                    pod=pod["metadata"]["name"],
+                    pod_uid=pod["metadata"]["uid"],
+                    container=status["name"],
+                    container_id=cid,
+                    runtime=runtime,
+                    qos=QoSClass(pod["status"]["qosClass"]),
+                )
+            )
+        return refs
+
+    def cgroup(self, ref: ContainerRef, driver: CgroupDriver | None = None) -> Path:
+        from diskguard.node.cgroups import container_cgroup_path
+
+        return self.hierarchy.path / container_cgroup_path(
+            ref, driver or self.driver, self.kubelet.prefix
+        )
+
+    def set_annotations(self, namespace: str, name: str, changes: dict[str, str | None]) -> None:
+        def mutate(obj: dict[str, Any]) -> None:
+            ann = obj["metadata"].setdefault("annotations", {}) or {}
+            obj["metadata"]["annotations"] = ann
+            for key, value in changes.items():
+                if value is None:
+                    ann.pop(key, None)
+                else:
+                    ann[key] = value
+
+        self.api.update("pods", namespace, name, mutate)
+
+    # -- kernel ----------------------------------------------------------------------------
+
+    def kernel(self, cgroup: Path) -> IOLimits:
+        held = self.backend.read(cgroup)
+        return held.get((self.device.major, self.device.minor), UNLIMITED)
+
+    async def wait_kernel(self, cgroup: Path, want: IOLimits, timeout: float = 1.0) -> float:
+        """Wait until the kernel holds `want`; return how long it took."""
+        start = trio.current_time()
+        with trio.move_on_after(timeout):
+            while True:
+                try:
+                    if self.kernel(cgroup) == want:
+                        return trio.current_time() - start
+                except OSError:
+                    pass
+                await trio.sleep(0.01)
+        raise AssertionError(
+            f"kernel holds {self.kernel(cgroup)} in {cgroup}, want {want} after {timeout}s"
+        )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def events(self, reason: str | None = None) -> list[dict[str, Any]]:
+        bodies = [
+            r.body for r in self.api.requests() if r.method == "POST" and r.path.endswith("/events")
+        ]
+        return [b for b in bodies if reason is None or b.get("reason") == reason]
+
+    async def wait_events(self, reason: str, count: int, timeout: float = 5.0) -> list[Any]:
+        """Events are posted asynchronously: wait until `count` with `reason` arrived, and
+        a little longer to catch any extra one."""
+        with trio.move_on_after(timeout):
+            while len(self.events(reason)) < count:
+                await trio.sleep(0.02)
+        await trio.sleep(0.3)
+        return self.events(reason)
+
+
+@pytest.fixture
+def cluster(
+    cgroup_hierarchy: CgroupHierarchy, kubelet_root: Any, loop_disk: Any, tmp_path: Path
+) -> Iterator[Cluster]:
+    with FakeAPIServer(bookmark_interval=0.5) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        yield Cluster(
+            api=api,
+            kubeconfig=kubeconfig,
+            hierarchy=cgroup_hierarchy,
+            kubelet=KubeletRoot(cgroup_hierarchy, kubelet_root.name),
+            mount=loop_disk.mount,
+            device=loop_disk.device,
+            backend=backend_for(cgroup_hierarchy.version),
+        )
+
+
+AgentStarter = Callable[..., "trio.lowlevel.Task"]
+
+
+@attrs.define
+class RunningAgent:
+    agent: Agent
+    cancel_scope: trio.CancelScope
+
+    def stop(self) -> None:
+        self.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def start_agent(cluster: Cluster) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_agent(**env_overrides) -> RunningAgent` running in this trio loop."""
+    async with trio.open_nursery() as nursery:
+
+        async def start(**env: str) -> RunningAgent:
+            full = cluster.env(**env)
+            config = load_config(full)
+            node = NodeSetup(cluster.hierarchy, (cluster.device,))
+            agent = Agent(config, node, make_api_client(full))
+            scope = trio.CancelScope()
+
+            async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with scope:
+                    await agent.run(task_status=task_status)
+
+            await nursery.start(run)
+            with trio.fail_after(10):
+                await agent.reconciler.synced.wait()
+            return RunningAgent(agent, scope)
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+def agent_subprocess(env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`python -m diskguard run` with exactly this environment (plus PATH)."""
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "debug", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "diskguard", "run"],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )

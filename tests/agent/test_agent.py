@@ -1,0 +1,286 @@
+"""The whole agent against the fake API server, on real cgroups and a real loop disk.
+
+Every assertion is on what the kernel reads back (or what fio measures in the container's
+cgroup), or on what the fake API server received.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from diskguard.lab import run_fio
+from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
+
+from .conftest import Cluster, P, agent_subprocess
+
+pytestmark = pytest.mark.kernel
+
+DEFAULT = IOLimits(riops=500, wiops=500)
+
+
+async def test_default_and_annotation_limits_hold_in_the_kernel_and_under_fio(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    plain = cluster.add_pod("plain")
+    limited = cluster.add_pod("limited", annotations={f"{P}/write-iops": "100"})
+    await start_agent()
+    plain_cg = cluster.cgroup(cluster.refs(plain)[0])
+    limited_cg = cluster.cgroup(cluster.refs(limited)[0])
+    await cluster.wait_kernel(plain_cg, DEFAULT)
+    await cluster.wait_kernel(limited_cg, IOLimits(riops=500, wiops=100))
+
+    measured = await trio.to_thread.run_sync(
+        lambda: run_fio(limited_cg, cluster.mount, "randwrite", "4k", 3)
+    )
+    assert 90 <= measured.write_iops <= 110, measured
+    # the same IO without a limit is far faster: the limit is what held it
+    free = cluster.kubelet.leaf("unlimited")
+    unthrottled = await trio.to_thread.run_sync(
+        lambda: run_fio(free, cluster.mount, "randwrite", "4k", 2)
+    )
+    assert unthrottled.write_iops > 5 * 110, unthrottled
+
+
+async def test_bps_quantities_and_combined_keys(cluster: Cluster, start_agent: Any) -> None:
+    pod = cluster.add_pod(
+        "bps", annotations={f"{P}/bps": "1Mi", f"{P}/write-bps": "2Mi", f"{P}/iops": "0"}
+    )
+    await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(riops=0, wiops=0, rbps=2**20, wbps=2 * 2**20))
+    measured = await trio.to_thread.run_sync(
+        lambda: run_fio(cg, cluster.mount, "randread", "4k", 3)
+    )
+    assert 0.9 * 256 <= measured.read_iops <= 1.1 * 256, measured  # 1 MiB/s of 4k reads
+
+
+@pytest.mark.parametrize("driver", list(CgroupDriver))
+@pytest.mark.parametrize("runtime", ["containerd", "docker", "cri-o"])
+@pytest.mark.parametrize("qos", ["Guaranteed", "Burstable", "BestEffort"])
+async def test_every_kubelet_layout_is_found(
+    cluster: Cluster, start_agent: Any, driver: CgroupDriver, runtime: str, qos: str
+) -> None:
+    pod = cluster.add_pod(
+        "layout", annotations={f"{P}/read-iops": "77"}, runtime=runtime, qos=qos, driver=driver
+    )
+    await start_agent()  # CGROUP_DRIVER=auto tries both layouts
+    await cluster.wait_kernel(
+        cluster.cgroup(cluster.refs(pod)[0], driver), IOLimits(riops=77, wiops=500)
+    )
+
+
+async def test_annotation_edit_and_removal_apply_within_a_second(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("edit", annotations={f"{P}/iops": "300"})
+    await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(300, 300))
+    cluster.set_annotations("default", "edit", {f"{P}/read-iops": "50"})
+    await cluster.wait_kernel(cg, IOLimits(50, 300), timeout=1.0)
+    cluster.set_annotations("default", "edit", {f"{P}/iops": None, f"{P}/read-iops": None})
+    await cluster.wait_kernel(cg, DEFAULT, timeout=1.0)
+    cluster.set_annotations("default", "edit", {f"{P}/write-iops": "0"})
+    await cluster.wait_kernel(cg, IOLimits(500, 0), timeout=1.0)
+    applied = await cluster.wait_events("IOLimitApplied", 4)
+    assert len(applied) == 4, [e["message"] for e in applied]
+
+
+async def test_bad_annotation_keeps_the_last_good_limit_and_warns_once(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("bad", annotations={f"{P}/write-iops": "100"})
+    running = await start_agent(RESYNC_INTERVAL="0.2")
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 100))
+    for bad in ("abc", "-5", "1.5", str(2**40)):
+        cluster.set_annotations("default", "bad", {f"{P}/write-iops": bad})
+        await trio.sleep(0.5)  # several resyncs pass
+        assert cluster.kernel(cg) == IOLimits(500, 100), bad
+    warnings = await cluster.wait_events("InvalidIOLimit", 4)
+    assert [w["type"] for w in warnings] == ["Warning"] * 4
+    assert "abc" in warnings[0]["message"] and f"{P}/write-iops" in warnings[0]["message"]
+    assert warnings[0]["involvedObject"]["name"] == "bad"
+    # the agent is alive and still acts on good input
+    cluster.set_annotations("default", "bad", {f"{P}/write-iops": "70"})
+    await cluster.wait_kernel(cg, IOLimits(500, 70))
+    assert running.agent.reconciler.synced.is_set()
+
+
+async def test_bad_annotation_seen_first_after_restart_keeps_the_kernel_value(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("restart-bad", annotations={f"{P}/write-iops": "100"})
+    first = await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 100))
+    first.stop()
+    cluster.set_annotations("default", "restart-bad", {f"{P}/write-iops": "lots"})
+    await start_agent()
+    await trio.sleep(0.3)
+    assert cluster.kernel(cg) == IOLimits(500, 100)
+    assert len(await cluster.wait_events("InvalidIOLimit", 1)) == 1
+
+
+async def test_container_restart_gets_limits_on_its_new_cgroup(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("restarts", annotations={f"{P}/write-iops": "100"})
+    await start_agent()
+    await cluster.wait_kernel(cluster.cgroup(cluster.refs(pod)[0]), IOLimits(500, 100))
+    assert len(await cluster.wait_events("IOLimitApplied", 1)) == 1
+
+    new_id = "ab" * 32
+    new_ref = attrs.evolve(cluster.refs(pod)[0], container_id=new_id)
+    new_cg = cluster.kubelet.create(new_ref, cluster.driver)
+
+    def restart(obj: dict[str, Any]) -> None:
+        status = obj["status"]["containerStatuses"][0]
+        status["containerID"] = f"containerd://{new_id}"
+        status["restartCount"] = 1
+
+    cluster.api.update("pods", "default", "restarts", restart)
+    await cluster.wait_kernel(new_cg, IOLimits(500, 100), timeout=1.0)
+    assert len(await cluster.wait_events("IOLimitApplied", 2, timeout=0.5)) == 1
+
+
+async def test_status_before_cgroup_is_retried_until_it_appears(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    await start_agent()
+    pod = cluster.add_pod("late", annotations={f"{P}/iops": "42"}, create_cgroups=False)
+    ref = cluster.refs(pod)[0]
+    await trio.sleep(0.4)
+    cg = cluster.kubelet.create(ref, cluster.driver)
+    await cluster.wait_kernel(cg, IOLimits(42, 42), timeout=1.5)
+
+
+async def test_pod_that_becomes_excluded_is_cleared(cluster: Cluster, start_agent: Any) -> None:
+    pod = cluster.add_pod("soon-excluded", annotations={f"{P}/iops": "100"})
+    await start_agent(EXCLUDE_LABEL_SELECTOR="diskguard in (off)")
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100))
+
+    def label(obj: dict[str, Any]) -> None:
+        obj["metadata"].setdefault("labels", {})["diskguard"] = "off"
+
+    cluster.api.update("pods", "default", "soon-excluded", label)
+    await cluster.wait_kernel(cg, UNLIMITED, timeout=1.0)
+
+
+async def test_excluded_namespaces_and_keywords_are_left_alone(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    sidecar = cluster.add_pod(
+        "meshed", containers=(("app", "busybox"), ("istio-proxy", "istio/proxyv2"))
+    )
+    system = cluster.add_pod("dns", namespace="kube-system")
+    await start_agent()
+    app_ref, proxy_ref = cluster.refs(sidecar)
+    await cluster.wait_kernel(cluster.cgroup(app_ref), DEFAULT)
+    await trio.sleep(0.2)
+    assert cluster.kernel(cluster.cgroup(proxy_ref)) == UNLIMITED
+    assert cluster.kernel(cluster.cgroup(cluster.refs(system)[0])) == UNLIMITED
+
+
+async def test_resync_repairs_drift(cluster: Cluster, start_agent: Any) -> None:
+    pod = cluster.add_pod("drift", annotations={f"{P}/iops": "100"})
+    await start_agent(RESYNC_INTERVAL="0.3")
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100))
+    cluster.backend.write(cg, cluster.device, IOLimits(9999, 100), IOLimits(100, 100))
+    assert cluster.kernel(cg) == IOLimits(9999, 100)
+    await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=1.5)
+
+
+async def test_watch_survives_compaction_and_dropped_connections(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("survivor", annotations={f"{P}/iops": "100"})
+    running = await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100))
+    relists = running.agent.pod_watcher.health.relists
+    for value in ("110", "120", "130"):
+        cluster.api.drop_watches()
+        cluster.set_annotations("default", "survivor", {f"{P}/iops": value})
+        await cluster.wait_kernel(cg, IOLimits(int(value), int(value)), timeout=2.0)
+    cluster.api.compact()
+    cluster.api.drop_watches()
+    cluster.set_annotations("default", "survivor", {f"{P}/iops": "140"})
+    await cluster.wait_kernel(cg, IOLimits(140, 140), timeout=2.0)
+    assert running.agent.pod_watcher.health.relists > relists  # the 410 made it relist
+
+
+async def test_api_server_outage_then_changes_made_meanwhile_apply(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("outage", annotations={f"{P}/iops": "100"})
+    await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100))
+    cluster.api.go_down()
+    await trio.sleep(0.5)
+    assert cluster.kernel(cg) == IOLimits(100, 100)  # an outage changes nothing
+    cluster.set_annotations("default", "outage", {f"{P}/iops": "60"})  # store edit
+    cluster.api.come_back()
+    await cluster.wait_kernel(cg, IOLimits(60, 60), timeout=10.0)
+
+
+async def test_deleted_pod_is_forgotten(cluster: Cluster, start_agent: Any) -> None:
+    pod = cluster.add_pod("gone", annotations={f"{P}/iops": "100"})
+    running = await start_agent()
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100))
+    cluster.api.delete("pods", "default", "gone")
+    with trio.fail_after(2):
+        while running.agent.reconciler.pods:
+            await trio.sleep(0.01)
+
+
+async def test_agent_restart_applies_annotations_changed_while_down(
+    cluster: Cluster,
+) -> None:
+    pod = cluster.add_pod("restart", annotations={f"{P}/iops": "100"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    env = cluster.env()
+    proc = agent_subprocess(env)
+    try:
+        await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await trio.to_thread.run_sync(proc.wait)
+        assert code == 0
+        assert cluster.kernel(cg) == IOLimits(100, 100)  # SIGTERM leaves limits in place
+        cluster.set_annotations("default", "restart", {f"{P}/iops": "55"})
+        proc = agent_subprocess(env)
+        await cluster.wait_kernel(cg, IOLimits(55, 55), timeout=15)
+        proc.kill()  # SIGKILL: nothing to clean up, limits stay
+        await trio.to_thread.run_sync(proc.wait)
+        assert cluster.kernel(cg) == IOLimits(55, 55)
+        messages = [e["message"] for e in await cluster.wait_events("IOLimitApplied", 3, 1)]
+        assert len(messages) == 2, messages  # one per change, none for the restart itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def test_bad_env_var_stops_start_up_naming_the_variable(cluster: Cluster) -> None:
+    proc = agent_subprocess(cluster.env(CONTAINER_WRITE_IOPS_LIMIT="fast"))
+    out, _ = await trio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 2
+    assert b"CONTAINER_WRITE_IOPS_LIMIT='fast'" in out
+    assert b"whole number" in out
+
+
+async def test_unresolvable_data_mount_stops_start_up(cluster: Cluster) -> None:
+    proc = agent_subprocess(cluster.env(DATA_MOUNT="/dev/shm"))
+    out, _ = await trio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 1
+    assert b"/dev/shm" in out

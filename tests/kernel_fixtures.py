@@ -1,0 +1,519 @@
+"""Shared pytest fixtures for tests against the real kernel: cgroups, loop disks, fio.
+
+Registered from tests/conftest.py. Everything a fixture creates is uniquely named, owned
+by the test, and removed at teardown even when the test fails; nothing pre-existing is
+touched, with one exception on cgroup v2: the hierarchy root gets `+io` in its
+cgroup.subtree_control if it lacks it (a v2 test lane's own VM; kubelet hosts have it).
+
+Markers (declared in pyproject.toml) become skips with a stated reason:
+  kernel -> needs root;  v1 -> needs the cgroup v1 blkio controller;
+  v2 -> needs the cgroup v2 io controller.
+Set DISKGUARD_TEST_CGROUP_ROOT to use a cgroup mount other than /sys/fs/cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+
+from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
+from diskguard.node.cgroups import (
+    CgroupError,
+    CgroupHierarchy,
+    container_cgroup_path,
+    detect_cgroup,
+)
+from diskguard.node.devices import whole_disk
+
+CGROUP_ROOT = os.environ.get("DISKGUARD_TEST_CGROUP_ROOT", "/sys/fs/cgroup")
+
+SKIP_V1 = "needs cgroup v1 blkio controller"
+SKIP_V2 = "needs cgroup v2 io controller"
+SKIP_ROOT = "needs root"
+
+_LANE_KEY = pytest.StashKey[CgroupHierarchy | str]()
+
+
+def _lane(config: pytest.Config) -> CgroupHierarchy | str:
+    """The detected IO hierarchy, or why there is none (cached per session)."""
+    if _LANE_KEY not in config.stash:
+        lane: CgroupHierarchy | str
+        if os.geteuid() != 0:
+            lane = SKIP_ROOT
+        else:
+            try:
+                lane = detect_cgroup(CGROUP_ROOT, "auto")
+            except CgroupError as exc:
+                lane = f"needs a cgroup IO hierarchy: {exc}"
+        config.stash[_LANE_KEY] = lane
+    return config.stash[_LANE_KEY]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    markers = {m.name for m in item.iter_markers()}
+    if not markers & {"kernel", "v1", "v2"}:
+        return
+    if os.geteuid() != 0:
+        pytest.skip(SKIP_ROOT)
+    lane = _lane(item.config)
+    if "v1" in markers and not (
+        isinstance(lane, CgroupHierarchy) and lane.version is CgroupVersion.V1
+    ):
+        pytest.skip(SKIP_V1)
+    if "v2" in markers and not (
+        isinstance(lane, CgroupHierarchy) and lane.version is CgroupVersion.V2
+    ):
+        pytest.skip(SKIP_V2)
+
+
+# ---------------------------------------------------------------- privileges, hierarchy
+
+
+@pytest.fixture(scope="session")
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(SKIP_ROOT)
+
+
+def _enable_io(cgroup_dir: Path) -> None:
+    """Enable the io controller for cgroup_dir's children (v2 only)."""
+    control = cgroup_dir / "cgroup.subtree_control"
+    if "io" not in control.read_text().split():
+        control.write_text("+io")
+
+
+@pytest.fixture(scope="session")
+def cgroup_hierarchy(request: pytest.FixtureRequest, require_root: None) -> CgroupHierarchy:
+    """The hierarchy holding IO limits in this lane (blkio on v1, the unified tree on v2)."""
+    lane = _lane(request.config)
+    if isinstance(lane, str):
+        pytest.skip(lane)
+    if lane.version is CgroupVersion.V2:
+        _enable_io(lane.path)
+    return lane
+
+
+# ---------------------------------------------------------------- processes in cgroups
+
+
+@attrs.define
+class Spawned:
+    """Processes started by a test, killed and reaped at teardown."""
+
+    procs: list[subprocess.Popen[bytes]] = attrs.field(factory=list)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.procs.clear()
+
+
+@pytest.fixture
+def spawned() -> Iterator[Spawned]:
+    tracker = Spawned()
+    try:
+        yield tracker
+    finally:
+        tracker.kill_all()
+
+
+RunInCgroup = Callable[..., "subprocess.Popen[bytes]"]
+
+# The shell joins the cgroup itself before exec'ing the command, so not a single
+# instruction of the command runs outside it.
+_JOIN_AND_EXEC = 'echo $$ > "$1" && shift && exec "$@"'
+
+
+@pytest.fixture
+def run_in_cgroup(spawned: Spawned) -> RunInCgroup:
+    """`run_in_cgroup(cgroup_dir, argv, **popen_kwargs) -> Popen`, already inside the cgroup."""
+
+    def run(cgroup_dir: Path, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        procs = Path(cgroup_dir) / "cgroup.procs"
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            ["sh", "-c", _JOIN_AND_EXEC, "sh", str(procs), *argv], **kwargs
+        )
+        spawned.procs.append(proc)
+        return proc
+
+    return run
+
+
+def _cgroup_pids(cgroup_dir: Path) -> list[int]:
+    try:
+        return [int(p) for p in (cgroup_dir / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def remove_cgroup_tree(top: Path, timeout: float = 10.0) -> None:
+    """Kill every process left in `top` and below, then rmdir bottom-up."""
+    if not top.is_dir():
+        return
+    dirs = [Path(d) for d, _, _ in os.walk(top, topdown=False)]
+    for d in dirs:
+        for pid in _cgroup_pids(d):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    for d in dirs:
+        while True:
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                # EBUSY while killed tasks finish exiting.
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                for pid in _cgroup_pids(d):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- kubelet layout
+
+
+@attrs.define
+class KubeletRoot:
+    """A unique kubelet --cgroup-root for one test, so no real kubepods is ever touched.
+
+    `prefix` is what to pass as kubelet_root to the layout functions. The cgroupfs
+    driver puts everything under `<hierarchy>/<name>/`, the systemd driver under
+    `<hierarchy>/<name>.slice/`; both are removed at teardown.
+    """
+
+    hierarchy: CgroupHierarchy
+    name: str
+
+    @property
+    def prefix(self) -> str:
+        return f"/{self.name}"
+
+    def top_dirs(self) -> tuple[Path, ...]:
+        return (self.hierarchy.path / self.name, self.hierarchy.path / f"{self.name}.slice")
+
+    def make_dirs(self, relative: Path | str) -> Path:
+        """mkdir -p below the hierarchy; on v2 every parent on the way gets +io."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"{relative} must be relative and below the hierarchy")
+        if not any(rel.parts[0] == top.name for top in self.top_dirs()):
+            raise ValueError(f"{relative} is not below this test's kubelet root")
+        current = self.hierarchy.path
+        for part in rel.parts:
+            if self.hierarchy.version is CgroupVersion.V2:
+                _enable_io(current)
+            current = current / part
+            current.mkdir(exist_ok=True)
+        return current
+
+    def create(self, ref: ContainerRef, driver: CgroupDriver) -> Path:
+        """Create the container cgroup exactly where kubelet + runtime would put it."""
+        return self.make_dirs(container_cgroup_path(ref, driver, self.prefix))
+
+    def create_all(self, ref: ContainerRef) -> dict[CgroupDriver, Path]:
+        return {driver: self.create(ref, driver) for driver in CgroupDriver}
+
+    def leaf(self, name: str = "leaf") -> Path:
+        """A plain cgroup under this root, for tests that do not care about the layout."""
+        return self.make_dirs(Path(self.name, name))
+
+    def cleanup(self) -> None:
+        for top in self.top_dirs():
+            remove_cgroup_tree(top)
+
+
+@pytest.fixture
+def kubelet_root(cgroup_hierarchy: CgroupHierarchy, spawned: Spawned) -> Iterator[KubeletRoot]:
+    root = KubeletRoot(cgroup_hierarchy, f"dgtest_{uuid.uuid4().hex[:12]}")
+    try:
+        yield root
+    finally:
+        spawned.kill_all()
+        root.cleanup()
+
+
+def make_container_ref(
+    *,
+    runtime: Runtime = Runtime.CONTAINERD,
+    qos: QoSClass = QoSClass.BURSTABLE,
+    pod_uid: str | None = None,
+    container_id: str | None = None,
+) -> ContainerRef:
+    """A ContainerRef with fresh, valid, unique IDs."""
+    return ContainerRef(
+        namespace="dgtest",
+        pod="pod",
+        pod_uid=pod_uid or str(uuid.uuid4()),
+        container="app",
+        container_id=container_id or (uuid.uuid4().hex + uuid.uuid4().hex),
+        runtime=runtime,
+        qos=qos,
+    )
+
+
+@pytest.fixture
+def container_cgroup(kubelet_root: KubeletRoot) -> Path:
+    """A Burstable containerd container's cgroup (cgroupfs layout) under kubelet_root."""
+    return kubelet_root.create(make_container_ref(), CgroupDriver.CGROUPFS)
+
+
+# ---------------------------------------------------------------- loop disks
+
+
+def _run(argv: Sequence[str]) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def _device_of(node: str) -> Device:
+    rdev = os.stat(node).st_rdev
+    return Device(os.major(rdev), os.minor(rdev), Path(node).name)
+
+
+def _wait_for_node(node: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(node):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node} did not appear")
+        time.sleep(0.02)
+
+
+@attrs.frozen
+class LoopDisk:
+    """A loop device on a sparse file, optionally with one partition and an ext4 mount.
+
+    `device` is the whole loop disk (what throttle rules name); `partition` is the
+    partition's own device (e.g. 259:N) when one was made; `mount` is where the
+    filesystem (on the partition if there is one) is mounted, or None.
+    """
+
+    device: Device
+    node: Path
+    backing: Path
+    mount: Path | None
+    partition: Device | None = None
+    direct_io: bool = False
+
+
+def _attach(backing: Path) -> tuple[str, bool]:
+    """losetup with direct IO when the backing filesystem allows it (tmpfs before 6.6
+    does not: EINVAL), else buffered."""
+    try:
+        return _run(["losetup", "--find", "--show", "--direct-io=on", str(backing)]), True
+    except RuntimeError:
+        return _run(["losetup", "--find", "--show", str(backing)]), False
+
+
+@contextlib.contextmanager
+def loop_disk_ctx(
+    workdir: Path,
+    *,
+    size_mib: int = 256,
+    filesystem: bool = True,
+    partition: bool = False,
+    mount_name: str = "mnt",
+) -> Iterator[LoopDisk]:
+    """Set up a loop disk in `workdir`; everything is undone on exit, even after failure."""
+    if shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs losetup and mkfs.ext4")
+    workdir.mkdir(parents=True, exist_ok=True)
+    backing = workdir / "disk.img"
+    with backing.open("wb") as f:
+        f.truncate(size_mib << 20)
+    with contextlib.ExitStack() as undo:
+        undo.callback(backing.unlink, missing_ok=True)
+        node, direct_io = _attach(backing)
+        undo.callback(_run, ["losetup", "--detach", node])
+        _wait_for_node(node)
+        fs_node = node
+        part_dev: Device | None = None
+        if partition:
+            # No partition-table parsers in some kernels: add the partition by hand.
+            # Start and length are in 512-byte sectors.
+            _run(["addpart", node, "1", "2048", str(((size_mib - 2) << 20) // 512)])
+            undo.callback(_run, ["delpart", node, "1"])
+            fs_node = f"{node}p1"
+            _wait_for_node(fs_node)
+            part_dev = _device_of(fs_node)
+        mount: Path | None = None
+        if filesystem:
+            _run(["mkfs.ext4", "-q", "-F", fs_node])
+            mount = workdir / mount_name
+            mount.mkdir()
+            _run(["mount", "-t", "ext4", fs_node, str(mount)])
+            undo.callback(_umount, mount)
+        yield LoopDisk(
+            device=_device_of(node),
+            node=Path(node),
+            backing=backing,
+            mount=mount,
+            partition=part_dev,
+            direct_io=direct_io,
+        )
+
+
+def _umount(mount: Path) -> None:
+    try:
+        _run(["umount", str(mount)])
+    except RuntimeError:
+        # Something still holds it (a killed fio not yet gone): detach lazily rather
+        # than leave the mount behind.
+        _run(["umount", "--lazy", str(mount)])
+
+
+@pytest.fixture
+def loop_disk(require_root: None, tmp_path: Path) -> Iterator[LoopDisk]:
+    """A 256 MiB loop disk (direct IO on) with ext4 mounted at `.mount`."""
+    with loop_disk_ctx(tmp_path / "loopdisk") as disk:
+        yield disk
+
+
+@pytest.fixture
+def make_loop_disk(require_root: None, tmp_path: Path) -> Iterator[Callable[..., LoopDisk]]:
+    """Factory: `make_loop_disk(size_mib=, filesystem=, partition=, mount_name=)`."""
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def make(**kwargs: object) -> LoopDisk:
+            nonlocal count
+            count += 1
+            return stack.enter_context(
+                loop_disk_ctx(tmp_path / f"loopdisk{count}", **kwargs)  # type: ignore[arg-type]
+            )
+
+        yield make
+
+
+@pytest.fixture(scope="session")
+def root_disk() -> Device:
+    """The whole disk holding `/`, or a skip when `/` is not on a block device."""
+    dev = os.stat("/").st_dev
+    if os.major(dev) == 0:
+        pytest.skip("/ is not on a block device here")
+    return whole_disk(os.major(dev), os.minor(dev))
+
+
+# ---------------------------------------------------------------- fio
+
+
+@attrs.frozen
+class FioResult:
+    """What fio measured for one job (per direction): IOPS, bytes/s, IOs, runtime."""
+
+    read_iops: float
+    write_iops: float
+    read_bw: float
+    write_bw: float
+    read_ios: int
+    write_ios: int
+    read_bytes: int
+    write_bytes: int
+    runtime_s: float
+
+    @classmethod
+    def from_json(cls, report: dict[str, object]) -> FioResult:
+        job = report["jobs"][0]  # type: ignore[index]
+        rd, wr = job["read"], job["write"]
+        runtime_ms = max(rd["runtime"], wr["runtime"])
+        return cls(
+            read_iops=float(rd["iops"]),
+            write_iops=float(wr["iops"]),
+            read_bw=float(rd["bw_bytes"]),
+            write_bw=float(wr["bw_bytes"]),
+            read_ios=int(rd["total_ios"]),
+            write_ios=int(wr["total_ios"]),
+            read_bytes=int(rd["io_bytes"]),
+            write_bytes=int(wr["io_bytes"]),
+            runtime_s=runtime_ms / 1000.0,
+        )
+
+
+FIO_FILE = "diskguard-fio.dat"
+
+
+def prepare_fio_file(directory: Path, size_mib: int) -> Path:
+    """Write (not fallocate: unwritten extents read without IO) a file fio can use."""
+    path = directory / FIO_FILE
+    if path.exists() and path.stat().st_size == size_mib << 20:
+        return path
+    chunk = b"\xa5" * (1 << 20)
+    with path.open("wb") as f:
+        for _ in range(size_mib):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+FioIops = Callable[..., FioResult]
+
+
+@pytest.fixture
+def fio_iops(run_in_cgroup: RunInCgroup) -> FioIops:
+    """`fio_iops(cgroup_dir, directory, rw="randwrite", bs="4k", runtime=3, ...)`.
+
+    Runs one O_DIRECT fio job inside the cgroup on a file in `directory` (laid out
+    beforehand, outside the cgroup) and returns what fio measured.
+    """
+    if shutil.which("fio") is None:
+        pytest.skip("needs fio")
+
+    def run(
+        cgroup_dir: Path,
+        directory: Path,
+        rw: str = "randwrite",
+        bs: str = "4k",
+        runtime: float = 3,
+        *,
+        size_mib: int = 64,
+        ioengine: str = "psync",
+        iodepth: int = 1,
+        extra: Sequence[str] = (),
+    ) -> FioResult:
+        path = prepare_fio_file(Path(directory), size_mib)
+        argv = [
+            "fio",
+            "--name=diskguard",
+            f"--filename={path}",
+            f"--size={size_mib}M",
+            f"--rw={rw}",
+            f"--bs={bs}",
+            "--direct=1",
+            f"--ioengine={ioengine}",
+            f"--iodepth={iodepth}",
+            f"--runtime={runtime}",
+            "--time_based",
+            "--thread",
+            "--output-format=json",
+            *extra,
+        ]
+        proc = run_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=runtime + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
+        # fio may print notes before the JSON document.
+        text = out.decode()
+        return FioResult.from_json(json.loads(text[text.index("{") :]))
+
+    return run
