@@ -47,14 +47,16 @@ BPF_TABLE("lru_hash", struct dg_key, struct dg_val, dg_counts, DG_MAX_ENTRIES);
 // Only the data devices user space asks about are counted (filled in from user space).
 BPF_HASH(dg_devices, struct dg_dev, u8, DG_MAX_DEVICES);
 
-static __always_inline int dg_count(u64 cgroup_id, u32 major, u32 minor, u32 dir, u64 bytes)
+static __always_inline int dg_wanted(u32 major, u32 minor)
 {
     struct dg_dev dev = {};
     dev.major = major;
     dev.minor = minor;
-    if (!dg_devices.lookup(&dev))
-        return 0;
+    return dg_devices.lookup(&dev) != 0;
+}
 
+static __always_inline int dg_count(u64 cgroup_id, u32 major, u32 minor, u32 dir, u64 bytes)
+{
     struct dg_key key = {};
     key.cgroup_id = cgroup_id;
     key.major = major;
@@ -97,9 +99,6 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
     else
         return 0;  // flush, discard, write-zeroes, driver-private: not data IO
 
-    u32 len = 0;
-    DG_PROBE_READ(&len, sizeof(len), (const char *)rq + DG_OFF_RQ_DATA_LEN);
-
 #ifdef DG_OFF_RQ_DISK
     const void *disk = dg_read_ptr(rq, DG_OFF_RQ_DISK);
 #else
@@ -110,6 +109,12 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
     int major = 0, first_minor = 0;
     DG_PROBE_READ(&major, sizeof(major), (const char *)disk + DG_OFF_DISK_MAJOR);
     DG_PROBE_READ(&first_minor, sizeof(first_minor), (const char *)disk + DG_OFF_DISK_FIRST_MINOR);
+    // Filter before walking to the cgroup: most requests on a node are for other disks.
+    if (!dg_wanted((u32)major, (u32)first_minor))
+        return 0;
+
+    u32 len = 0;
+    DG_PROBE_READ(&len, sizeof(len), (const char *)rq + DG_OFF_RQ_DATA_LEN);
 
     // A request without a blkg (no bio, or IO not associated with any cgroup) is counted
     // under id 0 so it stays visible instead of vanishing.
@@ -141,6 +146,8 @@ TRACEPOINT_PROBE(block, block_rq_issue)
     // dev_t inside the kernel is MAJOR << 20 | MINOR.
     u32 major = args->dev >> 20;
     u32 minor = args->dev & ((1U << 20) - 1);
+    if (!dg_wanted(major, minor))
+        return 0;
     return dg_count(bpf_get_current_cgroup_id(), major, minor, dir, args->bytes);
 }
 

@@ -29,6 +29,10 @@ from diskguard.reconciler import Reconciler, ReconcileSettings
 
 log = logging.getLogger(__name__)
 
+# How long pods wait for the first namespace list (namespace policy) before limits are
+# applied without it; bounded so a missing RBAC rule cannot stall enforcement.
+NAMESPACE_WAIT = 10.0
+
 
 @attrs.frozen
 class NodeSetup:
@@ -71,6 +75,8 @@ class Agent:
                 exclusion=config.exclusion,
                 resync_interval=config.resync_interval,
                 forced_runtime=runtime_override(config.container_runtime),
+                guardrails=config.guardrails,
+                namespace_wait=NAMESPACE_WAIT,
             ),
             self.applier,
             self.events.emit,
@@ -84,6 +90,9 @@ class Agent:
             ),
             self._watch_send,
         )
+        self.namespace_watcher = ListWatcher(
+            "namespaces", self.api.list_namespace, self._watch_send.clone()
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         log.info(
@@ -96,6 +105,7 @@ class Agent:
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.pod_watcher.run, name="pod-watch")
+            nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
             nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
             nursery.start_soon(
                 functools.partial(post_events, self._event_receive, self.api,

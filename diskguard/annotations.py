@@ -46,11 +46,15 @@ class AnnotationLimits:
         return suffix in self.values or suffix in self.invalid
 
 
-def parse_limit_annotations(annotations: Mapping[str, str], prefix: str) -> AnnotationLimits:
+def parse_limit_annotations(
+    annotations: Mapping[str, str], prefix: str, stem: str = ""
+) -> AnnotationLimits:
+    """Pods use `prefix/read-iops`…; namespaces `prefix/default-read-iops` and
+    `prefix/max-read-iops`… (stem `default-` / `max-`), parsed the same way."""
     values: dict[str, int] = {}
     invalid: dict[str, InvalidAnnotation] = {}
     for suffix, (parse, _fields) in LIMIT_KEYS.items():
-        key = f"{prefix}/{suffix}"
+        key = f"{prefix}/{stem}{suffix}"
         raw = annotations.get(key)
         if raw is None:
             continue

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
 from diskguard.filters import ExclusionFilter, FilterConfigError
 from diskguard.limitvalues import parse_bps, parse_iops
 from diskguard.model import IOLimits
+from diskguard.policy import Guardrails
 
 T = TypeVar("T")
 
@@ -44,6 +45,7 @@ class Config:
     exclusion: ExclusionFilter = attrs.field(factory=lambda: default_exclusion())
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0
+    guardrails: Guardrails = attrs.field(factory=Guardrails)
     log_level: str = "info"
     log_format: str = "text"
 
@@ -76,6 +78,19 @@ def _absolute_path(value: str) -> str:
     if not value.strip().startswith("/"):
         raise ValueError
     return value.strip()
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+_NO_NAMESPACES: tuple[str, ...] = ()
+
+
+def _namespace_list(value: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if any(not _NAMESPACE.fullmatch(item) for item in items):
+        raise ValueError
+    return items
 
 
 def _prefix(value: str) -> str:
@@ -113,6 +128,36 @@ def load_config(env: Mapping[str, str]) -> Config:
     )
 
     exclusion = _exclusion(env)
+    guardrails = Guardrails(
+        ceilings=IOLimits(
+            riops=get(
+                "LIMIT_CEILING_READ_IOPS",
+                parse_iops,
+                iops_form.replace("unlimited", "no ceiling"),
+                0,
+            ),
+            wiops=get(
+                "LIMIT_CEILING_WRITE_IOPS",
+                parse_iops,
+                iops_form.replace("unlimited", "no ceiling"),
+                0,
+            ),
+            rbps=get(
+                "LIMIT_CEILING_READ_BPS", parse_bps, bps_form.replace("unlimited", "no ceiling"), 0
+            ),
+            wbps=get(
+                "LIMIT_CEILING_WRITE_BPS", parse_bps, bps_form.replace("unlimited", "no ceiling"), 0
+            ),
+        ),
+        allow_unlimited_namespaces=frozenset(
+            get(
+                "ALLOW_UNLIMITED_NAMESPACES",
+                _namespace_list,
+                "a comma-separated list of namespace names",
+                _NO_NAMESPACES,
+            )
+        ),
+    )
 
     return Config(
         node_name=node_name,
@@ -146,6 +191,7 @@ def load_config(env: Mapping[str, str]) -> Config:
             "DATA_MOUNT", _path_list, "a comma-separated list of absolute paths", ("/data",)
         ),
         exclusion=exclusion,
+        guardrails=guardrails,
         annotation_prefix=get(
             "SMART_LIMIT_ANNOTATION_PREFIX",
             _prefix,
@@ -194,3 +240,26 @@ def _exclusion(env: Mapping[str, str]) -> ExclusionFilter:
 
 def default_exclusion() -> ExclusionFilter:
     return _exclusion({})
+
+
+class _RecordingEnv(dict[str, str]):
+    """An environment that remembers which variables were asked for."""
+
+    def __init__(self, base: Mapping[str, str]) -> None:
+        super().__init__(base)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def known_variables() -> frozenset[str]:
+    """Every env var `load_config` reads (plus the kubernetes client's), found by running it.
+
+    Deploy manifests are checked against this, so a misspelt variable in a manifest fails a
+    test instead of being silently ignored on the node.
+    """
+    env = _RecordingEnv({"NODE_NAME": "probe"})
+    load_config(env)
+    return frozenset(env.asked | {"KUBECONFIG"})

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import attrs
 
-from diskguard.annotations import AnnotationLimits, parse_limit_annotations
+from diskguard.annotations import AnnotationLimits
 from diskguard.filters import ExclusionFilter
 from diskguard.model import ContainerRef, IOLimits, PodInfo, Runtime
-from diskguard.policy import KeyMemory, Resolution, resolve_limits
+from diskguard.policy import (
+    Guardrails,
+    KeyMemory,
+    NamespacePolicy,
+    Resolution,
+    key_set,
+    resolve_limits,
+)
 
 
 @attrs.frozen
@@ -37,9 +44,14 @@ def plan_pod(
     defaults: IOLimits,
     exclusion: ExclusionFilter,
     previous: KeyMemory | None,
+    namespace: NamespacePolicy | None = None,
+    guardrails: Guardrails = Guardrails(),
 ) -> PodPlan:
-    parsed = parse_limit_annotations(pod.annotations, prefix)
-    resolution = resolve_limits(parsed, prefix, defaults, previous)
+    keys = key_set(pod.annotations, prefix, previous)
+    parsed = keys.parsed
+    resolution = resolve_limits(
+        keys, defaults, namespace=namespace, guardrails=guardrails, pod_namespace=pod.namespace
+    )
     plans = []
     for container in pod.containers:
         if not (container.running and container.container_id and container.runtime):

@@ -1,9 +1,16 @@
 """Pure decision: which IO limits a pod's containers should have, and why.
 
-Priority per direction: the direction's own key (`read-iops`) > the combined key (`iops`)
-> the env default. A key whose value is invalid never lowers protection: its last good
-value (remembered across updates) stays in force; if this process has never seen a good
-value for it (fresh start), the kernel's current value is kept.
+Per direction, the first of these that says something wins:
+  the pod's direction key (`read-iops`) > the pod's combined key (`iops`)
+  > the namespace's `default-read-iops` > `default-iops` > the env default.
+Then the ceiling clamps it: the stricter of the env ceiling (`LIMIT_CEILING_*`, lifted for
+pods in `ALLOW_UNLIMITED_NAMESPACES`) and the namespace's `max-*` keys. Unlimited (0) counts
+as above any ceiling.
+
+A pod key whose value is invalid never lowers protection: its last good value (remembered
+across updates) stays in force; if this process never saw a good value (fresh start), the
+kernel's current value is kept. An invalid namespace key keeps its last good value, or is
+ignored on a fresh start (and a Warning Event on the Namespace says so).
 """
 
 from __future__ import annotations
@@ -12,13 +19,34 @@ from collections.abc import Mapping
 
 import attrs
 
-from diskguard.annotations import FIELD_KEYS, AnnotationLimits
+from diskguard.annotations import FIELD_KEYS, AnnotationLimits, parse_limit_annotations
 from diskguard.model import LIMIT_FIELDS, IOLimits
 
-# Memory of a pod's limit keys: suffix -> last good value, or None when the last good value
+# Memory of a set of limit keys: suffix -> last good value, or None when the last good value
 # is unknown to this process (the kernel's value is kept). A suffix missing from the mapping
 # was absent, so the next key in priority order decides.
 KeyMemory = Mapping[str, int | None]
+
+ENV_DEFAULT = "env default"
+
+
+@attrs.frozen
+class Candidate:
+    """One key's say on one field: a value, or None for "keep what the kernel holds"."""
+
+    value: int | None
+    source: str
+    key: str = ""  # the annotation key, when the candidate comes from one
+
+
+@attrs.frozen
+class Clamp:
+    """A pod asked for more than its ceiling allows."""
+
+    field: str
+    key: str
+    asked: int  # 0 = unlimited
+    enforced: int
 
 
 @attrs.frozen
@@ -30,10 +58,12 @@ class Resolution:
     keep: frozenset[str] = frozenset()
     sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     memory: KeyMemory = attrs.field(factory=dict, hash=False)
+    ceilings: IOLimits = IOLimits()
+    clamps: tuple[Clamp, ...] = ()
 
     @property
     def annotation_driven(self) -> bool:
-        return any(src != "default" for src in self.sources.values())
+        return any(src != ENV_DEFAULT for src in self.sources.values())
 
     def describe(self) -> str:
         """One line for Events and logs: `riops=100 (annotation iops-limit/iops), ...`."""
@@ -45,62 +75,179 @@ class Resolution:
         return ", ".join(parts)
 
 
-def resolve_limits(
-    parsed: AnnotationLimits,
-    prefix: str,
-    defaults: IOLimits,
-    previous: KeyMemory | None,
-) -> Resolution:
-    """Resolve one pod's limits. `previous` is None for a pod this process has not seen."""
+def _remember(parsed: AnnotationLimits, previous: KeyMemory | None) -> dict[str, int | None]:
     memory: dict[str, int | None] = {}
     for suffix in {s for keys in FIELD_KEYS.values() for s in keys}:
         if suffix in parsed.values:
             memory[suffix] = parsed.values[suffix]
         elif suffix in parsed.invalid:
-            memory[suffix] = previous.get(suffix) if previous is not None else None
-            if previous is not None and suffix not in previous:
-                # The key was absent before and is bad now: what was in force (the next key
-                # in priority order) stays, so remember nothing for it.
-                del memory[suffix]
+            if previous is None:
+                memory[suffix] = None
+            elif suffix in previous:
+                memory[suffix] = previous[suffix]
+            # else: absent before and bad now; what was in force (the next key) stays.
+    return memory
 
-    values: dict[str, int] = {}
-    keep: set[str] = set()
-    sources: dict[str, str] = {}
+
+def _candidates(
+    parsed: AnnotationLimits, memory: KeyMemory, key_of: Mapping[str, str], what: str
+) -> dict[str, list[Candidate]]:
+    """Per field, this layer's candidates in priority order."""
+    out: dict[str, list[Candidate]] = {}
     for field in LIMIT_FIELDS:
-        chosen: int | None = None
+        chain = []
         for suffix in FIELD_KEYS[field]:
+            key = key_of[suffix]
             if suffix in parsed.values:
-                chosen = parsed.values[suffix]
-                source = f"annotation {prefix}/{suffix}"
+                chain.append(Candidate(parsed.values[suffix], f"{what} {key}", key))
             elif suffix in parsed.invalid and suffix in memory:
                 remembered = memory[suffix]
-                bad = parsed.invalid[suffix]
                 if remembered is None:
-                    keep.add(field)
-                    sources[field] = f"kept from the kernel: {bad.key} is invalid"
-                    continue  # the fallback below only applies where the kernel has none
-                chosen = remembered
-                source = f"last good value of {prefix}/{suffix}"
-            else:
-                continue
-            break
-        if chosen is None:
-            chosen = getattr(defaults, field)
-            source = "default"
-        values[field] = chosen
-        sources.setdefault(field, source)
-    return Resolution(
-        limits=IOLimits(**values), keep=frozenset(keep), sources=sources, memory=memory
+                    chain.append(Candidate(None, f"kept from the kernel: {key} is invalid", key))
+                else:
+                    chain.append(Candidate(remembered, f"last good value of {key}", key))
+        out[field] = chain
+    return out
+
+
+@attrs.frozen
+class KeySet:
+    """One set of limit keys (a pod's, a namespace's defaults or maxima), resolved."""
+
+    parsed: AnnotationLimits
+    memory: KeyMemory = attrs.field(hash=False)
+    candidates: Mapping[str, list[Candidate]] = attrs.field(hash=False)
+
+
+def key_set(
+    annotations: Mapping[str, str],
+    prefix: str,
+    previous: KeyMemory | None,
+    *,
+    stem: str = "",
+    what: str = "annotation",
+) -> KeySet:
+    parsed = parse_limit_annotations(annotations, prefix, stem)
+    memory = _remember(parsed, previous)
+    keys = {s: f"{prefix}/{stem}{s}" for keys in FIELD_KEYS.values() for s in keys}
+    return KeySet(parsed, memory, _candidates(parsed, memory, keys, what))
+
+
+@attrs.frozen
+class NamespacePolicy:
+    """A namespace's own defaults and ceilings, from its annotations."""
+
+    name: str
+    defaults: KeySet
+    maxima: KeySet
+
+    @property
+    def memory(self) -> tuple[KeyMemory, KeyMemory]:
+        return (self.defaults.memory, self.maxima.memory)
+
+
+def namespace_policy(
+    name: str,
+    annotations: Mapping[str, str],
+    prefix: str,
+    previous: tuple[KeyMemory, KeyMemory] | None,
+) -> NamespacePolicy:
+    prev_defaults, prev_maxima = previous if previous is not None else (None, None)
+    return NamespacePolicy(
+        name=name,
+        defaults=key_set(
+            annotations, prefix, prev_defaults, stem="default-", what="namespace annotation"
+        ),
+        maxima=key_set(annotations, prefix, prev_maxima, stem="max-", what="namespace annotation"),
     )
 
 
+@attrs.frozen
+class Guardrails:
+    """The administrator's side: env ceilings and where pods may ask for unlimited."""
+
+    ceilings: IOLimits = IOLimits()  # 0 = no ceiling
+    allow_unlimited_namespaces: frozenset[str] = frozenset()
+
+
+def _first_value(chain: list[Candidate]) -> int | None:
+    return next((c.value for c in chain if c.value is not None), None)
+
+
+def resolve_limits(
+    pod: KeySet,
+    defaults: IOLimits,
+    *,
+    namespace: NamespacePolicy | None = None,
+    guardrails: Guardrails = Guardrails(),
+    pod_namespace: str = "",
+) -> Resolution:
+    """Resolve one pod's limits from its keys, its namespace's policy and the env."""
+    values: dict[str, int] = {}
+    keep: set[str] = set()
+    sources: dict[str, str] = {}
+    ceilings: dict[str, int] = {}
+    clamps: list[Clamp] = []
+    env_ceilings_apply = pod_namespace not in guardrails.allow_unlimited_namespaces
+    for field in LIMIT_FIELDS:
+        chain = list(pod.candidates[field])
+        if namespace is not None:
+            # A namespace key that is invalid with no good value seen is ignored.
+            chain += [c for c in namespace.defaults.candidates[field] if c.value is not None]
+        chain.append(Candidate(getattr(defaults, field), ENV_DEFAULT))
+        chosen = next(c for c in chain if c.value is not None)
+        if chain[0].value is None:
+            keep.add(field)
+            sources[field] = chain[0].source
+        value = chosen.value
+        assert value is not None
+
+        ceiling, ceiling_source = _ceiling(field, namespace, guardrails, env_ceilings_apply)
+        ceilings[field] = ceiling
+        if ceiling and (value == 0 or value > ceiling):
+            if chosen.key and chosen.source.startswith("annotation"):
+                clamps.append(Clamp(field, chosen.key, value, ceiling))
+            sources.setdefault(field, f"{chosen.source}, clamped to the {ceiling_source}")
+            value = ceiling
+        values[field] = value
+        sources.setdefault(field, chosen.source)
+    return Resolution(
+        limits=IOLimits(**values),
+        keep=frozenset(keep),
+        sources=sources,
+        memory=pod.memory,
+        ceilings=IOLimits(**ceilings),
+        clamps=tuple(clamps),
+    )
+
+
+def _ceiling(
+    field: str, namespace: NamespacePolicy | None, guardrails: Guardrails, env_applies: bool
+) -> tuple[int, str]:
+    env = getattr(guardrails.ceilings, field) if env_applies else 0
+    ns = _first_value(namespace.maxima.candidates[field]) if namespace is not None else None
+    ns_key = next(
+        (c.key for c in (namespace.maxima.candidates[field] if namespace else []) if c.value),
+        "",
+    )
+    if ns and (not env or ns < env):
+        return ns, f"namespace ceiling {ns_key}={ns}"
+    if env:
+        return env, f"env ceiling LIMIT_CEILING_{_ENV_NAME[field]}={env}"
+    return 0, ""
+
+
+_ENV_NAME = {"riops": "READ_IOPS", "wiops": "WRITE_IOPS", "rbps": "READ_BPS", "wbps": "WRITE_BPS"}
+
+
 def limits_to_enforce(resolution: Resolution, kernel: IOLimits) -> IOLimits:
-    """Fold the kernel's current values into the fields the resolution keeps."""
+    """Fold the kernel's current values into the fields the resolution keeps (clamped)."""
     if not resolution.keep:
         return resolution.limits
     values = resolution.limits.as_dict()
     for field in resolution.keep:
         held = getattr(kernel, field)
+        ceiling = getattr(resolution.ceilings, field)
         if held:
-            values[field] = held
+            values[field] = min(held, ceiling) if ceiling else held
     return IOLimits(**values)

@@ -22,8 +22,9 @@ from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import ContainerKey, IOLimits, PodInfo, Runtime
+from diskguard.namespaces import NamespacePolicies
 from diskguard.plan import PodPlan, plan_pod
-from diskguard.policy import KeyMemory
+from diskguard.policy import Guardrails, KeyMemory
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class ReconcileSettings:
     exclusion: ExclusionFilter
     resync_interval: float
     forced_runtime: Runtime | None = None
+    guardrails: Guardrails = Guardrails()
+    # Seconds to wait for the first namespace list before applying without namespace
+    # policy (so a node does not flap from env defaults to namespace defaults at start);
+    # None when namespaces are not watched.
+    namespace_wait: float | None = None
 
 
 @attrs.define
@@ -70,10 +76,17 @@ class Reconciler:
         self.synced = trio.Event()  # set after the first full reconcile
         self.reconciles = 0
         self._relisted = False
+        self.namespaces = NamespacePolicies(settings.prefix, emit)
+        self._clamps_warned: dict[str, frozenset[object]] = {}
 
     # -- input ---------------------------------------------------------------------------
 
     def on_watch_event(self, event: WatchEvent) -> None:
+        if event.resource == "namespaces":
+            changed = self.namespaces.on_watch_event(event)
+            if changed:
+                self._dirty |= {uid for uid, p in self.pods.items() if p.namespace in changed}
+            return
         if isinstance(event, Relisted):
             seen = set()
             for obj in event.objects:
@@ -122,7 +135,15 @@ class Reconciler:
         pod = self.pods.pop(uid, None)
         if pod is not None:
             self._applier.forget([c.container_id for c in pod.containers if c.container_id])
-        for table in (self.plans, self._memory, self._announced, self._warned, self._retry):
+        tables = (
+            self.plans,
+            self._memory,
+            self._announced,
+            self._warned,
+            self._retry,
+            self._clamps_warned,
+        )
+        for table in tables:
             table.pop(uid, None)
         self._dirty.discard(uid)
         for key in [k for k in self.results if k.pod_uid == uid]:
@@ -133,8 +154,13 @@ class Reconciler:
 
     async def run(self, receive: trio.MemoryReceiveChannel[WatchEvent]) -> None:
         next_resync = math.inf
+        wait = self.settings.namespace_wait
+        namespaces_due = math.inf if wait is None else trio.current_time() + wait
         while True:
+            gated = not self.namespaces.listed and trio.current_time() < namespaces_due
             deadline = min([next_resync, *(r.due for r in self._retry.values())])
+            if gated:
+                deadline = min(deadline, namespaces_due)
             with trio.move_on_at(deadline):
                 self.on_watch_event(await receive.receive())
             while True:  # take everything already queued as one batch
@@ -143,6 +169,16 @@ class Reconciler:
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
+            if not self.namespaces.listed and now < namespaces_due:
+                continue  # pods wait for their namespaces' policy (bounded by namespace_wait)
+            if namespaces_due <= now and not self.namespaces.listed and wait is not None:
+                log.warning(
+                    "no namespace list after %.0fs: applying without namespace policy "
+                    "until it arrives",
+                    wait,
+                )
+                namespaces_due = math.inf
+                self._dirty |= set(self.pods)
             if now >= next_resync:
                 self._dirty |= set(self.pods)
             relisted, self._relisted = self._relisted, False
@@ -174,10 +210,13 @@ class Reconciler:
                 defaults=s.defaults,
                 exclusion=s.exclusion,
                 previous=self._memory.get(uid),
+                namespace=self.namespaces.get(pod.namespace),
+                guardrails=s.guardrails,
             )
             self._memory[uid] = plan.resolution.memory
             self.plans[uid] = plan
             self._warn_invalid(plan)
+            self._warn_clamped(plan)
             pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
         results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
@@ -255,6 +294,22 @@ class Reconciler:
                 )
             )
         self._warned[uid] = bad
+
+    def _warn_clamped(self, plan: PodPlan) -> None:
+        """One Warning Event per distinct set of clamped requests of a pod."""
+        clamps = plan.resolution.clamps
+        signature = frozenset(clamps)
+        if not clamps or self._clamps_warned.get(plan.pod.uid) == signature:
+            if not clamps:
+                self._clamps_warned.pop(plan.pod.uid, None)
+            return
+        self._clamps_warned[plan.pod.uid] = signature
+        asked = "; ".join(
+            f"{c.key}={_show(c.asked)} asked, {c.field}={_show(c.enforced)} enforced "
+            f"({plan.resolution.sources[c.field]})"
+            for c in clamps
+        )
+        self._emit(_pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
 
 
 def _show(value: int) -> str:

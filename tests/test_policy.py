@@ -1,23 +1,50 @@
-"""Annotation priority, defaults, and what happens to invalid values (pure)."""
+"""Annotation priority, defaults, namespace policy, ceilings, invalid values (pure)."""
 
 from collections.abc import Mapping
 
-from diskguard.annotations import parse_limit_annotations
 from diskguard.model import IOLimits
-from diskguard.policy import KeyMemory, Resolution, limits_to_enforce, resolve_limits
+from diskguard.policy import (
+    Guardrails,
+    KeyMemory,
+    NamespacePolicy,
+    Resolution,
+    key_set,
+    limits_to_enforce,
+    namespace_policy,
+    resolve_limits,
+)
 
 P = "iops-limit"
 DEFAULTS = IOLimits(riops=500, wiops=500, rbps=0, wbps=0)
 
 
-def resolve(annotations: Mapping[str, str], previous: KeyMemory | None = None) -> Resolution:
-    return resolve_limits(parse_limit_annotations(annotations, P), P, DEFAULTS, previous)
+def resolve(
+    annotations: Mapping[str, str],
+    previous: KeyMemory | None = None,
+    *,
+    namespace: NamespacePolicy | None = None,
+    guardrails: Guardrails = Guardrails(),
+    pod_namespace: str = "team-a",
+) -> Resolution:
+    return resolve_limits(
+        key_set(annotations, P, previous),
+        DEFAULTS,
+        namespace=namespace,
+        guardrails=guardrails,
+        pod_namespace=pod_namespace,
+    )
+
+
+def ns(
+    annotations: Mapping[str, str], previous: tuple[KeyMemory, KeyMemory] | None = None
+) -> NamespacePolicy:
+    return namespace_policy("team-a", annotations, P, previous)
 
 
 def test_no_annotations_gives_env_defaults() -> None:
     res = resolve({})
     assert res.limits == DEFAULTS
-    assert set(res.sources.values()) == {"default"}
+    assert set(res.sources.values()) == {"env default"}
     assert not res.annotation_driven
 
 
@@ -43,7 +70,6 @@ def test_invalid_value_keeps_the_last_good_value() -> None:
     bad = resolve({f"{P}/write-iops": "abc"}, previous=good.memory)
     assert bad.limits.wiops == 100
     assert "last good value" in bad.sources["wiops"]
-    # and it keeps being remembered while the value stays bad
     still = resolve({f"{P}/write-iops": "-5"}, previous=bad.memory)
     assert still.limits.wiops == 100
 
@@ -55,7 +81,6 @@ def test_invalid_value_on_first_sight_keeps_the_kernel_value() -> None:
     assert limits_to_enforce(res, IOLimits(wiops=42)).wiops == 42
     assert limits_to_enforce(res, IOLimits()).wiops == 300
     assert "kernel" in res.sources["wiops"]
-    # still unknown on the next update, so the kernel's value is still kept
     again = resolve({f"{P}/write-iops": "1.5", f"{P}/iops": "300"}, previous=res.memory)
     assert again.keep == frozenset({"wiops"})
 
@@ -83,4 +108,92 @@ def test_removing_annotations_returns_to_defaults() -> None:
 def test_describe_names_every_field_and_source() -> None:
     text = resolve({f"{P}/read-bps": "1Mi"}).describe()
     assert "rbps=1048576 (annotation iops-limit/read-bps)" in text
-    assert "wbps=unlimited (default)" in text
+    assert "wbps=unlimited (env default)" in text
+
+
+# ---------------------------------------------------------------- guardrails
+
+
+CEIL = Guardrails(ceilings=IOLimits(riops=1000, wiops=1000, rbps=0, wbps=50 * 2**20))
+
+
+def test_ceiling_clamps_a_request_above_it_and_says_so() -> None:
+    res = resolve({f"{P}/write-iops": "5000"}, guardrails=CEIL)
+    assert res.limits.wiops == 1000
+    assert (
+        "clamped" in res.sources["wiops"]
+        and "LIMIT_CEILING_WRITE_IOPS=1000" in res.sources["wiops"]
+    )
+    assert [(c.field, c.key, c.asked, c.enforced) for c in res.clamps] == [
+        ("wiops", f"{P}/write-iops", 5000, 1000)
+    ]
+
+
+def test_ceiling_clamps_unlimited() -> None:
+    res = resolve({f"{P}/iops": "0", f"{P}/write-bps": "0"}, guardrails=CEIL)
+    assert res.limits == IOLimits(riops=1000, wiops=1000, rbps=0, wbps=50 * 2**20)
+    assert {c.field for c in res.clamps} == {"riops", "wiops", "wbps"}
+
+
+def test_request_below_the_ceiling_is_untouched() -> None:
+    res = resolve({f"{P}/write-iops": "10"}, guardrails=CEIL)
+    assert res.limits.wiops == 10 and not res.clamps
+
+
+def test_defaults_above_a_ceiling_are_clamped_without_a_clamp_event() -> None:
+    low = Guardrails(ceilings=IOLimits(riops=100))
+    res = resolve({}, guardrails=low)
+    assert res.limits.riops == 100
+    assert not res.clamps
+
+
+def test_allowed_namespace_may_ask_for_unlimited() -> None:
+    guard = Guardrails(ceilings=CEIL.ceilings, allow_unlimited_namespaces=frozenset({"batch"}))
+    res = resolve({f"{P}/iops": "0"}, guardrails=guard, pod_namespace="batch")
+    assert (res.limits.riops, res.limits.wiops) == (0, 0)
+    other = resolve({f"{P}/iops": "0"}, guardrails=guard, pod_namespace="web")
+    assert (other.limits.riops, other.limits.wiops) == (1000, 1000)
+
+
+def test_namespace_default_replaces_the_env_default() -> None:
+    policy = ns({f"{P}/default-iops": "200", f"{P}/default-write-iops": "50"})
+    res = resolve({}, namespace=policy)
+    assert (res.limits.riops, res.limits.wiops) == (200, 50)
+    assert res.sources["wiops"] == f"namespace annotation {P}/default-write-iops"
+    # the pod's own annotation still wins
+    assert resolve({f"{P}/write-iops": "70"}, namespace=policy).limits.wiops == 70
+
+
+def test_namespace_ceiling_tightens_the_env_ceiling() -> None:
+    policy = ns({f"{P}/max-write-iops": "300"})
+    res = resolve({f"{P}/write-iops": "900"}, namespace=policy, guardrails=CEIL)
+    assert res.limits.wiops == 300
+    assert "namespace ceiling" in res.sources["wiops"]
+    # a looser namespace ceiling does not loosen the env one
+    loose = ns({f"{P}/max-iops": "5000"})
+    assert resolve({f"{P}/iops": "4000"}, namespace=loose, guardrails=CEIL).limits.wiops == 1000
+
+
+def test_namespace_ceiling_applies_in_allowed_namespaces_too() -> None:
+    guard = Guardrails(allow_unlimited_namespaces=frozenset({"team-a"}))
+    res = resolve({f"{P}/iops": "0"}, namespace=ns({f"{P}/max-iops": "400"}), guardrails=guard)
+    assert (res.limits.riops, res.limits.wiops) == (400, 400)
+
+
+def test_bad_namespace_key_keeps_the_last_good_policy() -> None:
+    good = ns({f"{P}/max-write-iops": "300"})
+    bad = ns({f"{P}/max-write-iops": "lots"}, previous=good.memory)
+    assert resolve({f"{P}/write-iops": "900"}, namespace=bad).limits.wiops == 300
+    assert bad.maxima.parsed.invalid  # so the agent can warn on the Namespace
+
+
+def test_bad_namespace_key_on_first_sight_is_ignored() -> None:
+    bad = ns({f"{P}/default-iops": "x"})
+    assert resolve({}, namespace=bad).limits == DEFAULTS
+
+
+def test_kept_kernel_value_is_clamped_too() -> None:
+    res = resolve({f"{P}/write-iops": "abc"}, guardrails=CEIL)
+    assert limits_to_enforce(res, IOLimits(wiops=0)).wiops == 500  # nothing held: fallback
+    assert limits_to_enforce(res, IOLimits(wiops=7000)).wiops == 1000
+    assert limits_to_enforce(res, IOLimits(wiops=70)).wiops == 70

@@ -73,7 +73,12 @@ def build_app(state: FakeAPIState) -> ASGIApp:
         routes += _resource_routes(state, rt)
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: _http_exception, ApiError: _api_error_handler},
+        exception_handlers={
+            HTTPException: _http_exception,
+            ApiError: _api_error_handler,
+            # A bug in the fake: answered as the real server's InternalError, and still logged.
+            Exception: _internal_error,
+        },
     )
     return _Harness(app, state)
 
@@ -202,6 +207,10 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
 async def _api_error_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return _status_response(exc)
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    return _status_response(ApiError(500, "InternalError", f"fake API server bug: {exc!r}"))
 
 
 def _status_response(exc: ApiError) -> Response:

@@ -130,15 +130,21 @@ class Fault:
             raise ValueError(str(exc)) from exc
 
 
+@attrs.define
+class _Armed:
+    fault: Fault
+    remaining: int | None
+
+
 class FaultPlan:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._faults: list[list[Any]] = []  # [fault, remaining count or None]
+        self._faults: list[_Armed] = []
         self._clear_listeners: list[Callable[[], None]] = []
 
     def add(self, fault: Fault) -> None:
         with self._lock:
-            self._faults.append([fault, fault.count])
+            self._faults.append(_Armed(fault, fault.count))
 
     def clear(self) -> None:
         with self._lock:
@@ -160,17 +166,16 @@ class FaultPlan:
 
     def active(self) -> list[Fault]:
         with self._lock:
-            return [f for f, _ in self._faults]
+            return [armed.fault for armed in self._faults]
 
     def take(self, method: str, path: str) -> Fault | None:
         """The first fault matching this request, consuming one of its count."""
         with self._lock:
-            for entry in self._faults:
-                fault, remaining = entry
-                if fault.matches(method, path):
-                    if remaining is not None:
-                        entry[1] = remaining - 1
-                        if entry[1] <= 0:
-                            self._faults.remove(entry)
-                    return fault  # type: ignore[no-any-return]
+            for armed in self._faults:
+                if armed.fault.matches(method, path):
+                    if armed.remaining is not None:
+                        armed.remaining -= 1
+                        if armed.remaining <= 0:
+                            self._faults.remove(armed)
+                    return armed.fault
             return None

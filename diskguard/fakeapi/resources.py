@@ -6,7 +6,7 @@ may use, whether it has a `status` subresource, and an optional defaulting hook.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import attrs
@@ -155,7 +155,7 @@ class Registry:
 
     types: tuple[ResourceType, ...]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[ResourceType]:
         return iter(self.types)
 
     def lookup(self, name: str) -> ResourceType:

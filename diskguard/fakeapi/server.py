@@ -138,6 +138,7 @@ class FakeAPIServer:
             self._nursery = nursery
             await self._listen()
             task_status.started()
+            await trio.sleep_forever()
 
     def go_down(self) -> None:
         """Stop listening (connections are refused, open ones cut) while keeping all state."""
@@ -319,6 +320,8 @@ class FakeAPIServer:
                     ready.set_exception(exc)
                     raise
                 ready.set_result(None)
+                # Keeps the loop alive while not listening (between go_down and come_back).
+                await trio.sleep_forever()
 
         try:
             trio.run(main)
@@ -345,7 +348,16 @@ class FakeAPIServer:
                 result.set_exception(RuntimeError(f"server loop ended: {exc!r}"))
                 raise
 
-        token.run_sync_soon(nursery.start_soon, runner)
+        def spawn() -> None:
+            try:
+                nursery.start_soon(runner)
+            except RuntimeError as exc:  # the loop is shutting down
+                result.set_exception(RuntimeError(f"the fake API server is stopping: {exc}"))
+
+        try:
+            token.run_sync_soon(spawn)
+        except trio.RunFinishedError:
+            raise RuntimeError("the fake API server is not running") from None
         return result.result(timeout=_CALL_TIMEOUT)
 
     def _config(self) -> hypercorn.config.Config:

@@ -45,7 +45,9 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # The alphabet the server uses for generateName suffixes (no vowels, no look-alikes).
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-_IMMUTABLE_META = ("name", "namespace", "uid", "creationTimestamp")
+_IMMUTABLE_META = ("name", "namespace", "uid")
+# What an update can never change, whatever the body says (the server copies them over).
+_SERVER_OWNED_META = ("creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 
 def utc_timestamp() -> str:
@@ -274,9 +276,7 @@ class Store:
         with self._lock:
             old = self._require(rt, namespace, name)
             _check_preconditions(rt, old, meta.get("resourceVersion"), meta.get("uid"))
-            for field in _IMMUTABLE_META:
-                if field in old["metadata"]:
-                    meta.setdefault(field, old["metadata"][field])
+            meta.setdefault("namespace", old["metadata"].get("namespace"))
             return self._update(rt, old, new, subresource)
 
     def patch(
@@ -443,8 +443,17 @@ class Store:
         new_meta = new.get("metadata")
         if not isinstance(new_meta, dict):
             raise errors.invalid(rt.kind, old["metadata"]["name"], "metadata: Required value")
+        old_meta = old["metadata"]
+        if subresource != "*":  # the harness may set anything, e.g. a deletionTimestamp
+            for field in _SERVER_OWNED_META:
+                if field in old_meta:
+                    new_meta[field] = old_meta[field]
+                else:
+                    new_meta.pop(field, None)
+            if not new_meta.get("uid"):
+                new_meta["uid"] = old_meta["uid"]
         for field in _IMMUTABLE_META:
-            if new_meta.get(field) != old["metadata"].get(field):
+            if new_meta.get(field) != old_meta.get(field):
                 raise errors.invalid(
                     rt.kind,
                     old["metadata"]["name"],

@@ -40,12 +40,14 @@ class Relisted:
 
     objects: tuple[Mapping[str, Any], ...]
     resource_version: str
+    resource: str = "pods"
 
 
 @attrs.frozen
 class Changed:
     kind: str  # ADDED | MODIFIED | DELETED
     object: Mapping[str, Any]
+    resource: str = "pods"
 
 
 WatchEvent = Relisted | Changed
@@ -197,7 +199,7 @@ class ListWatcher:
             if not token:
                 resource_version = str(meta.get("resourceVersion", ""))
                 break
-        self._emit(Relisted(tuple(objects), resource_version))
+        self._emit(Relisted(tuple(objects), resource_version, self.name))
         return resource_version
 
     def _watch(self, resource_version: str) -> str:
@@ -226,7 +228,7 @@ class ListWatcher:
                 if rv:
                     resource_version = str(rv)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self._emit(Changed(kind, obj))
+                    self._emit(Changed(kind, obj, self.name))
         finally:
             with self._response_lock:
                 self._response = None

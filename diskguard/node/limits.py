@@ -69,6 +69,14 @@ def check_limits(limits: IOLimits) -> None:
             raise LimitRejectedError(f"{field}={value} is outside 0..{top}")
 
 
+def kernel_view(limits: IOLimits) -> IOLimits:
+    """`limits` as the kernel will read them back: an IOPS limit of MAX_IOPS (UINT_MAX) is
+    blk-throttle's own "no limit", so it reads back as unlimited (0) on v1 and v2."""
+    return IOLimits(
+        **{f: 0 if f.endswith("iops") and v == MAX_IOPS else v for f, v in limits.as_dict().items()}
+    )
+
+
 def _dir_gone(cgroup_dir: Path) -> bool:
     return not cgroup_dir.is_dir()
 
@@ -169,8 +177,12 @@ class V1Backend:
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
     ) -> None:
         check_limits(want)
-        if have is None:
-            have = self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+        want = kernel_view(want)
+        have = kernel_view(
+            self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+            if have is None
+            else have
+        )
         for field, value in _changed(want, have):
             write_knob(cgroup_dir, self.KNOBS[field], f"{device} {value}")
 
@@ -179,12 +191,15 @@ class V2Backend:
     """cgroup v2 io.max: "MAJ:MIN riops=N wiops=N rbps=N wbps=N", "key=max" clears.
 
     "key=0" is refused with ERANGE and a bare "max" with EINVAL, so 0 (unlimited in our
-    model) is always spelled "max".
+    model) is always spelled "max"; "key=1" is EINVAL too, so 1 is refused up front
+    (v1 takes it).
     """
 
     version = CgroupVersion.V2
 
     KNOB = "io.max"
+    # blk-throttle's io.max parser accepts only values > 1 (6.1 and 6.18 alike).
+    MIN_LIMIT = 2
 
     def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
         result: dict[DeviceKey, IOLimits] = {}
@@ -210,8 +225,18 @@ class V2Backend:
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
     ) -> None:
         check_limits(want)
-        if have is None:
-            have = self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+        for field, value in want.as_dict().items():
+            if value == 1:
+                raise LimitRejectedError(
+                    f"{field}=1 for {device} in {cgroup_dir / self.KNOB}: io.max takes no "
+                    f"limit below {self.MIN_LIMIT} (the kernel answers EINVAL)"
+                )
+        want = kernel_view(want)
+        have = kernel_view(
+            self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
+            if have is None
+            else have
+        )
         items = [f"{field}={value or 'max'}" for field, value in _changed(want, have)]
         if items:
             write_knob(cgroup_dir, self.KNOB, f"{device} {' '.join(items)}")

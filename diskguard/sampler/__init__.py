@@ -1,10 +1,12 @@
 """Per-container IO measurement: eBPF (blkcg attribution) or the kernel's cgroup counters."""
 
 from diskguard.sampler.base import Logger, Sampler, SamplerUnavailable, Snapshot, Target
+from diskguard.sampler.bpf import BpfOptions
 from diskguard.sampler.factory import SamplerKind, open_sampler
 from diskguard.sampler.rates import RateSample, RateTracker
 
 __all__ = [
+    "BpfOptions",
     "Logger",
     "RateSample",
     "RateTracker",

@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -209,6 +210,8 @@ class BpfSampler:
         self._keys = ctypes.create_string_buffer(_KEY.size * max_entries)
         self._vals = ctypes.create_string_buffer(_VAL.size * max_entries)
         self._batch_ok = True
+        # read() runs in worker threads; the batch buffers and the BCC object are shared.
+        self._lock = threading.Lock()
 
     @property
     def degraded(self) -> str | None:
@@ -286,6 +289,10 @@ class BpfSampler:
                 acc[3] += nbytes
         return found
 
+    def _locked_totals(self, wanted: set[int] | None) -> dict[int, dict[Device, list[int]]]:
+        with self._lock:
+            return self._totals(wanted)
+
     def totals_by_cgroup(self) -> dict[int, dict[Device, Counters]]:
         """Counters of every cgroup id seen on the data devices, targets or not.
 
@@ -294,11 +301,11 @@ class BpfSampler:
         """
         return {
             cg: {dev: Counters(*acc) for dev, acc in devs.items()}
-            for cg, devs in self._totals(None).items()
+            for cg, devs in self._locked_totals(None).items()
         }
 
     def read(self, targets: Sequence[Target]) -> Snapshot:
-        found = self._totals({t.cgroup_id for t in targets})
+        found = self._locked_totals({t.cgroup_id for t in targets})
         out: Snapshot = {}
         for target in targets:
             if not under_root(self._root, target.path):
@@ -319,7 +326,8 @@ class BpfSampler:
         return out
 
     def close(self) -> None:
-        bpf, self._bpf = self._bpf, None
+        with self._lock:
+            bpf, self._bpf = self._bpf, None
         if bpf is not None:
             bpf.cleanup()  # detaches the tracepoint, closes program and map fds
 
@@ -381,8 +389,10 @@ def open_bpf_sampler(
     cflags.append(f"-DDG_MAX_ENTRIES={opts.max_entries}")
 
     started = time.monotonic()
+    err: list[str] = []
     try:
-        with _env("BCC_KERNEL_SOURCE", str(headers.path)), _captured_stderr() as err:
+        with _env("BCC_KERNEL_SOURCE", str(headers.path)), _captured_stderr() as captured:
+            err = captured
             bpf = bcc.BPF(text=source.encode(), cflags=cflags)
     except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
         detail = _tail(err[0]) if err else ""

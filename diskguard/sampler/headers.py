@@ -178,27 +178,31 @@ def _merged_tree(cache_dir: Path, release: str, layers: list[Path]) -> Path:
 
 
 def _overlay(src: Path, dst: Path, depth: int = 0) -> None:
+    """Make `src`'s entries visible in `dst`, `src` winning over what is already there.
+
+    An entry only one layer has becomes one symlink, even a whole directory; only
+    directories both layers have are made real and merged, so the tree stays small.
+    """
     if depth > 32:
         raise OSError(f"directory nesting too deep at {src}")
     with os.scandir(src) as it:
         for entry in it:
             target = dst / entry.name
-            if entry.is_dir(follow_symlinks=True) and (
-                not entry.is_symlink() or (target.is_dir() and not target.is_symlink())
-            ):
-                # A real directory, or a symlinked one landing on a directory we already
-                # merged: merge contents so both layers' files are visible.
+            link = os.path.abspath(entry.path)
+            if not os.path.lexists(target):
+                target.symlink_to(link)
+                continue
+            if entry.is_dir() and target.is_dir():
                 if target.is_symlink():
-                    old = target.resolve()
+                    # So far one layer's directory: materialise it one level deep.
+                    earlier = Path(os.readlink(target))
                     target.unlink()
                     target.mkdir()
-                    _overlay(old, target, depth + 1)
-                else:
-                    target.mkdir(exist_ok=True)
+                    _overlay(earlier, target, depth + 1)
                 _overlay(Path(entry.path), target, depth + 1)
                 continue
-            if target.is_symlink() or target.is_file():
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
                 target.unlink()
-            elif target.exists():
-                continue  # a file shadowed by a merged directory: keep the directory
-            target.symlink_to(os.path.abspath(entry.path))
+            target.symlink_to(link)

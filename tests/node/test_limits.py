@@ -74,7 +74,7 @@ def set_behind_our_back(cgroup: Path, device: Device, field: str, value: int) ->
         IOLimits(wiops=250),
         IOLimits(rbps=MiB),
         IOLimits(wbps=3 * MiB + 512),
-        IOLimits(riops=1, wiops=2, rbps=4096, wbps=8192),
+        IOLimits(riops=2, wiops=3, rbps=4096, wbps=8192),
         IOLimits(riops=MAX_IOPS - 1, wbps=MAX_BPS),
     ],
     ids=["riops", "wiops", "rbps", "wbps", "all", "large"],
@@ -83,6 +83,33 @@ def test_each_field_reads_back(backend, container_cgroup, disk, want: IOLimits) 
     assert kernel_limits(backend, container_cgroup, disk).is_unlimited()
     backend.write(container_cgroup, disk, want)
     assert backend.read(container_cgroup) == {key(disk): want}
+
+
+def test_max_iops_is_the_kernels_own_unlimited(backend, container_cgroup, disk) -> None:
+    # blk-throttle reads an IOPS limit of UINT_MAX back as "no limit": writing it must
+    # not leave a difference that a reconcile loop would rewrite forever.
+    backend.write(container_cgroup, disk, IOLimits(riops=MAX_IOPS, wiops=MAX_IOPS, rbps=MiB))
+    assert kernel_limits(backend, container_cgroup, disk) == IOLimits(rbps=MiB)
+    gone = container_cgroup.parent / "never-made"
+    backend.write(gone, disk, IOLimits(riops=MAX_IOPS, rbps=MiB), have=IOLimits(rbps=MiB))
+
+
+@pytest.mark.v1
+def test_v1_takes_a_limit_of_one(cgroup_hierarchy, container_cgroup, disk) -> None:
+    V1Backend().write(container_cgroup, disk, IOLimits(riops=1, wiops=1, rbps=1, wbps=1))
+    assert kernel_limits(V1Backend(), container_cgroup, disk) == IOLimits(1, 1, 1, 1)
+
+
+@pytest.mark.v2
+@pytest.mark.parametrize("field", ["riops", "wiops", "rbps", "wbps"])
+def test_v2_refuses_a_limit_of_one_clearly(cgroup_hierarchy, container_cgroup, disk, field) -> None:
+    # The kernel's own answer, for the record: EINVAL.
+    with pytest.raises(LimitRejectedError, match="Invalid argument"):
+        write_knob(container_cgroup, "io.max", f"{disk} {field}=1")
+    with pytest.raises(LimitRejectedError, match=f"{field}=1 .*below 2"):
+        V2Backend().write(container_cgroup, disk, IOLimits(**{field: 1}))
+    V2Backend().write(container_cgroup, disk, IOLimits(**{field: 2}))
+    assert kernel_limits(V2Backend(), container_cgroup, disk) == IOLimits(**{field: 2})
 
 
 def test_clearing_removes_the_rule(backend, container_cgroup, disk) -> None:
@@ -148,7 +175,7 @@ def test_partition_is_rejected(backend, container_cgroup, make_loop_disk) -> Non
 def test_nonexistent_device_is_rejected(backend, container_cgroup) -> None:
     nowhere = Device(4095, 12345)
     with pytest.raises(DeviceRejectedError, match="4095:12345"):
-        backend.write(container_cgroup, nowhere, IOLimits(riops=1), have=IOLimits())
+        backend.write(container_cgroup, nowhere, IOLimits(riops=5), have=IOLimits())
 
 
 def test_removed_cgroup_is_gone(backend, kubelet_root, disk) -> None:
@@ -208,7 +235,7 @@ def test_v2_without_io_in_the_parent_is_a_clear_error(cgroup_hierarchy, kubelet_
     child.mkdir()
     assert not (child / "io.max").exists()
     with pytest.raises(ControllerMissingError, match="subtree_control"):
-        V2Backend().write(child, disk, IOLimits(wiops=1))
+        V2Backend().write(child, disk, IOLimits(wiops=5))
     with pytest.raises(ControllerMissingError):
         V2Backend().read(child)
 
@@ -217,6 +244,10 @@ def test_v2_without_io_in_the_parent_is_a_clear_error(cgroup_hierarchy, kubelet_
 
 # blk-throttle is exact for O_DIRECT 4k IO (KERNEL-LAB: 100 -> 100.2 IOPS).
 TOLERANCE = 0.10
+# A few IOs in flight so the device's own latency (large under qemu's emulation) does not
+# eat into the throttled rate: with one synchronous IO at a time, each IO's service time
+# adds to the wait the throttle imposes, and a slow lane measures below the limit.
+QUEUED = {"ioengine": "libaio", "iodepth": 4}
 
 
 def within(measured: float, target: float) -> bool:
@@ -227,7 +258,7 @@ def within(measured: float, target: float) -> bool:
 def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_iops) -> None:
     free = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=1)
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
-    limited = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=3)
+    limited = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=3, **QUEUED)
     assert within(limited.write_iops, 100), limited
     assert free.write_iops > 10 * 100, free
     # Counts agree with the rate: ~300 IOs in 3 s, not a burst then a stall.
@@ -237,7 +268,7 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
 @pytest.mark.slow
 def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(rbps=MiB))
-    limited = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=3)
+    limited = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=3, **QUEUED)
     assert within(limited.read_iops, MiB / 4096), limited
     assert within(limited.read_bw, MiB), limited
     assert limited.write_ios == 0

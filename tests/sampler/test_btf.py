@@ -199,8 +199,15 @@ class _Builder:
         self.strings += name.encode() + b"\0"
         return off
 
-    def add(self, name: str, kind: int, vlen: int, size_or_type: int, tail: bytes = b"",
-            kind_flag: bool = False) -> int:  # fmt: skip
+    def add(
+        self,
+        name: str,
+        kind: int,
+        vlen: int,
+        size_or_type: int,
+        tail: bytes = b"",
+        kind_flag: bool = False,
+    ) -> int:
         info = (kind << 24) | vlen | (int(kind_flag) << 31)
         self.types += struct.pack("<III", self.s(name), info, size_or_type) + tail
         self.next_id += 1
@@ -209,8 +216,14 @@ class _Builder:
     def int_(self, name: str, size: int) -> int:
         return self.add(name, 1, 0, size, struct.pack("<I", size * 8))
 
-    def struct(self, name: str, size: int, members: list[tuple[str, int, int]],
-               kind: int = 4, kind_flag: bool = False) -> int:  # fmt: skip
+    def struct(
+        self,
+        name: str,
+        size: int,
+        members: list[tuple[str, int, int]],
+        kind: int = 4,
+        kind_flag: bool = False,
+    ) -> int:
         tail = b"".join(struct.pack("<III", self.s(n), t, off) for n, t, off in members)
         return self.add(name, kind, len(members), size, tail, kind_flag)
 
@@ -231,9 +244,11 @@ def test_typedefs_anonymous_unions_and_bitfields() -> None:
     anon = b.struct("", 8, [("whole", const_u64, 0), ("", inner, 0)], kind=5)  # union
     # kind_flag: offsets carry bitfield sizes in their top 8 bits.
     outer = b.struct(
-        "outer", 24, [("flag", u32, 1 << 24 | 0), ("", anon, 64), ("tail", u32_t, 128)],
+        "outer",
+        24,
+        [("flag", u32, 1 << 24 | 0), ("", anon, 64), ("tail", u32_t, 128)],
         kind_flag=True,
-    )  # fmt: skip
+    )
     b.add("outer_t", 8, 0, outer)
     btf = BTF(b.blob())
     assert btf.member("outer", "whole").offset == 8

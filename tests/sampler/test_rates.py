@@ -132,9 +132,7 @@ counters = st.builds(
 )
 
 
-@given(
-    snapshots=st.lists(st.tuples(st.floats(0.0, 30.0), counters), min_size=1, max_size=30)
-)
+@given(snapshots=st.lists(st.tuples(st.floats(0.0, 30.0), counters), min_size=1, max_size=30))
 def test_rates_are_never_negative_and_integrate_to_the_increase(
     snapshots: list[tuple[float, Counters]],
 ) -> None:

@@ -12,7 +12,9 @@ log() { echo "diskguard-vm(guest): $*"; }
 poweroff_now() {
     sync
     echo o >/proc/sysrq-trigger
-    sleep 30 # sysrq poweroff is asynchronous; returning from PID 1 would panic instead
+    # sysrq poweroff is asynchronous and returning from PID 1 would panic, so wait; with a builtin,
+    # as exec'ing anything may fail once the 9p shares go away.
+    read -r -t 60 _ <&9
 }
 
 finish() {
@@ -29,6 +31,7 @@ must() {
     }
 }
 
+mkfifo /run/pid1-wait && exec 9<>/run/pid1-wait # an fd that never delivers data, for poweroff_now
 must mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 must mount -t tracefs tracefs /sys/kernel/tracing
 must mount -t debugfs debugfs /sys/kernel/debug
@@ -57,7 +60,8 @@ export DISKGUARD_LANE=v2 DISKGUARD_VM_DISK=/dev/vda
 [ -b "$DISKGUARD_VM_DISK" ] || log "WARNING: data disk $DISKGUARD_VM_DISK is missing"
 
 must cd "$REPO"
-log "kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime)s, running $MODE ${args[*]}"
+cut -d' ' -f1 /proc/uptime >"$R/ready_uptime"
+log "kernel $(uname -r), up $(cat "$R/ready_uptime")s, running $MODE ${args[*]}"
 if [ "$MODE" = exec ]; then
     "${args[@]}" >"$R/pytest.log" 2>&1 </dev/null
 else

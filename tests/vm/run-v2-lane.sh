@@ -155,10 +155,15 @@ if [ ! -e "$initrd" ]; then
         || die_setup "cannot build the initramfs"
     mv "$initrd.tmp" "$initrd"
     rm -rf "$stage"
-    # Older initramfs images of this cache are stale now.
-    find "$cache" -maxdepth 1 -name 'initramfs-*.img' ! -path "$initrd" -delete
     say "initramfs ready in $((SECONDS - t0))s"
 fi
+# Forget what no run has used for a day: initramfs images of older init scripts, kernels of older
+# headers, run directories of killed runs. The current ones are touched so that they stay.
+touch "$kdir" "$initrd"
+mkdir -p "$cache/runs"
+find "$cache" -mindepth 1 -maxdepth 1 \( -name 'initramfs-*.img' -o -name 'kernel-*' -o -name '.initrd.*' \) -mmin +1440 \
+    -exec rm -rf {} +
+find "$cache/runs" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} +
 flock -u "$lockfd"
 
 if [ "$setup_only" = 1 ]; then
@@ -167,7 +172,6 @@ if [ "$setup_only" = 1 ]; then
 fi
 
 # --- One run: its own directory (results share + data disk), removed afterwards ------------------
-mkdir -p "$cache/runs"
 run="$(mktemp -d "$cache/runs/run.XXXXXX")"
 qemu_pid=""
 tail_pid=""
@@ -248,5 +252,6 @@ fi
 rc="$(cat "$run/rc")"
 [[ "$rc" =~ ^[0-9]+$ ]] || { console_tail; say "FAILED: bad result '$rc'"; exit 125; }
 if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then console_tail; fi
-say "guest pytest exit status $rc; lane took $((SECONDS - t_boot))s from boot to power-off"
+ready="$(cat "$run/ready_uptime" 2>/dev/null || echo '?')"
+say "guest $mode exit status $rc; booted in ${ready}s (guest uptime at start), $((SECONDS - t_boot))s from boot to power-off"
 exit "$rc"

@@ -1,0 +1,336 @@
+"""Sampler figures: accuracy, IO overhead, cost per sampling pass, compile time, RSS, BTF parse.
+
+Needs root, BCC, kernel headers, fio and a cgroup IO hierarchy. Prints a small report;
+creates its own loop disk and cgroups (unique names) and removes them again.
+
+    .venv/bin/python bench/sampler_bench.py [--rounds 5] [--seconds 3] [--cgroups 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from kernel_fixtures import (  # noqa: E402
+    loop_disk_ctx,
+    prepare_fio_file,
+    remove_cgroup_tree,
+)
+
+from diskguard.model import CgroupVersion, Device  # noqa: E402
+from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup  # noqa: E402
+from diskguard.sampler.base import Target  # noqa: E402
+from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler  # noqa: E402
+from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
+from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
+
+
+class QuietLog:
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        print(f"  warning: {event} {kw}")
+
+
+def fio(
+    cgroup: Path,
+    directory: Path,
+    rw: str,
+    *,
+    seconds: float = 0,
+    ios: int = 0,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    path = prepare_fio_file(directory, 64)
+    argv = [
+        "fio",
+        "--name=b",
+        f"--filename={path}",
+        "--size=64M",
+        f"--rw={rw}",
+        "--bs=4k",
+        "--direct=1",
+        "--ioengine=psync",
+        "--output-format=json",
+        *extra,
+    ]
+    argv += [f"--runtime={seconds}", "--time_based"] if seconds else [f"--number_ios={ios}"]
+    out = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'echo $$ > "$1" && shift && exec "$@"',
+            "sh",
+            str(cgroup / "cgroup.procs"),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    job = json.loads(out[out.index("{") :])["jobs"][0]
+    return {"read": job["read"], "write": job["write"]}
+
+
+@contextlib.contextmanager
+def bench_cgroup(hier: CgroupHierarchy) -> Iterator[Path]:
+    top = hier.path / f"dgbench_{uuid.uuid4().hex[:10]}"
+    top.mkdir()
+    if hier.version is CgroupVersion.V2:
+        (top / "cgroup.subtree_control").write_text("+io")
+    try:
+        yield top
+    finally:
+        remove_cgroup_tree(top)
+
+
+def accuracy(hier: CgroupHierarchy, top: Path, disk: Device, mnt: Path, bpf: BpfSampler) -> None:
+    print("\n== accuracy: 4k O_DIRECT, 5000 IOs per direction, one cgroup")
+    cg = top / "accuracy"
+    cg.mkdir()
+    target = Target.of(cg)
+    kernel = CgroupSampler([disk], hier.path, hier.version, QuietLog())
+    for rw, side, field in (("randread", "read", "rios"), ("randwrite", "write", "wios")):
+        k0, b0 = kernel.read([target])[target][disk], bpf.read([target])[target][disk]
+        res = fio(cg, mnt, rw, ios=5000)
+        k1, b1 = kernel.read([target])[target][disk], bpf.read([target])[target][disk]
+        f = res[side]["total_ios"]
+        b = getattr(b1, field) - getattr(b0, field)
+        k = getattr(k1, field) - getattr(k0, field)
+        print(f"  {rw:9}: fio {f}  bpf {b}  kernel {k}  bpf/fio {b / f:.4f}  ", end="")
+        print(f"bpf/kernel {b / k:.4f}")
+
+
+PROG = b"raw_tracepoint__block_rq_issue"
+
+
+def _attach(s: BpfSampler, on: bool) -> None:
+    # Bench-only reach into the BCC object: toggling the attachment keeps the program
+    # loaded, so no compile burns CPU next to an "on" round.
+    bpf = s._bpf
+    attached = b"block_rq_issue" in bpf.raw_tracepoint_fds
+    if on and not attached:
+        bpf.attach_raw_tracepoint(tp=b"block_rq_issue", fn_name=PROG)
+    elif attached and not on:
+        bpf.detach_raw_tracepoint(b"block_rq_issue")
+
+
+def overhead(
+    hier: CgroupHierarchy,
+    top: Path,
+    disk: Device,
+    mnt: Path,
+    bpf: BpfSampler,
+    rounds: int,
+    seconds: float,
+) -> None:
+    print(
+        f"\n== overhead: fio 4k psync QD1 on the loop disk, {rounds} ABBA rounds of "
+        f"2x{seconds:g}s per mode, sampler attached vs detached"
+    )
+    cg = top / "overhead"
+    cg.mkdir()
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old_stats = stats.read_text().strip()
+    fd = bpf._bpf.funcs[PROG].fd
+    stats.write_text("1")
+    try:
+        for rw, side in (("randread", "read"), ("randwrite", "write")):
+            ratios, on_all, off_all = [], [], []
+            before = _prog_stats(fd)
+            for _ in range(rounds):
+                got: dict[bool, list[float]] = {True: [], False: []}
+                for on in (False, True, True, False):
+                    _attach(bpf, on)
+                    got[on].append(fio(cg, mnt, rw, seconds=seconds)[side]["iops"])
+                _attach(bpf, True)
+                on_iops, off_iops = statistics.mean(got[True]), statistics.mean(got[False])
+                ratios.append(on_iops / off_iops)
+                on_all.append(on_iops)
+                off_all.append(off_iops)
+            after = _prog_stats(fd)
+            runs = after[1] - before[1]
+            per = (after[0] - before[0]) / max(runs, 1)
+            print(
+                f"  {rw:9}: detached {statistics.median(off_all):,.0f} IOPS, attached "
+                f"{statistics.median(on_all):,.0f} IOPS, median ratio "
+                f"{statistics.median(ratios):.3f} (rounds: "
+                f"{', '.join(f'{r:.3f}' for r in ratios)}); program {per:.0f} ns/request "
+                f"over {runs:,} runs"
+            )
+    finally:
+        stats.write_text(old_stats)
+
+
+def _prog_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) the kernel keeps for a program while bpf_stats are on."""
+    info = dict(
+        line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+    )
+    return int(info.get("run_time_ns", "0")), int(info.get("run_cnt", "0"))
+
+
+def pass_cost(
+    hier: CgroupHierarchy, top: Path, disk: Device, mnt: Path, bpf: BpfSampler, n: int
+) -> None:
+    print(f"\n== one sampling pass over {n} cgroups (each did 1 read + 1 write on the disk)")
+    parent = top / "many"
+    parent.mkdir()
+    if hier.version is CgroupVersion.V2:
+        (parent / "cgroup.subtree_control").write_text("+io")
+    path = prepare_fio_file(mnt, 64)
+    script = (
+        'for d in "$@"; do (echo $BASHPID > "$d/cgroup.procs"; '
+        # Offsets stay inside the 64 MiB file: past its end a read does no IO and a write
+        # would grow it.
+        f"dd if={path} of=/dev/null bs=4k count=1 skip=$((RANDOM % 16000)) iflag=direct "
+        "status=none; "
+        f"dd if=/dev/zero of={path} bs=4k count=1 seek=$((RANDOM % 16000)) oflag=direct "
+        "conv=notrunc "
+        "status=none); done"
+    )
+    dirs = []
+    for i in range(n):
+        d = parent / f"c{i}"
+        d.mkdir()
+        dirs.append(d)
+    started = time.monotonic()
+    subprocess.run(["bash", "-c", script, "bash", *map(str, dirs)], check=True)
+    print(f"  (generated IO in {n} cgroups in {time.monotonic() - started:.1f}s)")
+    targets = [Target.of(d) for d in dirs]
+    kernel = CgroupSampler([disk], hier.path, hier.version, QuietLog())
+    kernel.read(targets)  # arm (v1) outside the measurement
+
+    def cpu_ms(fn: Any, reps: int = 5) -> float:
+        samples = []
+        for _ in range(reps):
+            t = time.process_time()
+            fn()
+            samples.append((time.process_time() - t) * 1000)
+        return statistics.median(samples)
+
+    snap = bpf.read(targets)
+    seen = sum(1 for t in targets if snap[t][disk].rios and snap[t][disk].wios)
+    b = cpu_ms(lambda: bpf.read(targets))
+    raw = cpu_ms(lambda: list(bpf._entries()))  # map read alone, without per-target work
+    k = cpu_ms(lambda: kernel.read(targets))
+    print(
+        f"  bpf read():     {b:7.1f} ms CPU  ({seen}/{n} cgroups with both directions counted;"
+        f" map walk alone {raw:.1f} ms)"
+    )
+    files = "io.stat" if hier.version is CgroupVersion.V2 else "2 blkio.throttle files"
+    print(f"  cgroup read():  {k:7.1f} ms CPU  ({files} per cgroup)")
+    print(f"  ratio cgroup/bpf: {k / b:.2f}")
+
+
+def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> None:
+    print("\n== BCC compile + load time, RSS (fresh process each)")
+    child = (
+        "import sys, json, time, resource\n"
+        "from pathlib import Path\n"
+        "from diskguard.model import Device, CgroupVersion\n"
+        "from diskguard.sampler.bpf import open_bpf_sampler, BpfOptions\n"
+        "def rss():\n"
+        "    for l in open('/proc/self/status'):\n"
+        "        if l.startswith('VmRSS'): return int(l.split()[1]) // 1024\n"
+        "class L:\n"
+        "    def info(self, *a, **k): pass\n"
+        "    def warning(self, *a, **k): pass\n"
+        "import bcc\n"
+        "before = rss()\n"
+        "t = time.monotonic()\n"
+        f"s = open_bpf_sampler([Device({disk.major}, {disk.minor})], Path('{hier.path}'), "
+        f"CgroupVersion('{hier.version.value}'), L(),"
+        f" BpfOptions(cache_dir=Path('{opts.cache_dir}')))\n"
+        "total = time.monotonic() - t\n"
+        "after = rss()\n"
+        "s.close()\n"
+        "print(json.dumps({'compile': float(s.info['compile_seconds']), 'open': total,"
+        " 'rss_before': before, 'rss_loaded': after, 'rss_closed': rss()}))\n"
+    )
+    runs = []
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", child], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout
+        runs.append(json.loads(out))
+    for r in runs:
+        print(
+            f"  compile+load {r['compile']:.2f}s (open_bpf_sampler total {r['open']:.2f}s); "
+            f"RSS: python+bcc imported {r['rss_before']} MiB, program loaded "
+            f"{r['rss_loaded']} MiB, after close {r['rss_closed']} MiB"
+        )
+
+
+def btf_parse() -> None:
+    print("\n== BTF: our reader vs bpftool JSON")
+    size = VMLINUX_BTF.stat().st_size
+    t = time.perf_counter()
+    btf = BTF.from_file()
+    btf.member("blkcg", "css.cgroup")
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    dump = subprocess.run(
+        ["bpftool", "-j", "btf", "dump", "file", str(VMLINUX_BTF)], capture_output=True, check=True
+    ).stdout
+    dumped = time.perf_counter() - t
+    t = time.perf_counter()
+    json.loads(dump)
+    parsed = time.perf_counter() - t
+    print(
+        f"  vmlinux BTF {size / 2**20:.1f} MiB; our parse + lookup {ours * 1000:.0f} ms; "
+        f"bpftool JSON {len(dump) / 2**20:.1f} MiB: dump {dumped * 1000:.0f} ms + "
+        f"json.loads {parsed * 1000:.0f} ms"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=2)
+    ap.add_argument("--cgroups", type=int, default=1000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root")
+    hier = detect_cgroup("/sys/fs/cgroup", "auto")
+    print(
+        f"kernel {os.uname().release}, cgroup {hier.version.value} at {hier.path}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    btf_parse()
+    with tempfile.TemporaryDirectory(prefix="dgbench") as tmp:
+        opts = BpfOptions(cache_dir=Path(tmp) / "cache")
+        with loop_disk_ctx(Path(tmp) / "disk", size_mib=256) as ld, bench_cgroup(hier) as top:
+            assert ld.mount is not None
+            prepare_fio_file(ld.mount, 64)
+            compile_and_rss(hier, ld.device, opts)
+            bpf = open_bpf_sampler([ld.device], hier.path, hier.version, QuietLog(), opts)
+            try:
+                print(f"  headers used: {bpf.info['headers']}")
+                accuracy(hier, top, ld.device, ld.mount, bpf)
+                pass_cost(hier, top, ld.device, ld.mount, bpf, args.cgroups)
+                overhead(hier, top, ld.device, ld.mount, bpf, args.rounds, args.seconds)
+            finally:
+                bpf.close()
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"\nbench process max RSS {max_rss} MiB")
+
+
+if __name__ == "__main__":
+    main()

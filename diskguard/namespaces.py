@@ -1,0 +1,97 @@
+"""Per-namespace IO policy from Namespace annotations (defaults and ceilings).
+
+Namespaces are normally editable only by administrators, so their annotations carry policy:
+`<prefix>/default-read-iops`… replace the env defaults for the namespace's pods and
+`<prefix>/max-read-iops`… tighten the env ceilings. The store keeps the last good value of
+each key, warns once per bad value with an Event on the Namespace, and says which
+namespaces' effective policy changed so their pods can be re-reconciled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from diskguard.kube.events import EventRequest
+from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.policy import KeyMemory, NamespacePolicy, namespace_policy
+
+log = logging.getLogger(__name__)
+
+
+class NamespacePolicies:
+    def __init__(self, prefix: str, emit: Callable[[EventRequest], None]) -> None:
+        self._prefix = prefix
+        self._emit = emit
+        self.policies: dict[str, NamespacePolicy] = {}
+        self._memory: dict[str, tuple[KeyMemory, KeyMemory]] = {}
+        self._warned: dict[str, frozenset[tuple[str, str]]] = {}
+        self.listed = False
+
+    def get(self, namespace: str) -> NamespacePolicy | None:
+        return self.policies.get(namespace)
+
+    def on_watch_event(self, event: WatchEvent) -> set[str]:
+        """Apply one namespaces watch event; return the namespaces whose policy changed."""
+        changed: set[str] = set()
+        if isinstance(event, Relisted):
+            self.listed = True
+            seen = set()
+            for obj in event.objects:
+                name = self._upsert(obj, changed)
+                seen.add(name)
+            for name in set(self.policies) - seen:
+                self._forget(name)
+                changed.add(name)
+        elif isinstance(event, Changed):
+            if event.kind == "DELETED":
+                name = str((event.object.get("metadata") or {}).get("name", ""))
+                self._forget(name)
+                changed.add(name)
+            else:
+                self._upsert(event.object, changed)
+        return changed
+
+    def _upsert(self, obj: Mapping[str, Any], changed: set[str]) -> str:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        policy = namespace_policy(
+            name, dict(meta.get("annotations") or {}), self._prefix, self._memory.get(name)
+        )
+        self._memory[name] = policy.memory
+        if self.policies.get(name) != policy:
+            changed.add(name)
+        self.policies[name] = policy
+        self._warn_invalid(policy, str(meta.get("uid", "")))
+        return name
+
+    def _forget(self, name: str) -> None:
+        for table in (self.policies, self._memory, self._warned):
+            table.pop(name, None)
+
+    def _warn_invalid(self, policy: NamespacePolicy, uid: str) -> None:
+        invalid = [
+            *policy.defaults.parsed.invalid.values(),
+            *policy.maxima.parsed.invalid.values(),
+        ]
+        bad = frozenset((b.key, b.value) for b in invalid)
+        already = self._warned.get(policy.name, frozenset())
+        for b in invalid:
+            if (b.key, b.value) in already:
+                continue
+            self._emit(
+                EventRequest(
+                    kind="Namespace",
+                    namespace="",
+                    name=policy.name,
+                    uid=uid,
+                    reason="InvalidIOPolicy",
+                    message=(
+                        f"annotation {b.key}={b.value!r} ignored: {b.reason}; the last good "
+                        "value of this key stays in force (none, if diskguard has not seen one)"
+                    ),
+                    type="Warning",
+                )
+            )
+        self._warned[policy.name] = bad
