@@ -15,6 +15,7 @@ import attrs
 import trio
 from kubernetes import client as k8s
 
+from diskguard import web
 from diskguard.applier import Applier
 from diskguard.config import Config
 from diskguard.kube.client import make_api_client
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 # How long pods wait for the first namespace list (namespace policy) before limits are
 # applied without it; bounded so a missing RBAC rule cannot stall enforcement.
 NAMESPACE_WAIT = 10.0
+# A kernel apply batch that takes this long means sysfs writes hang: liveness fails so the
+# kubelet restarts the agent (the limits already written stay in place).
+APPLY_STUCK_AFTER = 120.0
 
 
 @attrs.frozen
@@ -63,9 +67,7 @@ class Agent:
             driver,
             config.kubelet_cgroup_root,
         )
-        self._event_send, self._event_receive = trio.open_memory_channel[EventRequest](
-            QUEUE_SIZE
-        )
+        self._event_send, self._event_receive = trio.open_memory_channel[EventRequest](QUEUE_SIZE)
         self.events = EventSink(self._event_send)
         self.reconciler = Reconciler(
             ReconcileSettings(
@@ -82,6 +84,7 @@ class Agent:
             self.events.emit,
         )
         self._watch_send, self._watch_receive = trio.open_memory_channel[WatchEvent](100)
+        self.http_binds: list[str] = []
         self.pod_watcher = ListWatcher(
             "pods",
             functools.partial(
@@ -93,6 +96,30 @@ class Agent:
         self.namespace_watcher = ListWatcher(
             "namespaces", self.api.list_namespace, self._watch_send.clone()
         )
+
+    # -- health ----------------------------------------------------------------------------
+
+    def liveness_problem(self) -> str:
+        """Why the agent should be restarted, or "" (the loop answering is itself a sign)."""
+        since = self.reconciler.applying_since
+        if since is not None and trio.current_time() - since > APPLY_STUCK_AFTER:
+            return f"a kernel apply batch has been running for over {APPLY_STUCK_AFTER:.0f}s"
+        return ""
+
+    def readiness_problem(self) -> str:
+        if not self.reconciler.synced.is_set():
+            return "initial reconcile not done yet"
+        failing = self.pod_watcher.health.failing_since
+        if failing is not None:
+            down_for = trio.current_time() - failing
+            if down_for > self.config.readiness_watch_grace:
+                return (
+                    f"pod watch failing for {down_for:.0f}s ({self.pod_watcher.health.last_error})"
+                )
+        return ""
+
+    def ready(self) -> bool:
+        return not self.readiness_problem()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         log.info(
@@ -108,10 +135,15 @@ class Agent:
             nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
             nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
             nursery.start_soon(
-                functools.partial(post_events, self._event_receive, self.api,
-                                  self.config.node_name),
+                functools.partial(
+                    post_events, self._event_receive, self.api, self.config.node_name
+                ),
                 name="events",
             )
+            self.http_binds = await nursery.start(
+                functools.partial(web.serve, self, self.config.http_addr), name="http"
+            )
+            log.info("serving /healthz /readyz /metrics /status on %s", ", ".join(self.http_binds))
             task_status.started()
 
 
@@ -125,8 +157,10 @@ async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    log.info("received %s: stopping, kernel limits stay in place",
-                             signal.Signals(signum).name)
+                    log.info(
+                        "received %s: stopping, kernel limits stay in place",
+                        signal.Signals(signum).name,
+                    )
                     nursery.cancel_scope.cancel()
                     return
 

@@ -69,9 +69,7 @@ class Applier:
         ref = plan.ref
         path = self._paths.get(ref.container_id)
         if path is None:
-            path = resolve_container_cgroup(
-                self._hierarchy, ref, self._driver, self._kubelet_root
-            )
+            path = resolve_container_cgroup(self._hierarchy, ref, self._driver, self._kubelet_root)
             if path is None:
                 return ApplyResult(ref, None)
             self._paths[ref.container_id] = path

@@ -46,6 +46,8 @@ class Config:
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0
     guardrails: Guardrails = attrs.field(factory=Guardrails)
+    http_addr: str = "0.0.0.0:2112"
+    readiness_watch_grace: float = 60.0
     log_level: str = "info"
     log_format: str = "text"
 
@@ -81,6 +83,16 @@ def _absolute_path(value: str) -> str:
 
 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _http_addr(value: str) -> str:
+    """`:2112` (all interfaces), `127.0.0.1:2112`, `[::1]:2112` -> a hypercorn bind."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError
+    if host.startswith("[") != host.endswith("]") or " " in host:
+        raise ValueError
+    return f"{host or '0.0.0.0'}:{int(port)}"
 
 
 _NO_NAMESPACES: tuple[str, ...] = ()
@@ -200,6 +212,12 @@ def load_config(env: Mapping[str, str]) -> Config:
         ),
         resync_interval=get(
             "RESYNC_INTERVAL", _seconds, "a positive number of seconds, such as 60", 60.0
+        ),
+        http_addr=get(
+            "HTTP_ADDR", _http_addr, "[host]:port such as :2112 or 127.0.0.1:2112", "0.0.0.0:2112"
+        ),
+        readiness_watch_grace=get(
+            "READINESS_WATCH_GRACE", _seconds, "a positive number of seconds, such as 60", 60.0
         ),
         log_level=get(
             "LOG_LEVEL",

@@ -161,31 +161,43 @@ async def _demo(lab: _Lab, fio_seconds: float, echo: Callable[[str], None]) -> N
                     api.update("pods", NAMESPACE, POD, _annotate(step.annotations))
                 latency = await _wait_for_change(kernel_limits, before, timeout=2.0)
                 held = kernel_limits()
-                echo(f"   kernel holds: {_show(held)}"
-                     + (f" (changed {latency * 1000:.0f} ms after the API edit)"
-                        if latency is not None and step.annotations else ""))
+                echo(
+                    f"   kernel holds: {_show(held)}"
+                    + (
+                        f" (changed {latency * 1000:.0f} ms after the API edit)"
+                        if latency is not None and step.annotations
+                        else ""
+                    )
+                )
                 result = await trio.to_thread.run_sync(
                     lambda: run_fio(cgroup, lab.mount, "randwrite", "4k", fio_seconds)
                 )
-                echo(f"   fio 4k random writes, O_DIRECT, {fio_seconds:g}s in the container: "
-                     f"{result.write_iops:.0f} IOPS")
-                rows.append((step.title, _show(held), result.write_iops,
-                             f"{(time.monotonic() - started):.1f}s"))
+                echo(
+                    f"   fio 4k random writes, O_DIRECT, {fio_seconds:g}s in the container: "
+                    f"{result.write_iops:.0f} IOPS"
+                )
+                rows.append(
+                    (
+                        step.title,
+                        _show(held),
+                        result.write_iops,
+                        f"{(time.monotonic() - started):.1f}s",
+                    )
+                )
             nursery.cancel_scope.cancel()
 
         echo("\n== summary")
         for title, shown, iops, _ in rows:
             echo(f"   {title:<45} kernel {shown:<28} measured {iops:7.0f} write IOPS")
-        warnings = [
-            r for r in api.requests()
-            if r.method == "POST" and r.path.endswith("/events")
-        ]
+        warnings = [r for r in api.requests() if r.method == "POST" and r.path.endswith("/events")]
         echo("\nEvents posted by the agent:")
         for r in warnings:
             body: Any = r.body or {}
             echo(f"   {body.get('type')} {body.get('reason')}: {body.get('message')}")
-        echo("\nkernel limits stay in place when the agent stops; the demo now removes its "
-             "cgroups, loop device and files.")
+        echo(
+            "\nkernel limits stay in place when the agent stops; the demo now removes its "
+            "cgroups, loop device and files."
+        )
 
 
 def _annotate(changes: dict[str, str | None]) -> Callable[[dict[str, Any]], None]:

@@ -213,7 +213,10 @@ def loop_disk(
             run(["mount", "-t", "ext4", fs_node, str(mount)])
             undo.callback(_umount, mount)
         yield LoopDisk(
-            device=device_of(node), node=Path(node), backing=backing, mount=mount,
+            device=device_of(node),
+            node=Path(node),
+            backing=backing,
+            mount=mount,
             partition=part_dev,
         )
 
@@ -291,9 +294,20 @@ def fio_argv(
     extra: Sequence[str] = (),
 ) -> list[str]:
     return [
-        "fio", "--name=diskguard", f"--filename={path}", f"--size={size_mib}M", f"--rw={rw}",
-        f"--bs={bs}", "--direct=1", f"--ioengine={ioengine}", f"--iodepth={iodepth}",
-        f"--runtime={runtime}", "--time_based", "--thread", "--output-format=json", *extra,
+        "fio",
+        "--name=diskguard",
+        f"--filename={path}",
+        f"--size={size_mib}M",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        "--direct=1",
+        f"--ioengine={ioengine}",
+        f"--iodepth={iodepth}",
+        f"--runtime={runtime}",
+        "--time_based",
+        "--thread",
+        "--output-format=json",
+        *extra,
     ]
 
 
@@ -317,8 +331,9 @@ def run_fio(
 ) -> FioResult:
     """One O_DIRECT fio job inside the cgroup, on a file in `directory` laid out beforehand."""
     path = prepare_fio_file(Path(directory), size_mib)
-    argv = fio_argv(path, rw, bs, runtime, size_mib=size_mib, ioengine=ioengine,
-                    iodepth=iodepth, extra=extra)
+    argv = fio_argv(
+        path, rw, bs, runtime, size_mib=size_mib, ioengine=ioengine, iodepth=iodepth, extra=extra
+    )
     proc = spawn_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=runtime + 60)

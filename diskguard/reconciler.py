@@ -7,6 +7,7 @@ short backoff; a periodic resync re-reads every container so drift is repaired.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -75,6 +76,9 @@ class Reconciler:
         self._retry: dict[str, _Retry] = {}
         self.synced = trio.Event()  # set after the first full reconcile
         self.reconciles = 0
+        # Outcome counters for /metrics: per container-apply, how it ended.
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.applying_since: float | None = None  # set while a batch is in the kernel
         self._relisted = False
         self.namespaces = NamespacePolicies(settings.prefix, emit)
         self._clamps_warned: dict[str, frozenset[object]] = {}
@@ -219,7 +223,11 @@ class Reconciler:
             self._warn_clamped(plan)
             pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
-        results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+        self.applying_since = trio.current_time()
+        try:
+            results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+        finally:
+            self.applying_since = None
         self.reconciles += 1
         by_pod: dict[str, list[ApplyResult]] = {}
         for result in results:
@@ -245,6 +253,7 @@ class Reconciler:
         else:
             self._retry.pop(uid, None)
         for r in results:
+            self.outcomes[_outcome(r)] += 1
             if r.error and self._errors_logged.get(r.ref.key) != r.error:
                 self._errors_logged[r.ref.key] = r.error
                 log.error("%s: applying limits failed: %s", r.ref.display, r.error)
@@ -310,6 +319,14 @@ class Reconciler:
             for c in clamps
         )
         self._emit(_pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
+
+
+def _outcome(result: ApplyResult) -> str:
+    if result.error:
+        return "error"
+    if result.cgroup is None:
+        return "cgroup_missing"
+    return "changed" if result.wrote else "unchanged"
 
 
 def _show(value: int) -> str:

@@ -72,8 +72,9 @@ class EventSink:
             self._send.send_nowait(req)
         except trio.WouldBlock:
             self.dropped += 1
-            log.warning("event queue full, dropped %s for %s/%s", req.reason, req.namespace,
-                        req.name)
+            log.warning(
+                "event queue full, dropped %s for %s/%s", req.reason, req.namespace, req.name
+            )
 
 
 async def post_events(
@@ -106,8 +107,14 @@ async def post_events(
             except Exception as exc:  # connection errors of many types
                 err = type(exc).__name__
             if attempt == attempts:
-                log.warning("event %s for %s/%s not posted after %d attempts (%s)",
-                            req.reason, req.namespace, req.name, attempts, err)
+                log.warning(
+                    "event %s for %s/%s not posted after %d attempts (%s)",
+                    req.reason,
+                    req.namespace,
+                    req.name,
+                    attempts,
+                    err,
+                )
             else:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)

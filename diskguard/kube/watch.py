@@ -99,22 +99,23 @@ class ListWatcher:
         self._response_lock = threading.Lock()
         self._response: Any = None
         self._cancelled = threading.Event()
+        self._backoff = Backoff()
         self.health = WatchHealth()
 
     async def run(self) -> None:
-        backoff = Backoff()
+        backoff = self._backoff
         resource_version = ""
         while True:
             try:
                 if not resource_version:
                     resource_version = await self._in_thread(self._list)
                     self.health = attrs.evolve(self.health, relists=self.health.relists + 1)
+                    self._healthy()
                 resource_version = await self._in_thread(self._watch, resource_version)
-                backoff.reset()  # the server ended the watch cleanly (timeoutSeconds)
-                self._healthy()
             except _Gone:
-                log.info("%s watch: resourceVersion %s expired, relisting", self.name,
-                         resource_version)
+                log.info(
+                    "%s watch: resourceVersion %s expired, relisting", self.name, resource_version
+                )
                 resource_version = ""
                 self._healthy()
             except trio.Cancelled:
@@ -122,11 +123,13 @@ class ListWatcher:
             except Exception as exc:  # network errors come in many types; all mean "retry"
                 delay = backoff.next()
                 self._failing(exc)
-                log.warning("%s watch failed (%s); retrying in %.1fs", self.name,
-                            _brief(exc), delay)
+                log.warning(
+                    "%s watch failed (%s); retrying in %.1fs", self.name, _brief(exc), delay
+                )
                 await trio.sleep(delay)
 
     def _healthy(self) -> None:
+        self._backoff.reset()
         if self.health.failing_since is not None:
             log.info("%s watch recovered", self.name)
         self.health = attrs.evolve(self.health, failing_since=None, last_error="")
@@ -213,6 +216,8 @@ class ListWatcher:
             _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
         )
         self._set_response(response)
+        # Connected: the API server answers again, whatever the stream brings next.
+        trio.from_thread.run_sync(self._healthy)
         try:
             for line in iter_resp_lines(response):
                 if self._cancelled.is_set():

@@ -57,6 +57,7 @@ class Cluster:
             if self.hierarchy.path.name == "blkio"
             else str(self.hierarchy.path),
             "RESYNC_INTERVAL": "60",
+            "HTTP_ADDR": "127.0.0.1:0",
         }
         return {**base, **extra}
 

@@ -12,7 +12,7 @@ import trio
 from diskguard.fakeapi.objects import make_namespace
 from diskguard.model import IOLimits
 
-from .conftest import P, Cluster
+from .conftest import Cluster, P
 
 pytestmark = pytest.mark.kernel
 

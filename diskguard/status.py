@@ -1,0 +1,77 @@
+"""The agent's state as plain data, for `/status` (pure: reads, never changes, anything)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diskguard.applier import ApplyResult
+from diskguard.model import IOLimits
+from diskguard.plan import ContainerPlan, PodPlan
+from diskguard.reconciler import Reconciler
+
+
+def limits_json(limits: IOLimits) -> dict[str, int | None]:
+    """0 (unlimited) becomes null, so a reader never mistakes it for "zero IO allowed"."""
+    return {k: (v or None) for k, v in limits.as_dict().items()}
+
+
+def source_kind(source: str) -> str:
+    """A short label for where a value came from (also a metrics label)."""
+    if "clamped" in source:
+        return "ceiling"
+    if source.startswith("kept from the kernel"):
+        return "kernel"
+    if source.startswith("namespace"):
+        return "namespace"
+    if source.startswith(("annotation", "last good")):
+        return "annotation"
+    return "default"
+
+
+def container_json(
+    plan: PodPlan, cplan: ContainerPlan, result: ApplyResult | None
+) -> dict[str, Any]:
+    ref = cplan.ref
+    res = cplan.resolution
+    kernel = {str(dev): limits_json(lim) for dev, lim in (result.kernel if result else ())}
+    if res is None:
+        desired: dict[str, Any] | None = None
+        in_sync = all(v == limits_json(IOLimits()) for v in kernel.values())
+    else:
+        desired = {
+            "limits": limits_json(res.limits),
+            "sources": dict(res.sources),
+            "source_kinds": {f: source_kind(s) for f, s in res.sources.items()},
+            "kept_from_kernel": sorted(res.keep),
+            "ceilings": limits_json(res.ceilings),
+        }
+        in_sync = bool(result and result.cgroup and not result.error)
+    return {
+        "namespace": ref.namespace,
+        "pod": ref.pod,
+        "pod_uid": ref.pod_uid,
+        "container": ref.container,
+        "container_id": ref.container_id,
+        "runtime": ref.runtime.value,
+        "qos": ref.qos.value,
+        "excluded": cplan.excluded_because or None,
+        "cgroup": str(result.cgroup) if result and result.cgroup else None,
+        "desired": desired,
+        "kernel": kernel,
+        "in_sync": in_sync,
+        "error": (result.error or None) if result else None,
+    }
+
+
+def containers_json(
+    reconciler: Reconciler, namespace: str | None = None, pod: str | None = None
+) -> list[dict[str, Any]]:
+    out = []
+    for plan in sorted(reconciler.plans.values(), key=lambda p: (p.pod.namespace, p.pod.name)):
+        if namespace is not None and plan.pod.namespace != namespace:
+            continue
+        if pod is not None and plan.pod.name != pod:
+            continue
+        for cplan in plan.containers:
+            out.append(container_json(plan, cplan, reconciler.results.get(cplan.ref.key)))
+    return out

@@ -1,0 +1,166 @@
+"""The ClusterRole grants exactly what the agent uses.
+
+The real agent runs against the fake API server, which logs every request; each request
+is mapped to the RBAC permission the API server would check, and the set must equal what
+deploy/clusterrole.yaml grants: a new API call without its rule fails, and so does a rule
+no code needs any more.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from agent.conftest import P, Cluster, agent_subprocess
+from diskguard.model import IOLimits
+
+from .manifests import agent_container, load_manifests, one
+from .rbac import (
+    NotAResourceRequest,
+    Permission,
+    compare,
+    permission_for,
+    permissions_granted,
+    permissions_used,
+)
+
+
+def cluster_role() -> dict[str, Any]:
+    return one(load_manifests(), "ClusterRole").doc
+
+
+# -- the mapping itself (no kernel needed) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "want"),
+    [
+        ("GET", "/api/v1/pods", {"fieldSelector": "spec.nodeName=n"}, ("", "pods", "list")),
+        ("GET", "/api/v1/pods", {"watch": "True"}, ("", "pods", "watch")),
+        ("GET", "/api/v1/pods", {"watch": "false"}, ("", "pods", "list")),
+        ("GET", "/api/v1/namespaces/ns/pods", {}, ("", "pods", "list")),
+        ("GET", "/api/v1/namespaces/ns/pods/p", {}, ("", "pods", "get")),
+        ("GET", "/api/v1/watch/namespaces/ns/pods", {}, ("", "pods", "watch")),
+        ("PATCH", "/api/v1/namespaces/ns/pods/p", {}, ("", "pods", "patch")),
+        ("PUT", "/api/v1/namespaces/ns/pods/p/status", {}, ("", "pods/status", "update")),
+        ("DELETE", "/api/v1/namespaces/ns/pods/p", {}, ("", "pods", "delete")),
+        ("DELETE", "/api/v1/namespaces/ns/pods", {}, ("", "pods", "deletecollection")),
+        ("POST", "/api/v1/namespaces/default/events", {}, ("", "events", "create")),
+        ("GET", "/api/v1/namespaces", {}, ("", "namespaces", "list")),
+        ("GET", "/api/v1/namespaces", {"watch": "1"}, ("", "namespaces", "watch")),
+        ("GET", "/api/v1/namespaces/ns", {}, ("", "namespaces", "get")),
+        ("PUT", "/api/v1/namespaces/ns/finalize", {}, ("", "namespaces/finalize", "update")),
+        (
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            {},
+            ("authorization.k8s.io", "selfsubjectaccessreviews", "create"),
+        ),
+        (
+            "GET",
+            "/apis/apps/v1/namespaces/ns/daemonsets/d",
+            {},
+            ("apps", "daemonsets", "get"),
+        ),
+    ],
+)
+def test_request_maps_to_the_permission_the_api_server_checks(
+    method: str, path: str, query: dict[str, str], want: tuple[str, str, str]
+) -> None:
+    assert permission_for(method, path, query) == Permission(*want)
+
+
+@pytest.mark.parametrize("path", ["/api", "/apis", "/version", "/api/v1", "/healthz"])
+def test_non_resource_requests_are_refused(path: str) -> None:
+    with pytest.raises(NotAResourceRequest):
+        permission_for("GET", path, {})
+
+
+def test_a_new_api_call_or_a_stale_rule_makes_the_comparison_fail() -> None:
+    granted = permissions_granted(cluster_role())
+    assert compare(set(granted), granted) == ""
+    smart_limit = granted | {Permission("", "pods", "patch")}
+    assert "lacks: patch pods" in compare(smart_limit, granted)
+    stale = set(granted)
+    removed = stale.pop()
+    assert f"never uses: {removed}" in compare(stale, granted)
+
+
+def test_wildcards_are_refused() -> None:
+    role = {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}]}
+    with pytest.raises(ValueError, match="wildcard"):
+        permissions_granted(role)
+
+
+# -- the real agent --------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+async def test_cluster_role_grants_exactly_what_the_agent_uses(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    # Everything the agent does against the API today, each at least once:
+    annotated = cluster.add_pod("annotated", annotations={f"{P}/write-iops": "100"})
+    cluster.add_pod("invalid", annotations={f"{P}/read-iops": "abc"})
+    running = await start_agent()
+    cg = cluster.cgroup(cluster.refs(annotated)[0])
+    await cluster.wait_kernel(cg, IOLimits(riops=500, wiops=100), timeout=5)
+    # an edit arrives over the watch, not a relist
+    await trio.to_thread.run_sync(
+        lambda: cluster.api.wait_for_request(
+            lambda r: r.query.get("watch", "").lower() == "true", timeout=10
+        )
+    )
+    cluster.set_annotations("default", "annotated", {f"{P}/write-iops": "200"})
+    await cluster.wait_kernel(cg, IOLimits(riops=500, wiops=200), timeout=5)
+    # Events: IOLimitApplied (Normal) and InvalidIOLimit (Warning)
+    assert await cluster.wait_events("InvalidIOLimit", 1)
+    assert await cluster.wait_events("IOLimitApplied", 1)
+    # When smart limits land, drive a container busy here so its PATCH is exercised too.
+    running.stop()
+
+    used = permissions_used(cluster.api.requests())
+    assert Permission("", "pods", "watch") in used  # the exercise did reach the watch
+    problems = compare(used, permissions_granted(cluster_role()))
+    assert not problems, f"deploy/clusterrole.yaml is out of step with the code: {problems}"
+
+
+# -- the probes --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.kernel
+async def test_the_agent_serves_the_probe_paths(cluster: Cluster) -> None:
+    container = agent_container(one(load_manifests(), "DaemonSet").doc)
+    paths = [container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")]
+    port = _free_port()
+    proc = agent_subprocess(cluster.env(HTTP_ADDR=f"127.0.0.1:{port}"))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for path in paths:
+                status = None
+                with trio.move_on_after(20):
+                    while status != 200:
+                        try:
+                            status = (await client.get(path)).status_code
+                        except httpx.TransportError:
+                            pass
+                        await trio.sleep(0.1)
+                assert status == 200, f"{path} answered {status}"
+    finally:
+        proc.terminate()
+        try:
+            await trio.to_thread.run_sync(lambda: proc.wait(timeout=10))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await trio.to_thread.run_sync(proc.wait)
