@@ -247,8 +247,9 @@ def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> No
         "from diskguard.model import Device, CgroupVersion\n"
         "from diskguard.sampler.bpf import open_bpf_sampler, BpfOptions\n"
         "def rss():\n"
-        "    for l in open('/proc/self/status'):\n"
-        "        if l.startswith('VmRSS'): return int(l.split()[1]) // 1024\n"
+        "    f = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+        "    return '/'.join(str(int(f[k].split()[0]) // 1024) for k in"
+        " ('VmRSS', 'RssAnon', 'RssFile'))\n"
         "class L:\n"
         "    def info(self, *a, **k): pass\n"
         "    def warning(self, *a, **k): pass\n"
@@ -273,7 +274,7 @@ def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> No
     for r in runs:
         print(
             f"  compile+load {r['compile']:.2f}s (open_bpf_sampler total {r['open']:.2f}s); "
-            f"RSS: python+bcc imported {r['rss_before']} MiB, program loaded "
+            f"RSS total/anon/file: python+bcc imported {r['rss_before']} MiB, program loaded "
             f"{r['rss_loaded']} MiB, after close {r['rss_closed']} MiB"
         )
 

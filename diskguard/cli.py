@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 import trio
 
-from diskguard.config import ConfigError, load_config
+from diskguard.config import Config, ConfigError, load_config
 from diskguard.logs import configure_logging
+
+if TYPE_CHECKING:
+    from diskguard.agent import NodeSetup
 
 
 @click.group()
@@ -26,15 +31,63 @@ def run() -> None:
     from diskguard.node.devices import DeviceError
 
     env = dict(os.environ)
-    try:
-        config = load_config(env)
-    except ConfigError as exc:
-        click.echo(f"diskguard: configuration error: {exc}", err=True)
-        sys.exit(2)
+    config = _config_or_exit(env)
     configure_logging(config.log_level, config.log_format)
     try:
         trio.run(run_until_signalled, config, env)
     except (CgroupError, DeviceError, KubeConfigError) as exc:
+        click.echo(f"diskguard: cannot start: {exc}", err=True)
+        sys.exit(1)
+
+
+def _config_or_exit(env: dict[str, str]) -> Config:
+    try:
+        return load_config(env)
+    except ConfigError as exc:
+        click.echo(f"diskguard: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command("reset-all")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def reset_all_command(dry_run: bool) -> None:
+    """Remove every limit diskguard manages on this node (uninstall; stop the agent first).
+
+    Clears the limits on the data devices (DATA_MOUNT) of every container cgroup under
+    kubepods, for both cgroup drivers. Other devices and cgroups are never touched.
+    """
+    from diskguard.node.limits import backend_for
+    from diskguard.reset import reset_all
+
+    env = dict(os.environ)
+    env.setdefault("NODE_NAME", socket.gethostname().lower())
+    config = _config_or_exit(env)
+    configure_logging(config.log_level, config.log_format)
+    node = _node_or_exit(config)
+    cleared = reset_all(
+        node.hierarchy,
+        backend_for(node.hierarchy.version),
+        node.devices,
+        config.kubelet_cgroup_root,
+        dry_run=dry_run,
+    )
+    verb = "would clear" if dry_run else "cleared"
+    for item in cleared:
+        status = f" FAILED: {item.error}" if item.error else ""
+        click.echo(f"{verb} {item.device} {item.before} in {item.cgroup}{status}")
+    click.echo(f"{len(cleared)} limit(s) {verb}")
+    if any(item.error for item in cleared):
+        sys.exit(1)
+
+
+def _node_or_exit(config: Config) -> NodeSetup:
+    from diskguard.agent import inspect_node
+    from diskguard.node.cgroups import CgroupError
+    from diskguard.node.devices import DeviceError
+
+    try:
+        return inspect_node(config)
+    except (CgroupError, DeviceError) as exc:
         click.echo(f"diskguard: cannot start: {exc}", err=True)
         sys.exit(1)
 

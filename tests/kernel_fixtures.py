@@ -8,7 +8,9 @@ cgroup.subtree_control if it lacks it (a v2 test lane's own VM; kubelet hosts ha
 Markers (declared in pyproject.toml) become skips with a stated reason:
   kernel -> needs root;  v1 -> needs the cgroup v1 blkio controller;
   v2 -> needs the cgroup v2 io controller.
-Set DISKGUARD_TEST_CGROUP_ROOT to use a cgroup mount other than /sys/fs/cgroup.
+Set DISKGUARD_TEST_CGROUP_ROOT to use a cgroup mount other than /sys/fs/cgroup, and
+DISKGUARD_TEST_SCRATCH_DISK (default: the qemu lane's DISKGUARD_VM_DISK) to a scratch block
+device whose space past its first GiB loop disks may use (see ScratchDisk).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -42,6 +45,7 @@ CGROUP_ROOT = os.environ.get("DISKGUARD_TEST_CGROUP_ROOT", "/sys/fs/cgroup")
 SKIP_V1 = "needs cgroup v1 blkio controller"
 SKIP_V2 = "needs cgroup v2 io controller"
 SKIP_ROOT = "needs root"
+SCRATCH_HEAD = 1 << 30
 
 _LANE_KEY = pytest.StashKey[CgroupHierarchy | str]()
 
@@ -325,25 +329,80 @@ def _attach(backing: Path) -> tuple[str, bool]:
         return _run(["losetup", "--find", "--show", str(backing)]), False
 
 
+@attrs.define
+class ScratchDisk:
+    """Regions of a lane's scratch block device to back loop disks with.
+
+    A loop device over a tmpfs file (what the qemu lane's /tmp is) cannot do direct IO,
+    and under emulation it delivers 10-20% below a blk-throttle limit; one doing direct
+    IO to a real disk is exact. So when the lane names a scratch disk, loop disks are
+    carved out of it (losetup --offset/--sizelimit), cycling through the space after
+    the first GiB (left to tests that write the raw disk). Tests run one at a time and
+    every loop disk is detached at its test's end, so regions never overlap in time.
+    """
+
+    path: str
+    size: int
+    cursor: int = SCRATCH_HEAD
+
+    def region(self, size: int) -> int:
+        if self.cursor + size > self.size:
+            self.cursor = SCRATCH_HEAD
+        offset = self.cursor
+        self.cursor += size
+        return offset
+
+    @classmethod
+    def from_env(cls) -> ScratchDisk | None:
+        path = os.environ.get("DISKGUARD_TEST_SCRATCH_DISK") or os.environ.get("DISKGUARD_VM_DISK")
+        if not path or not os.path.exists(path) or not stat.S_ISBLK(os.stat(path).st_mode):
+            return None
+        rdev = os.stat(path).st_rdev
+        sectors = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/size").read_text()
+        size = int(sectors) * 512
+        return cls(path, size) if size >= 2 * SCRATCH_HEAD else None
+
+
+def _attach_region(scratch: ScratchDisk, size: int) -> str:
+    offset = scratch.region(size)
+    return _run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--direct-io=on",
+            f"--offset={offset}",
+            f"--sizelimit={size}",
+            scratch.path,
+        ]
+    )
+
+
 @contextlib.contextmanager
 def loop_disk_ctx(
     workdir: Path,
     *,
+    scratch: ScratchDisk | None = None,
     size_mib: int = 256,
     filesystem: bool = True,
     partition: bool = False,
     mount_name: str = "mnt",
 ) -> Iterator[LoopDisk]:
-    """Set up a loop disk in `workdir`; everything is undone on exit, even after failure."""
+    """Set up a loop disk (a sparse file in `workdir`, or a region of `scratch`);
+    everything is undone on exit, even after failure."""
     if shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
         pytest.skip("needs losetup and mkfs.ext4")
     workdir.mkdir(parents=True, exist_ok=True)
-    backing = workdir / "disk.img"
-    with backing.open("wb") as f:
-        f.truncate(size_mib << 20)
     with contextlib.ExitStack() as undo:
-        undo.callback(backing.unlink, missing_ok=True)
-        node, direct_io = _attach(backing)
+        if scratch is not None:
+            backing = Path(scratch.path)
+            node, direct_io = _attach_region(scratch, size_mib << 20), True
+        else:
+            backing = workdir / "disk.img"
+            with backing.open("wb") as f:
+                f.truncate(size_mib << 20)
+            undo.callback(backing.unlink, missing_ok=True)
+            node, direct_io = _attach(backing)
         undo.callback(_run, ["losetup", "--detach", node])
         _wait_for_node(node)
         fs_node = node
@@ -382,15 +441,24 @@ def _umount(mount: Path) -> None:
         _run(["umount", "--lazy", str(mount)])
 
 
+@pytest.fixture(scope="session")
+def scratch_disk(require_root: None) -> ScratchDisk | None:
+    """The lane's scratch disk for loop disks (DISKGUARD_TEST_SCRATCH_DISK, else the qemu
+    lane's DISKGUARD_VM_DISK), or None: loop disks then use sparse files in tmp_path."""
+    return ScratchDisk.from_env()
+
+
 @pytest.fixture
-def loop_disk(require_root: None, tmp_path: Path) -> Iterator[LoopDisk]:
-    """A 256 MiB loop disk (direct IO on) with ext4 mounted at `.mount`."""
-    with loop_disk_ctx(tmp_path / "loopdisk") as disk:
+def loop_disk(scratch_disk: ScratchDisk | None, tmp_path: Path) -> Iterator[LoopDisk]:
+    """A 256 MiB loop disk with ext4 mounted at `.mount`."""
+    with loop_disk_ctx(tmp_path / "loopdisk", scratch=scratch_disk) as disk:
         yield disk
 
 
 @pytest.fixture
-def make_loop_disk(require_root: None, tmp_path: Path) -> Iterator[Callable[..., LoopDisk]]:
+def make_loop_disk(
+    scratch_disk: ScratchDisk | None, tmp_path: Path
+) -> Iterator[Callable[..., LoopDisk]]:
     """Factory: `make_loop_disk(size_mib=, filesystem=, partition=, mount_name=)`."""
     with contextlib.ExitStack() as stack:
         count = 0
@@ -398,8 +466,9 @@ def make_loop_disk(require_root: None, tmp_path: Path) -> Iterator[Callable[...,
         def make(**kwargs: object) -> LoopDisk:
             nonlocal count
             count += 1
+            workdir = tmp_path / f"loopdisk{count}"
             return stack.enter_context(
-                loop_disk_ctx(tmp_path / f"loopdisk{count}", **kwargs)  # type: ignore[arg-type]
+                loop_disk_ctx(workdir, scratch=scratch_disk, **kwargs)  # type: ignore[arg-type]
             )
 
         yield make

@@ -74,9 +74,18 @@ def one(manifests: Iterable[Manifest], kind: str) -> Manifest:
 def validate_schema(doc: Mapping[str, Any], version: str) -> None:
     """Strict OpenAPI schema validation (unknown fields are errors), fully offline.
 
-    Raises kubernetes_validate.ValidationError, or SchemaNotFoundError for a kind the
-    schemas do not know (a misspelt kind or apiVersion)."""
-    kubernetes_validate.validate(dict(doc), version, strict=True)
+    Raises ManifestError naming the field, also for a kind the schemas do not know (a
+    misspelt kind or apiVersion)."""
+    what = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+    try:
+        kubernetes_validate.validate(dict(doc), version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        field = ".".join(str(p) for p in exc.path) or "(top level)"
+        raise ManifestError(
+            f"{what} is invalid for Kubernetes {exc.version}: {field}: {exc.message}"
+        ) from None
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        raise ManifestError(f"{what}: {exc.message}") from None
 
 
 # -- the DaemonSet ----------------------------------------------------------------------

@@ -38,7 +38,7 @@ class Run:
 @attrs.define
 class ImageModel:
     base: str = ""
-    workdir: PurePosixPath = PurePosixPath("/")
+    workdir: PurePosixPath = attrs.Factory(lambda: PurePosixPath("/"))
     files: dict[PurePosixPath, str] = attrs.Factory(dict)  # image path -> repository path
     copy_sources: list[str] = attrs.Factory(list)
     runs: list[Run] = attrs.Factory(list)
@@ -199,7 +199,7 @@ def test_image_holds_the_package_and_the_bpf_program_where_the_code_looks(
 
 def test_cmd_runs_the_agent_and_the_daemonset_agrees(image: ImageModel) -> None:
     assert image.cmd == ["run"]
-    assert image.cmd[0] in cli_main.commands  # type: ignore[attr-defined]
+    assert image.cmd[0] in cli_main.commands
     container = agent_container(one(load_manifests(DEPLOY), "DaemonSet").doc)
     assert "command" not in container, "the DaemonSet must not bypass the ENTRYPOINT"
     assert container.get("args") == image.cmd

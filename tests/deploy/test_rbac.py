@@ -8,18 +8,15 @@ no code needs any more.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 from typing import Any
 
-import httpx
 import pytest
 import trio
+from agent.conftest import Cluster, P
 
-from agent.conftest import P, Cluster, agent_subprocess
 from diskguard.model import IOLimits
 
-from .manifests import agent_container, load_manifests, one
+from .manifests import load_manifests, one
 from .rbac import (
     NotAResourceRequest,
     Permission,
@@ -128,39 +125,3 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     assert Permission("", "pods", "watch") in used  # the exercise did reach the watch
     problems = compare(used, permissions_granted(cluster_role()))
     assert not problems, f"deploy/clusterrole.yaml is out of step with the code: {problems}"
-
-
-# -- the probes --------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.kernel
-async def test_the_agent_serves_the_probe_paths(cluster: Cluster) -> None:
-    container = agent_container(one(load_manifests(), "DaemonSet").doc)
-    paths = [container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")]
-    port = _free_port()
-    proc = agent_subprocess(cluster.env(HTTP_ADDR=f"127.0.0.1:{port}"))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            for path in paths:
-                status = None
-                with trio.move_on_after(20):
-                    while status != 200:
-                        try:
-                            status = (await client.get(path)).status_code
-                        except httpx.TransportError:
-                            pass
-                        await trio.sleep(0.1)
-                assert status == 200, f"{path} answered {status}"
-    finally:
-        proc.terminate()
-        try:
-            await trio.to_thread.run_sync(lambda: proc.wait(timeout=10))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await trio.to_thread.run_sync(proc.wait)

@@ -259,6 +259,7 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
     free = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=1)
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=3, **QUEUED)
+    print("MEASURE", free, limited)
     assert within(limited.write_iops, 100), limited
     assert free.write_iops > 10 * 100, free
     # Counts agree with the rate: ~300 IOs in 3 s, not a burst then a stall.
@@ -269,6 +270,7 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
 def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(rbps=MiB))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=3, **QUEUED)
+    print("MEASURE", limited)
     assert within(limited.read_iops, MiB / 4096), limited
     assert within(limited.read_bw, MiB), limited
     assert limited.write_ios == 0
@@ -278,4 +280,5 @@ def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops
 def test_fio_write_rule_leaves_reads_alone(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
     reads = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=1)
+    print("MEASURE", reads)
     assert reads.read_iops > 10 * 100, reads
