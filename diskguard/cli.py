@@ -80,6 +80,16 @@ def reset_all_command(dry_run: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Check everything the agent depends on on this node, and explain what is wrong."""
+    from diskguard.doctor import environ, run_doctor
+
+    configure_logging("error", "text")
+    sys.exit(run_doctor(environ(), click.echo, as_json=as_json))
+
+
 def _node_or_exit(config: Config) -> NodeSetup:
     from diskguard.agent import inspect_node
     from diskguard.node.cgroups import CgroupError

@@ -26,7 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import attrs
 import pytest
@@ -214,9 +214,9 @@ class KubeletRoot:
     def top_dirs(self) -> tuple[Path, ...]:
         return (self.hierarchy.path / self.name, self.hierarchy.path / f"{self.name}.slice")
 
-    def make_dirs(self, relative: Path | str) -> Path:
+    def make_dirs(self, relative: PurePath | str) -> Path:
         """mkdir -p below the hierarchy; on v2 every parent on the way gets +io."""
-        rel = Path(relative)
+        rel = PurePath(relative)
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(f"{relative} must be relative and below the hierarchy")
         if not any(rel.parts[0] == top.name for top in self.top_dirs()):
@@ -272,6 +272,12 @@ def make_container_ref(
         runtime=runtime,
         qos=qos,
     )
+
+
+@pytest.fixture
+def new_container_ref() -> Callable[..., ContainerRef]:
+    """`new_container_ref(runtime=, qos=, pod_uid=, container_id=)`: fresh valid IDs."""
+    return make_container_ref
 
 
 @pytest.fixture
@@ -449,18 +455,25 @@ def scratch_disk(require_root: None) -> ScratchDisk | None:
 
 
 @pytest.fixture
-def loop_disk(scratch_disk: ScratchDisk | None, tmp_path: Path) -> Iterator[LoopDisk]:
+def loop_disk(
+    scratch_disk: ScratchDisk | None, tmp_path: Path, spawned: Spawned
+) -> Iterator[LoopDisk]:
     """A 256 MiB loop disk with ext4 mounted at `.mount`."""
     with loop_disk_ctx(tmp_path / "loopdisk", scratch=scratch_disk) as disk:
-        yield disk
+        try:
+            yield disk
+        finally:
+            # Nothing we started may still hold the mount when it is unmounted.
+            spawned.kill_all()
 
 
 @pytest.fixture
 def make_loop_disk(
-    scratch_disk: ScratchDisk | None, tmp_path: Path
+    scratch_disk: ScratchDisk | None, tmp_path: Path, spawned: Spawned
 ) -> Iterator[Callable[..., LoopDisk]]:
     """Factory: `make_loop_disk(size_mib=, filesystem=, partition=, mount_name=)`."""
     with contextlib.ExitStack() as stack:
+        stack.callback(spawned.kill_all)
         count = 0
 
         def make(**kwargs: object) -> LoopDisk:
@@ -578,7 +591,12 @@ def fio_iops(run_in_cgroup: RunInCgroup) -> FioIops:
             *extra,
         ]
         proc = run_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = proc.communicate(timeout=runtime + 60)
+        try:
+            out, err = proc.communicate(timeout=runtime + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"fio ran past {runtime + 60} s: {' '.join(argv)}") from None
         if proc.returncode != 0:
             raise RuntimeError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
         # fio may print notes before the JSON document.

@@ -58,6 +58,9 @@ class FakeAPIState:
     bookmark_interval: float = 1.0
     # Set by a server that can stop listening: schedules an outage of that many seconds.
     outage: Callable[[float], None] | None = None
+    # (verb, resource) pairs a SelfSubjectAccessReview answers "not allowed" for; the rest
+    # is allowed (the fake authenticates nobody, so it authorizes by this list alone).
+    denied: set[tuple[str, str]] = attrs.Factory(set)
 
 
 def build_app(state: FakeAPIState) -> ASGIApp:
@@ -66,6 +69,13 @@ def build_app(state: FakeAPIState) -> ASGIApp:
         Route("/api/v1", partial(_api_resources, state), methods=["GET"]),
         Route("/apis", _api_groups, methods=["GET"]),
         Route("/version", _version, methods=["GET"]),
+        # The client's VersionApi asks for "/version/"; the real server answers both.
+        Route("/version/", _version, methods=["GET"]),
+        Route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            partial(_access_review, state),
+            methods=["POST"],
+        ),
         *(Route(p, _ok, methods=["GET"]) for p in ("/healthz", "/readyz", "/livez")),
         *_control_routes(state),
     ]
@@ -263,6 +273,19 @@ async def _api_groups(_: Request) -> Response:
 
 async def _version(_: Request) -> Response:
     return JSONResponse(KUBE_VERSION)
+
+
+async def _access_review(state: FakeAPIState, request: Request) -> Response:
+    review = await request.json()
+    attributes = (review.get("spec") or {}).get("resourceAttributes") or {}
+    verb, resource = str(attributes.get("verb", "")), str(attributes.get("resource", ""))
+    allowed = (verb, resource) not in state.denied
+    review["status"] = {"allowed": allowed}
+    if not allowed:
+        review["status"]["reason"] = f"denied by the fake API server's policy: {verb} {resource}"
+    review.setdefault("apiVersion", "authorization.k8s.io/v1")
+    review.setdefault("kind", "SelfSubjectAccessReview")
+    return JSONResponse(review, status_code=201)
 
 
 async def _ok(_: Request) -> Response:

@@ -140,6 +140,10 @@ class FakeAPIServer:
             task_status.started()
             await trio.sleep_forever()
 
+    def deny(self, verb: str, resource: str) -> None:
+        """Make SelfSubjectAccessReviews answer "not allowed" for this verb on this resource."""
+        self.state.denied.add((verb, resource))
+
     def go_down(self) -> None:
         """Stop listening (connections are refused, open ones cut) while keeping all state."""
         self._call(self._go_down)

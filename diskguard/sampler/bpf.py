@@ -150,7 +150,11 @@ def probe_read_helper(btf: BTF | None) -> str:
 
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[list[str]]:
-    """Collect what libbcc/clang print on fd 2 (compile errors, verifier logs)."""
+    """Collect what libbcc/clang print on fd 2 (compile errors, verifier logs).
+
+    fd 2 is process-wide: whatever other threads write meanwhile is captured too, so all
+    of it is written back to the real stderr afterwards rather than lost.
+    """
     out: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
@@ -162,7 +166,10 @@ def _captured_stderr() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
+            data = tmp.read()
+            with contextlib.suppress(OSError):
+                os.write(2, data)
+            out.append(data.decode(errors="replace"))
 
 
 @contextlib.contextmanager
@@ -422,7 +429,12 @@ def open_bpf_sampler(
         "compile_seconds": f"{compile_s:.2f}",
         "btf": str(opts.btf_path) if btf is not None else "unavailable",
     }
+    try:
+        sampler = BpfSampler(bpf, devices, cgroup_root, log, degraded, info, opts.max_entries)
+    except Exception as e:
+        bpf.cleanup()
+        raise SamplerUnavailable(f"cannot read the BPF counter map: {e}") from e
     if degraded:
         log.warning("sampler.bpf.degraded", reason=degraded)
     log.info("sampler.bpf.loaded", **info)
-    return BpfSampler(bpf, devices, cgroup_root, log, degraded, info, opts.max_entries)
+    return sampler

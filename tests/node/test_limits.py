@@ -244,6 +244,9 @@ def test_v2_without_io_in_the_parent_is_a_clear_error(cgroup_hierarchy, kubelet_
 
 # blk-throttle is exact for O_DIRECT 4k IO (KERNEL-LAB: 100 -> 100.2 IOPS).
 TOLERANCE = 0.10
+# "Far higher" than a 100 IOPS limit, with room for a busy 2-core host or qemu's emulation
+# (unthrottled: ~8,000-40,000 IOPS on the host, ~1,300-2,200 in the v2 guest).
+FAR = 5
 # A few IOs in flight so the device's own latency (large under qemu's emulation) does not
 # eat into the throttled rate: with one synchronous IO at a time, each IO's service time
 # adds to the wait the throttle imposes, and a slow lane measures below the limit.
@@ -259,9 +262,8 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
     free = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=1)
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=3, **QUEUED)
-    print("MEASURE", free, limited)
     assert within(limited.write_iops, 100), limited
-    assert free.write_iops > 10 * 100, free
+    assert free.write_iops > FAR * 100, free
     # Counts agree with the rate: ~300 IOs in 3 s, not a burst then a stall.
     assert within(limited.write_ios / limited.runtime_s, 100), limited
 
@@ -270,7 +272,6 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
 def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(rbps=MiB))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=3, **QUEUED)
-    print("MEASURE", limited)
     assert within(limited.read_iops, MiB / 4096), limited
     assert within(limited.read_bw, MiB), limited
     assert limited.write_ios == 0
@@ -280,5 +281,4 @@ def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops
 def test_fio_write_rule_leaves_reads_alone(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
     reads = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=1)
-    print("MEASURE", reads)
-    assert reads.read_iops > 10 * 100, reads
+    assert reads.read_iops > FAR * 100, reads

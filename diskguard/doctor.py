@@ -1,0 +1,225 @@
+"""`diskguard doctor`: check and explain everything the agent depends on, on this node.
+
+Each check is independent and says what it found and, when something is wrong, what to do.
+Nothing here changes state (SelfSubjectAccessReviews only ask the API server).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from diskguard.config import Config, ConfigError, load_config
+from diskguard.model import CgroupVersion
+from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
+from diskguard.node.devices import DeviceError, resolve_data_devices
+from diskguard.reset import container_cgroups, kubepods_dirs
+
+# (verb, resource, API group) the agent needs; deploy/clusterrole.yaml grants exactly these.
+REQUIRED_ACCESS = (
+    ("list", "pods", ""),
+    ("watch", "pods", ""),
+    ("create", "events", ""),
+    ("get", "namespaces", ""),
+    ("list", "namespaces", ""),
+    ("watch", "namespaces", ""),
+)
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@attrs.frozen
+class Finding:
+    check: str
+    status: Status
+    detail: str
+
+
+@attrs.define
+class Doctor:
+    env: Mapping[str, str]
+    findings: list[Finding] = attrs.Factory(list)
+
+    def add(self, check: str, status: Status, detail: str) -> None:
+        self.findings.append(Finding(check, status, detail))
+
+    def run(self) -> list[Finding]:
+        try:
+            config = load_config(self.env)
+        except ConfigError as exc:
+            self.add("configuration", Status.FAIL, str(exc))
+            return self.findings
+        self.add("configuration", Status.OK, f"node {config.node_name}")
+        hierarchy = self._cgroup(config)
+        if hierarchy is not None:
+            self._layout(config, hierarchy)
+        self._devices(config)
+        self._bpf()
+        self._api(config)
+        return self.findings
+
+    def _cgroup(self, config: Config) -> CgroupHierarchy | None:
+        try:
+            hierarchy = detect_cgroup(config.cgroup_root, config.cgroup_version)
+        except CgroupError as exc:
+            self.add("cgroup hierarchy", Status.FAIL, str(exc))
+            return None
+        what = "blkio.throttle.*" if hierarchy.version is CgroupVersion.V1 else "io.max"
+        self.add(
+            "cgroup hierarchy",
+            Status.OK,
+            f"cgroup {hierarchy.version.value} at {hierarchy.path}; limits go to {what}",
+        )
+        return hierarchy
+
+    def _layout(self, config: Config, hierarchy: CgroupHierarchy) -> None:
+        tops = kubepods_dirs(hierarchy, config.kubelet_cgroup_root)
+        if not tops:
+            self.add(
+                "kubelet cgroup layout",
+                Status.WARN,
+                f"no kubepods cgroup under {hierarchy.path} for KUBELET_CGROUP_ROOT="
+                f"{config.kubelet_cgroup_root}: no pods yet, or the root/mount is wrong",
+            )
+            return
+        found = {top: sum(1 for _ in container_cgroups(top)) for top in tops}
+        drivers = [
+            ("systemd" if top.name.endswith(".slice") else "cgroupfs", top, n)
+            for top, n in found.items()
+        ]
+        detail = "; ".join(f"{d} layout at {top} ({n} containers)" for d, top, n in drivers)
+        wanted = config.cgroup_driver
+        if wanted != "auto" and all(d != wanted for d, _, _ in drivers):
+            self.add(
+                "kubelet cgroup layout", Status.FAIL, f"CGROUP_DRIVER={wanted} but only {detail}"
+            )
+            return
+        if hierarchy.version is CgroupVersion.V2:
+            for _, top, _ in drivers:
+                control = top / "cgroup.subtree_control"
+                if "io" not in control.read_text().split():
+                    self.add(
+                        "io controller",
+                        Status.FAIL,
+                        f"{control} lacks io: containers below cannot be limited",
+                    )
+                    return
+        self.add("kubelet cgroup layout", Status.OK, detail)
+
+    def _devices(self, config: Config) -> None:
+        try:
+            devices = resolve_data_devices(config.data_mounts)
+        except DeviceError as exc:
+            self.add("data devices", Status.FAIL, str(exc))
+            return
+        mounts = ", ".join(config.data_mounts)
+        disks = ", ".join(f"{d.name or '?'} ({d})" for d in devices)
+        self.add("data devices", Status.OK, f"{mounts} -> whole disks {disks}")
+
+    def _bpf(self) -> None:
+        problems = []
+        if importlib.util.find_spec("bcc") is None:
+            problems.append("the bcc module is not importable (install python3-bpfcc)")
+        if not Path("/sys/kernel/btf/vmlinux").exists():
+            problems.append("no /sys/kernel/btf/vmlinux: per-container attribution degrades")
+        tracefs = any(
+            Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+        )
+        if not tracefs:
+            problems.append("tracefs is not mounted (the agent mounts it if it may)")
+        if problems:
+            self.add("eBPF sampling", Status.WARN, "; ".join(problems))
+        else:
+            self.add("eBPF sampling", Status.OK, "bcc importable, BTF and tracefs present")
+
+    def _api(self, config: Config) -> None:
+        from kubernetes import client as k8s
+
+        from diskguard.kube.client import KubeConfigError, make_api_client
+
+        try:
+            api_client = make_api_client(self.env)
+        except KubeConfigError as exc:
+            self.add("API server", Status.FAIL, str(exc))
+            return
+        try:
+            info = k8s.VersionApi(api_client).get_code(_request_timeout=(5, 10))
+            self.add(
+                "API server",
+                Status.OK,
+                f"{api_client.configuration.host} answers, version {info.git_version}",
+            )
+            self._rbac(api_client)
+        except Exception as exc:  # any failure to talk to it is the finding
+            self.add(
+                "API server",
+                Status.FAIL,
+                f"{api_client.configuration.host}: {type(exc).__name__}: {exc}"[:300],
+            )
+        finally:
+            api_client.close()
+
+    def _rbac(self, api_client: Any) -> None:
+        from kubernetes import client as k8s
+
+        authz = k8s.AuthorizationV1Api(api_client)
+        denied = []
+        for verb, resource, group in REQUIRED_ACCESS:
+            body = k8s.V1SelfSubjectAccessReview(
+                spec=k8s.V1SelfSubjectAccessReviewSpec(
+                    resource_attributes=k8s.V1ResourceAttributes(
+                        verb=verb, resource=resource, group=group
+                    )
+                )
+            )
+            review = authz.create_self_subject_access_review(body, _request_timeout=(5, 10))
+            if review.status is None or not review.status.allowed:
+                denied.append(f"{verb} {resource}")
+        if denied:
+            self.add(
+                "RBAC",
+                Status.FAIL,
+                f"not allowed: {', '.join(denied)} (apply deploy/clusterrole.yaml)",
+            )
+        else:
+            self.add(
+                "RBAC",
+                Status.OK,
+                "allowed: " + ", ".join(f"{v} {r}" for v, r, _ in REQUIRED_ACCESS),
+            )
+
+
+def run_doctor(env: Mapping[str, str], echo: Callable[[str], None], *, as_json: bool) -> int:
+    findings = Doctor(env).run()
+    if as_json:
+        echo(
+            json.dumps(
+                [
+                    {"check": f.check, "status": f.status.value, "detail": f.detail}
+                    for f in findings
+                ],
+                indent=2,
+            )
+        )
+    else:
+        width = max(len(f.check) for f in findings)
+        for f in findings:
+            echo(f"{f.status.value.upper():<4}  {f.check:<{width}}  {f.detail}")
+    return 1 if any(f.status is Status.FAIL for f in findings) else 0
+
+
+def environ() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("NODE_NAME", os.uname().nodename.lower())
+    return env

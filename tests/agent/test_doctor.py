@@ -1,0 +1,61 @@
+"""`diskguard doctor` on this node against the fake API server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import Cluster
+
+pytestmark = pytest.mark.kernel
+
+
+def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, Any]]:
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **cluster.env(**env)}
+    done = subprocess.run(
+        [sys.executable, "-m", "diskguard", "doctor", "--json"],
+        env=full, capture_output=True, text=True, timeout=60, check=False,
+    )
+    findings = {f["check"]: f for f in json.loads(done.stdout)}
+    return done.returncode, findings
+
+
+def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
+    cluster.add_pod("web")
+    code, found = doctor(cluster)
+    assert code == 0, json.dumps(found, indent=1)
+    assert found["cgroup hierarchy"]["status"] == "ok"
+    assert cluster.hierarchy.version.value in found["cgroup hierarchy"]["detail"]
+    assert found["kubelet cgroup layout"]["status"] == "ok"
+    assert "(1 containers)" in found["kubelet cgroup layout"]["detail"]
+    assert str(cluster.device) in found["data devices"]["detail"]
+    assert found["API server"]["status"] == "ok"
+    assert found["RBAC"]["status"] == "ok"
+
+
+def test_doctor_names_what_is_wrong(cluster: Cluster) -> None:
+    cluster.api.deny("watch", "namespaces")
+    code, found = doctor(cluster, DATA_MOUNT="/dev/shm")
+    assert code == 1
+    assert found["RBAC"]["status"] == "fail"
+    assert "watch namespaces" in found["RBAC"]["detail"]
+    assert found["data devices"]["status"] == "fail"
+    assert "/dev/shm" in found["data devices"]["detail"]
+
+
+def test_doctor_reports_an_unreachable_api_server_and_bad_config(cluster: Cluster) -> None:
+    cluster.api.go_down()
+    try:
+        code, found = doctor(cluster)
+        assert code == 1 and found["API server"]["status"] == "fail"
+    finally:
+        cluster.api.come_back()
+    code, found = doctor(cluster, CGROUP_DRIVER="nope")
+    assert code == 1
+    assert found["configuration"]["status"] == "fail"
+    assert "CGROUP_DRIVER" in found["configuration"]["detail"]
