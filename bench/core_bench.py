@@ -579,9 +579,9 @@ def print_report(
             f"{i.hwm_kib / 1024:>7.1f} MiB{i.window:>8.1f}s{i.cpu_s:>8.2f}"
             f"{i.core_pct:>7.2f}%{i.threads:>9}")
     if events:
-        done = ", ".join(f"{i.events_done:.1f}" for i in events)
+        drained = ", ".join(f"{i.events_done:.1f}" for i in events)
         out("   (each window starts once the start-up Events, one per annotated pod, are all")
-        out(f"   posted: {done} s after start;")
+        out(f"   posted: {drained} s after start;")
         out("   the 0-container row is the baseline: interpreter + imports, no pods)")
     out("=" * 78)
 

@@ -63,3 +63,48 @@ def parse_limit_annotations(
         except LimitValueError as exc:
             invalid[suffix] = InvalidAnnotation(key=key, value=raw, reason=str(exc))
     return AnnotationLimits(values=values, invalid=invalid)
+
+
+# diskguard's own smart-limit keys (suffixes): written and removed only by the agent.
+SMART_LIMIT = "smart-limit"
+AUTO_IOPS = "auto-iops"
+AUTO_BPS = "auto-bps"
+LIMIT_REASON = "limit-reason"
+SMART_KEYS = (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON)
+# Set by users: this pod is never smart-limited.
+SMART_OPT_OUT = "smart-limit-opt-out"
+
+
+@attrs.frozen
+class SmartAnnotations:
+    """What a pod's smart-limit keys say. Auto values count only while `smart-limit` is
+    "true": the keys are diskguard's, and a half-removed set must not limit anything."""
+
+    active: bool = False
+    auto_iops: int = 0
+    auto_bps: int = 0
+    opted_out: bool = False
+    problems: tuple[str, ...] = ()
+
+
+def parse_smart_annotations(annotations: Mapping[str, str], prefix: str) -> SmartAnnotations:
+    opted_out = annotations.get(f"{prefix}/{SMART_OPT_OUT}", "").strip().lower() == "true"
+    if annotations.get(f"{prefix}/{SMART_LIMIT}", "").strip().lower() != "true":
+        return SmartAnnotations(opted_out=opted_out)
+    values: dict[str, int] = {}
+    problems = []
+    for suffix, parse in ((AUTO_IOPS, parse_iops), (AUTO_BPS, parse_bps)):
+        raw = annotations.get(f"{prefix}/{suffix}")
+        if raw is None:
+            continue
+        try:
+            values[suffix] = parse(raw)
+        except LimitValueError as exc:
+            problems.append(f"{prefix}/{suffix}: {exc}")
+    return SmartAnnotations(
+        active=True,
+        auto_iops=values.get(AUTO_IOPS, 0),
+        auto_bps=values.get(AUTO_BPS, 0),
+        opted_out=opted_out,
+        problems=tuple(problems),
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from diskguard.annotations import AnnotationLimits
+from diskguard.annotations import AUTO_BPS, AUTO_IOPS, AnnotationLimits, parse_smart_annotations
 from diskguard.filters import ExclusionFilter
 from diskguard.model import ContainerRef, IOLimits, PodInfo, Runtime
 from diskguard.policy import (
@@ -49,8 +49,16 @@ def plan_pod(
 ) -> PodPlan:
     keys = key_set(pod.annotations, prefix, previous)
     parsed = keys.parsed
+    smart = parse_smart_annotations(pod.annotations, prefix)
+    auto = IOLimits(smart.auto_iops, smart.auto_iops, smart.auto_bps, smart.auto_bps)
     resolution = resolve_limits(
-        keys, defaults, namespace=namespace, guardrails=guardrails, pod_namespace=pod.namespace
+        keys,
+        defaults,
+        namespace=namespace,
+        guardrails=guardrails,
+        pod_namespace=pod.namespace,
+        auto=auto,
+        auto_source=f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
     )
     plans = []
     for container in pod.containers:

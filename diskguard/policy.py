@@ -60,6 +60,9 @@ class Resolution:
     memory: KeyMemory = attrs.field(factory=dict, hash=False)
     ceilings: IOLimits = IOLimits()
     clamps: tuple[Clamp, ...] = ()
+    # The limits without the smart limit: the reference smart limit judges IO against.
+    static: IOLimits = IOLimits()
+    auto: IOLimits = IOLimits()  # the automatic limit in force (0 = none)
 
     @property
     def annotation_driven(self) -> bool:
@@ -181,8 +184,11 @@ def resolve_limits(
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
     pod_namespace: str = "",
+    auto: IOLimits = IOLimits(),
+    auto_source: str = "smart limit",
 ) -> Resolution:
-    """Resolve one pod's limits from its keys, its namespace's policy and the env."""
+    """Resolve one pod's limits from its keys, its namespace's policy, the env and the
+    automatic (smart) limit, which can only make a limit stricter."""
     values: dict[str, int] = {}
     keep: set[str] = set()
     sources: dict[str, str] = {}
@@ -211,8 +217,15 @@ def resolve_limits(
             value = ceiling
         values[field] = value
         sources.setdefault(field, chosen.source)
+    static = IOLimits(**values)
+    effective = static.stricter(auto)
+    for field in LIMIT_FIELDS:
+        if getattr(effective, field) != getattr(static, field):
+            sources[field] = auto_source
     return Resolution(
-        limits=IOLimits(**values),
+        limits=effective,
+        static=static,
+        auto=auto,
         keep=frozenset(keep),
         sources=sources,
         memory=pod.memory,

@@ -110,7 +110,8 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     # an edit arrives over the watch, not a relist
     await trio.to_thread.run_sync(
         lambda: cluster.api.wait_for_request(
-            lambda r: r.query.get("watch", "").lower() == "true", timeout=10
+            lambda r: r.path.endswith("/pods") and r.query.get("watch", "").lower() == "true",
+            timeout=10,
         )
     )
     cluster.set_annotations("default", "annotated", {f"{P}/write-iops": "200"})

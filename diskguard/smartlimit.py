@@ -1,0 +1,196 @@
+"""Smart limit decisions (pure; the clock is a number passed in).
+
+A container *triggers* when, in some direction, every sample of a full history window is at
+or above `threshold x reference`, where the reference is the container's effective static
+limit in that direction, or the declared device capacity where that direction is
+unlimited (no capacity declared: the direction is not judged). IOPS and bytes/s are judged
+separately, read and write separately. A burst shorter than the window never triggers, and
+a window with a gap (missing samples) is not full.
+
+On trigger the pod gets an automatic limit: the configured value, or half the lowest rate
+seen in the window (so it really lowers the sustained rate), never below the floor. The
+automatic IOPS (bytes/s) limit applies to both directions, like `iops-limit/iops`, and the
+effective limit per direction is the stricter of the static and the automatic one.
+
+The limit is *lifted* when every sample of a full window is below
+`remove_threshold x automatic limit` in both directions. Under a steady load the container
+runs at its automatic limit, well above that, so apply and lift never alternate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from diskguard.model import IOLimits, Rates
+
+# Samples may jitter around the nominal interval; a window counts as full when its samples
+# cover it to within this fraction of one interval.
+_COVERAGE_SLACK = 0.5
+
+
+@attrs.frozen
+class Sample:
+    """The container's rates over one interval ending at `at` (seconds)."""
+
+    at: float
+    interval: float
+    rates: Rates
+
+
+@attrs.frozen
+class SmartSettings:
+    window: float  # seconds
+    io_threshold: float = 0.8
+    bps_threshold: float = 0.8
+    remove_threshold: float = 0.5
+    auto_iops: int = 0  # 0 = computed
+    auto_bps: int = 0  # 0 = computed
+    device_iops: int = 0  # capacity reference for unlimited directions; 0 = not judged
+    device_bps: int = 0
+    min_iops: int = 10  # floor of a computed automatic limit
+    min_bps: int = 1 << 20
+    reduction: float = 0.5  # computed automatic limit = reduction x lowest sustained rate
+
+
+@attrs.frozen
+class AutoLimit:
+    """An automatic limit in force (from the pod's annotations): 0 = none for that unit."""
+
+    iops: int = 0
+    bps: int = 0
+
+    def as_limits(self) -> IOLimits:
+        return IOLimits(riops=self.iops, wiops=self.iops, rbps=self.bps, wbps=self.bps)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.iops or self.bps)
+
+
+@attrs.frozen
+class Trigger:
+    metric: str  # riops | wiops | rbps | wbps
+    observed: float  # lowest rate in the window
+    reference: int
+    threshold: float
+
+
+@attrs.frozen
+class Decision:
+    action: str  # "apply" | "lift" | "none"
+    auto: AutoLimit = AutoLimit()
+    triggers: tuple[Trigger, ...] = ()
+    reason: str = ""
+
+
+NOTHING = Decision("none")
+
+_UNIT = {"riops": "iops", "wiops": "iops", "rbps": "bps", "wbps": "bps"}
+_WORDS = {"riops": "read IOPS", "wiops": "write IOPS", "rbps": "read B/s", "wbps": "write B/s"}
+
+
+def window_samples(samples: Sequence[Sample], now: float, window: float) -> list[Sample] | None:
+    """The samples inside the window ending now, or None if they do not cover all of it."""
+    inside = [s for s in samples if s.at > now - window and s.at <= now]
+    if not inside:
+        return None
+    slack = _COVERAGE_SLACK * max(s.interval for s in inside)
+    start = inside[0].at - inside[0].interval
+    if start > now - window + slack or now - inside[-1].at > slack + inside[-1].interval:
+        return None
+    # Gaps: each sample must start where the previous one ended.
+    for prev, cur in itertools.pairwise(inside):
+        if cur.at - cur.interval > prev.at + slack:
+            return None
+    return inside
+
+
+def _reference(metric: str, static: IOLimits, settings: SmartSettings) -> int:
+    value = getattr(static, metric)
+    if value:
+        return int(value)
+    return settings.device_iops if _UNIT[metric] == "iops" else settings.device_bps
+
+
+def decide(
+    samples: Sequence[Sample],
+    now: float,
+    static: IOLimits,
+    current: AutoLimit,
+    settings: SmartSettings,
+    container: str,
+) -> Decision:
+    """What to do about one container now, given its rate history."""
+    window = window_samples(samples, now, settings.window)
+    if window is None:
+        return NOTHING  # not enough history (e.g. right after start): judge nothing
+    lowest = {m: min(getattr(s.rates, m) for s in window) for m in _UNIT}
+    highest = {m: max(getattr(s.rates, m) for s in window) for m in _UNIT}
+
+    if current.active:
+        calm = all(
+            highest[m] < settings.remove_threshold * limit
+            for m in _UNIT
+            if (limit := getattr(current.as_limits(), m))
+        )
+        if calm:
+            return Decision(
+                "lift",
+                reason=(
+                    f"{container}: IO stayed below {settings.remove_threshold:g} x the automatic "
+                    f"limit for {settings.window:g}s"
+                ),
+            )
+        return NOTHING
+
+    triggers = []
+    for metric, unit in _UNIT.items():
+        reference = _reference(metric, static, settings)
+        if not reference:
+            continue
+        threshold = settings.io_threshold if unit == "iops" else settings.bps_threshold
+        if lowest[metric] >= threshold * reference:
+            triggers.append(Trigger(metric, lowest[metric], reference, threshold))
+    if not triggers:
+        return NOTHING
+
+    auto_iops = auto_bps = 0
+    for unit in ("iops", "bps"):
+        fired = [t for t in triggers if _UNIT[t.metric] == unit]
+        if not fired:
+            continue
+        configured = settings.auto_iops if unit == "iops" else settings.auto_bps
+        floor = settings.min_iops if unit == "iops" else settings.min_bps
+        computed = max(floor, int(min(t.observed for t in fired) * settings.reduction))
+        value = configured or computed
+        if unit == "iops":
+            auto_iops = value
+        else:
+            auto_bps = value
+    reason = "; ".join(
+        f"{container}: {_WORDS[t.metric]} stayed at or above {t.threshold:g} x {t.reference} "
+        f"= {t.threshold * t.reference:g} for {settings.window:g}s (lowest {t.observed:.0f})"
+        for t in triggers
+    )
+    return Decision("apply", AutoLimit(auto_iops, auto_bps), tuple(triggers), reason)
+
+
+def pod_decision(decisions: Mapping[str, Decision], current: AutoLimit) -> Decision:
+    """Combine per-container decisions of one pod: any trigger applies; lift only when
+    every judged container is calm."""
+    applies = [d for d in decisions.values() if d.action == "apply"]
+    if applies and not current.active:
+        iops = min((d.auto.iops for d in applies if d.auto.iops), default=0)
+        bps = min((d.auto.bps for d in applies if d.auto.bps), default=0)
+        return Decision(
+            "apply",
+            AutoLimit(iops, bps),
+            tuple(t for d in applies for t in d.triggers),
+            "; ".join(d.reason for d in applies),
+        )
+    if current.active and decisions and all(d.action == "lift" for d in decisions.values()):
+        return Decision("lift", reason="; ".join(d.reason for d in decisions.values()))
+    return NOTHING
