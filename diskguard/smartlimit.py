@@ -33,11 +33,18 @@ _COVERAGE_SLACK = 0.5
 
 @attrs.frozen
 class Sample:
-    """The container's rates over one interval ending at `at` (seconds)."""
+    """The container's rates over one interval ending at `at` (seconds): the lowest and
+    highest per-sample-interval rates seen in it. A raw sample has low == high; a bucket
+    summarises many (history stays small: one bucket per monitor interval)."""
 
     at: float
     interval: float
-    rates: Rates
+    low: Rates
+    high: Rates
+
+    @classmethod
+    def of(cls, at: float, interval: float, rates: Rates) -> Sample:
+        return cls(at, interval, rates, rates)
 
 
 @attrs.frozen
@@ -92,6 +99,36 @@ _UNIT = {"riops": "iops", "wiops": "iops", "rbps": "bps", "wbps": "bps"}
 _WORDS = {"riops": "read IOPS", "wiops": "write IOPS", "rbps": "read B/s", "wbps": "write B/s"}
 
 
+@attrs.define
+class Bucket:
+    """Accumulates raw samples of one container into one Sample (one per monitor pass)."""
+
+    first_start: float | None = None
+    last_at: float = 0.0
+    covered: float = 0.0
+    low: dict[str, float] = attrs.Factory(dict)
+    high: dict[str, float] = attrs.Factory(dict)
+
+    def add(self, at: float, interval: float, rates: Rates) -> None:
+        if self.first_start is None:
+            self.first_start = at - interval
+        self.last_at = at
+        self.covered += interval
+        for m in _UNIT:
+            v = getattr(rates, m)
+            self.low[m] = min(self.low.get(m, v), v)
+            self.high[m] = max(self.high.get(m, v), v)
+
+    def close(self, max_interval: float) -> Sample | None:
+        """The bucket as one Sample, or None if it is empty or has a gap (missed samples)."""
+        if self.first_start is None:
+            return None
+        span = self.last_at - self.first_start
+        if span - self.covered > _COVERAGE_SLACK * max_interval:
+            return None
+        return Sample(self.last_at, span, Rates(**self.low), Rates(**self.high))
+
+
 def window_samples(samples: Sequence[Sample], now: float, window: float) -> list[Sample] | None:
     """The samples inside the window ending now, or None if they do not cover all of it."""
     inside = [s for s in samples if s.at > now - window and s.at <= now]
@@ -127,8 +164,8 @@ def decide(
     window = window_samples(samples, now, settings.window)
     if window is None:
         return NOTHING  # not enough history (e.g. right after start): judge nothing
-    lowest = {m: min(getattr(s.rates, m) for s in window) for m in _UNIT}
-    highest = {m: max(getattr(s.rates, m) for s in window) for m in _UNIT}
+    lowest = {m: min(getattr(s.low, m) for s in window) for m in _UNIT}
+    highest = {m: max(getattr(s.high, m) for s in window) for m in _UNIT}
 
     if current.active:
         calm = all(

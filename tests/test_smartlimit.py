@@ -25,7 +25,7 @@ S = SmartSettings(window=10.0)
 def series(values: list[float], *, metric: str = "wiops", start: float = 0.0) -> list[Sample]:
     """One sample per second: values[i] is the rate over (start+i, start+i+1]."""
     return [
-        Sample(at=start + i + 1, interval=1.0, rates=Rates(**{metric: v}))
+        Sample.of(at=start + i + 1, interval=1.0, rates=Rates(**{metric: v}))
         for i, v in enumerate(values)
     ]
 
@@ -124,7 +124,39 @@ def test_pod_decision_applies_on_any_container_and_lifts_when_all_are_calm() -> 
 @pytest.mark.parametrize("interval", [0.5, 1.0, 2.0])
 def test_window_coverage_with_other_intervals(interval: float) -> None:
     n = int(10 / interval)
-    samples = [Sample(at=(i + 1) * interval, interval=interval, rates=Rates(wiops=450))
+    samples = [Sample.of(at=(i + 1) * interval, interval=interval, rates=Rates(wiops=450))
                for i in range(n)]
     assert run(samples).action == "apply"
     assert run(samples[1:]).action == "none"
+
+
+def test_buckets_summarise_raw_samples_and_reject_gaps() -> None:
+    from diskguard.smartlimit import Bucket
+
+    bucket = Bucket()
+    for i, v in enumerate([450.0, 420.0, 480.0]):
+        bucket.add(i + 1.0, 1.0, Rates(wiops=v))
+    sample = bucket.close(1.0)
+    assert sample is not None
+    assert (sample.at, sample.interval) == (3.0, 3.0)
+    assert (sample.low.wiops, sample.high.wiops) == (420.0, 480.0)
+    gappy = Bucket()
+    gappy.add(1.0, 1.0, Rates())
+    gappy.add(5.0, 1.0, Rates())
+    assert gappy.close(1.0) is None
+    assert Bucket().close(1.0) is None
+
+
+def test_decisions_on_buckets_match_decisions_on_raw_samples() -> None:
+    from diskguard.smartlimit import Bucket
+
+    raw = series([450.0, 420.0, 480.0, 500.0, 410.0, 430.0, 440.0, 460.0, 470.0, 405.0])
+    buckets = []
+    for chunk in (raw[:5], raw[5:]):
+        b = Bucket()
+        for smp in chunk:
+            b.add(smp.at, smp.interval, smp.low)
+        closed = b.close(1.0)
+        assert closed is not None
+        buckets.append(closed)
+    assert run(buckets) == run(raw)

@@ -1,0 +1,451 @@
+"""The kubelet's read-only HTTPS API: `/pods` and `/metrics/cadvisor`.
+
+httpx's AsyncClient runs natively on trio (httpcore picks its trio backend), so a request
+is cancelled with its task and its timeouts are enforced on the loop: no worker thread to
+shut down, unlike the sync kubernetes client in watch.py. TLS is one `ssl.SSLContext` built
+at start-up (CA, client certificate); the bearer token is re-read on every request because
+projected service-account tokens rotate under a running pod.
+
+Every failure becomes a `KubeletError` whose message says what to check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import trio
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+DEFAULT_PORT = 10250
+DEFAULT_POLL_INTERVAL = 5.0
+REQUEST_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+
+# A name the URL can carry as is: DNS labels, or an IP literal (checked separately).
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*")
+# RFC 6750 b64token: what can follow "Bearer " in a header without smuggling anything.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+# -- settings -----------------------------------------------------------------------------
+
+
+class KubeletConfigError(ValueError):
+    """A KUBELET_* variable with a bad value; the message names it (as config.ConfigError)."""
+
+    def __init__(self, variable: str, value: str, accepted: str, problem: str = "") -> None:
+        why = f" ({problem})" if problem else ""
+        super().__init__(f"{variable}={value!r} is invalid{why}: expected {accepted}")
+        self.variable = variable
+        self.value = value
+        self.accepted = accepted
+        self.problem = problem
+
+
+@attrs.frozen
+class KubeletSettings:
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    # None: verify against the system trust store (no cluster CA found).
+    ca_path: str | None = None
+    client_cert_path: str | None = None
+    client_key_path: str | None = None
+    token_path: str | None = None
+    skip_verify: bool = False
+    pod_source: bool = False
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    timeout: float = REQUEST_TIMEOUT
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"https://{host}:{self.port}"
+
+
+def _host(value: str) -> str:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ValueError
+    return value.lower()
+
+
+def _port(value: str) -> int:
+    port = int(value.strip())
+    if not 1 <= port <= 65535:
+        raise ValueError
+    return port
+
+
+def _bool(value: str) -> bool:
+    low = value.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError
+    return number
+
+
+def _absolute_path(value: str) -> str:
+    value = value.strip()
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError
+    return value
+
+
+def kubelet_settings_from_env(
+    env: Mapping[str, str], *, exists: Callable[[str], bool] = os.path.exists
+) -> KubeletSettings:
+    """Parse the KUBELET_* variables; `exists` decides whether in-cluster defaults apply."""
+
+    def get(name: str, parse: Callable[[str], T], accepted: str, default: T) -> T:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise KubeletConfigError(name, raw, accepted) from None
+
+    path_form = "an absolute path to a file"
+    cert = get("KUBELET_CLIENT_CERT_PATH", _absolute_path, path_form, None)
+    key = get("KUBELET_CLIENT_KEY_PATH", _absolute_path, path_form, None)
+    if (cert is None) != (key is None):
+        missing, given = (
+            ("KUBELET_CLIENT_KEY_PATH", "KUBELET_CLIENT_CERT_PATH")
+            if key is None
+            else ("KUBELET_CLIENT_CERT_PATH", "KUBELET_CLIENT_KEY_PATH")
+        )
+        raise KubeletConfigError(
+            missing,
+            env.get(missing, ""),
+            f"{path_form}, set together with {given}",
+            f"{given} is set",
+        )
+    return KubeletSettings(
+        host=get(
+            "KUBELET_HOST",
+            _host,
+            "a host name or IP address (no scheme, no port), such as localhost or 10.0.0.5",
+            "localhost",
+        ),
+        port=get("KUBELET_PORT", _port, "a TCP port in 1..65535", DEFAULT_PORT),
+        ca_path=get(
+            "KUBELET_CA_PATH",
+            _absolute_path,
+            path_form,
+            IN_CLUSTER_CA if exists(IN_CLUSTER_CA) else None,
+        ),
+        client_cert_path=cert,
+        client_key_path=key,
+        token_path=get(
+            "KUBELET_TOKEN_PATH",
+            _absolute_path,
+            path_form,
+            IN_CLUSTER_TOKEN if exists(IN_CLUSTER_TOKEN) else None,
+        ),
+        skip_verify=get("KUBELET_SKIP_VERIFY", _bool, "true | false", False),
+        pod_source=get("KUBELET_POD_SOURCE", _bool, "true | false", False),
+        poll_interval=get(
+            "KUBELET_POLL_INTERVAL",
+            _seconds,
+            "a positive number of seconds, such as 5",
+            DEFAULT_POLL_INTERVAL,
+        ),
+    )
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class KubeletError(Exception):
+    """A kubelet request that failed; `reason` is one of the constants below."""
+
+    CONFIG = "config"  # our own TLS material or token file is unusable
+    TLS = "tls"  # server certificate not trusted, or the handshake refused
+    UNAUTHORIZED = "unauthorized"  # 401
+    FORBIDDEN = "forbidden"  # 403
+    UNREACHABLE = "unreachable"  # refused, reset, no route, DNS
+    TIMEOUT = "timeout"
+    HTTP = "http"  # any other non-200 status
+    RESPONSE = "response"  # 200 with a body we cannot use
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# The kubelet authorizes each path as a subresource of `nodes` (kubelet authz docs).
+_SUBRESOURCE = {"/pods": "proxy", "/metrics/cadvisor": "metrics"}
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes/contexts, and the members of any exception group on the way."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None:
+                stack.append(nxt)
+
+
+def _first(exc: BaseException, kind: type[T]) -> T | None:
+    for e in _causes(exc):
+        if isinstance(e, kind):
+            return e
+    return None
+
+
+def describe_transport_error(
+    exc: httpx.HTTPError, settings: KubeletSettings, url: str
+) -> KubeletError:
+    """Map an httpx failure to what went wrong and what to check."""
+    where = f"kubelet request GET {url}"
+    verify = _first(exc, ssl.SSLCertVerificationError)
+    if verify is not None:
+        trusted = (
+            f"the CA bundle KUBELET_CA_PATH={settings.ca_path}"
+            if settings.ca_path
+            else "the system trust store (no KUBELET_CA_PATH and no in-cluster CA)"
+        )
+        return KubeletError(
+            f"{where}: TLS verification of the kubelet's serving certificate failed "
+            f"({verify.verify_message or verify}); it was checked against {trusted} for the "
+            f"name {settings.host!r}. Set KUBELET_CA_PATH to the CA that signed the kubelet's "
+            "serving certificate and KUBELET_HOST to a name the certificate holds (often the "
+            "node IP), or KUBELET_SKIP_VERIFY=true to trust it blindly",
+            KubeletError.TLS,
+        )
+    tls = _first(exc, ssl.SSLError)
+    if tls is not None:
+        alert = str(tls.reason or tls)
+        if settings.client_cert_path:
+            hint = (
+                f"the kubelet may not trust our client certificate "
+                f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
+            )
+        else:
+            hint = (
+                "if it requires a client certificate, set KUBELET_CLIENT_CERT_PATH and "
+                "KUBELET_CLIENT_KEY_PATH"
+            )
+        return KubeletError(
+            f"{where}: TLS handshake failed ({alert}): {hint}", KubeletError.TLS
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return KubeletError(
+            f"{where}: timed out after {settings.timeout:g}s ({type(exc).__name__})",
+            KubeletError.TIMEOUT,
+        )
+    if isinstance(exc, httpx.RemoteProtocolError) and not settings.client_cert_path:
+        # A server that requires a client certificate drops a TLS 1.3 connection after the
+        # handshake, which the client only sees as a disconnect without an answer.
+        return KubeletError(
+            f"{where}: the kubelet closed the connection without answering; if it requires "
+            "a TLS client certificate, set KUBELET_CLIENT_CERT_PATH and KUBELET_CLIENT_KEY_PATH",
+            KubeletError.TLS,
+        )
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return KubeletError(
+            f"{where}: the kubelet closed the connection without answering; check that it "
+            f"trusts our client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}",
+            KubeletError.TLS,
+        )
+    if _first(exc, ConnectionRefusedError) is not None:
+        return KubeletError(
+            f"{where}: connection refused: is the kubelet listening on "
+            f"{settings.host}:{settings.port}? (KUBELET_HOST, KUBELET_PORT)",
+            KubeletError.UNREACHABLE,
+        )
+    detail = next((str(e) for e in _causes(exc) if str(e)), type(exc).__name__)
+    return KubeletError(f"{where}: {detail}", KubeletError.UNREACHABLE)
+
+
+def describe_status(response: httpx.Response, settings: KubeletSettings, path: str) -> KubeletError:
+    where = f"kubelet GET {path}"
+    body = response.text.strip().replace("\n", " ")[:300]
+    status = response.status_code
+    if status == 401:
+        auth = []
+        if settings.token_path:
+            auth.append(f"the bearer token in KUBELET_TOKEN_PATH={settings.token_path}")
+        if settings.client_cert_path:
+            auth.append(f"the client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}")
+        sent = " and ".join(auth) if auth else "no credentials (no token, no client certificate)"
+        return KubeletError(
+            f"{where}: 401 unauthorized: the kubelet did not accept {sent}; check the token / "
+            "client certificate (the kubelet needs --authentication-token-webhook for tokens)",
+            KubeletError.UNAUTHORIZED,
+        )
+    if status == 403:
+        sub = _SUBRESOURCE.get(path, "proxy")
+        return KubeletError(
+            f"{where}: 403 forbidden: authenticated but not authorized: check RBAC, the agent's "
+            f"service account needs `get` on nodes/{sub} ({body})",
+            KubeletError.FORBIDDEN,
+        )
+    return KubeletError(f"{where}: HTTP {status}: {body or response.reason_phrase}", KubeletError.HTTP)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+def build_ssl_context(settings: KubeletSettings) -> ssl.SSLContext:
+    """Verification against the CA (or none), plus the client certificate if configured."""
+    if settings.skip_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            context = ssl.create_default_context(cafile=settings.ca_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise KubeletError(
+                f"KUBELET_CA_PATH={settings.ca_path}: cannot load the CA bundle: {exc}",
+                KubeletError.CONFIG,
+            ) from None
+    if settings.client_cert_path and settings.client_key_path:
+        try:
+            context.load_cert_chain(settings.client_cert_path, settings.client_key_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise KubeletError(
+                f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path} / KUBELET_CLIENT_KEY_PATH="
+                f"{settings.client_key_path}: cannot load the client certificate and key: {exc}",
+                KubeletError.CONFIG,
+            ) from None
+    return context
+
+
+class KubeletClient:
+    """Async client for one kubelet. Build it at start-up (loads TLS files), then
+    `async with client:` or `await client.aclose()` at the end."""
+
+    def __init__(self, settings: KubeletSettings) -> None:
+        self.settings = settings
+        if settings.skip_verify:
+            warning = (
+                "KUBELET_SKIP_VERIFY=true: the kubelet's serving certificate is NOT verified; "
+                "anyone who can intercept %s can impersonate the kubelet"
+            )
+            if settings.token_path:
+                warning += " and read the bearer token we send"
+            log.warning(warning, settings.base_url)
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            verify=build_ssl_context(settings),
+            timeout=httpx.Timeout(settings.timeout, connect=min(CONNECT_TIMEOUT, settings.timeout)),
+            # The kubelet is local: proxy variables of the pod must not reroute it.
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> KubeletClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def pods(self) -> list[dict[str, Any]]:
+        """`GET /pods`: the pods the kubelet runs (a PodList's items)."""
+        response = await self._get("/pods", "application/json")
+        try:
+            body = json.loads(response.content)
+        except ValueError as exc:
+            raise KubeletError(
+                f"kubelet GET /pods: the answer is not JSON: {exc}", KubeletError.RESPONSE
+            ) from None
+        items = body.get("items") if isinstance(body, dict) else None
+        if items is None and isinstance(body, dict) and body.get("kind") == "PodList":
+            items = []  # an empty list may come without `items`
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise KubeletError(
+                "kubelet GET /pods: the answer is not a PodList", KubeletError.RESPONSE
+            )
+        return items
+
+    async def cadvisor_metrics(self) -> str:
+        """`GET /metrics/cadvisor`: the Prometheus text exposition of cAdvisor's metrics."""
+        response = await self._get("/metrics/cadvisor", "text/plain;version=0.0.4")
+        return response.text
+
+    async def _token(self) -> str | None:
+        path = self.settings.token_path
+        if path is None:
+            return None
+        try:
+            token = (await trio.Path(path).read_text(encoding="utf-8")).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KubeletError(
+                f"KUBELET_TOKEN_PATH={path}: cannot read the bearer token: {exc}",
+                KubeletError.CONFIG,
+            ) from None
+        if not _TOKEN.fullmatch(token):
+            raise KubeletError(
+                f"KUBELET_TOKEN_PATH={path}: the file holds no usable bearer token "
+                "(empty, or characters a token cannot have)",
+                KubeletError.CONFIG,
+            )
+        return token
+
+    async def _get(self, path: str, accept: str) -> httpx.Response:
+        headers = {"Accept": accept}
+        token = await self._token()
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = await self._http.get(path, headers=headers)
+        except httpx.HTTPError as exc:
+            raise describe_transport_error(exc, self.settings, self.settings.base_url + path) from exc
+        if response.status_code != 200:
+            raise describe_status(response, self.settings, path)
+        return response
