@@ -33,5 +33,7 @@ RUN .venv/bin/python -m compileall -q diskguard
 # Root, privileged in the DaemonSet: the agent writes other containers' cgroup files.
 USER root
 ENV PYTHONUNBUFFERED=1
+# So `kubectl exec ds/diskguard -n diskguard-system -- diskguard doctor` finds the command.
+ENV PATH=/opt/diskguard/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENTRYPOINT ["/opt/diskguard/.venv/bin/diskguard"]
 CMD ["run"]

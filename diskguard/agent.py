@@ -10,8 +10,10 @@ import functools
 import logging
 import signal
 from collections.abc import Mapping
+from typing import cast
 
 import attrs
+import structlog
 import trio
 from kubernetes import client as k8s
 
@@ -27,6 +29,9 @@ from diskguard.node.devices import resolve_data_devices
 from diskguard.node.limits import backend_for
 from diskguard.plan import runtime_override
 from diskguard.reconciler import Reconciler, ReconcileSettings
+from diskguard.sampler import Sampler, SamplerKind, SamplerUnavailable, open_sampler
+from diskguard.sampling import SamplingTask
+from diskguard.smarttask import SmartLimiter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ NAMESPACE_WAIT = 10.0
 # A kernel apply batch that takes this long means sysfs writes hang: liveness fails so the
 # kubelet restarts the agent (the limits already written stay in place).
 APPLY_STUCK_AFTER = 120.0
+# On shutdown, queued Kubernetes Events get this long to be posted.
+EVENT_FLUSH_SECONDS = 3.0
 
 
 @attrs.frozen
@@ -85,6 +92,9 @@ class Agent:
         )
         self._watch_send, self._watch_receive = trio.open_memory_channel[WatchEvent](100)
         self.http_binds: list[str] = []
+        self.sampling: SamplingTask | None = None
+        self.smart: SmartLimiter | None = None
+        self.sampler_problem = ""
         self.pod_watcher = ListWatcher(
             "pods",
             functools.partial(
@@ -121,7 +131,40 @@ class Agent:
     def ready(self) -> bool:
         return not self.readiness_problem()
 
+    async def _open_sampler(self) -> Sampler | None:
+        """BPF when it can run (compiling takes seconds: in a thread), else the cgroup
+        counters; a node where neither works still gets its limits enforced."""
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: open_sampler(
+                    cast(SamplerKind, self.config.sampler),
+                    self.node.devices,
+                    self.node.hierarchy.path,
+                    self.node.hierarchy.version,
+                    structlog.get_logger("diskguard.sampler"),
+                )
+            )
+        except SamplerUnavailable as exc:
+            log.error("no IO sampler: %s (limits are still enforced; smart limit is off)", exc)
+            self.sampler_problem = str(exc)
+            return None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sampler = await self._open_sampler()
+        try:
+            await self._run(sampler, task_status)
+        finally:
+            if sampler is not None:
+                sampler.close()  # detach the BPF program; kernel limits stay
+            # Events already decided (a limit was applied) are still worth telling: give
+            # them a bounded moment on the way out.
+            with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
+                self._event_send.close()
+                await post_events(
+                    self._event_receive, self.api, self.config.node_name, rate=50.0, attempts=1
+                )
+
+    async def _run(self, sampler: Sampler | None, task_status: trio.TaskStatus[None]) -> None:
         log.info(
             "diskguard starting on node %s: cgroup %s at %s, data devices %s, defaults %s",
             self.config.node_name,
@@ -140,6 +183,28 @@ class Agent:
                 ),
                 name="events",
             )
+            if sampler is not None:
+                self.sampling = SamplingTask(sampler, self.reconciler, self.config.sample_interval)
+                log.info(
+                    "IO sampler: %s%s",
+                    sampler.kind,
+                    f" (degraded: {sampler.degraded})" if sampler.degraded else "",
+                )
+                if self.config.smart.enabled:
+                    smart = self.config.smart
+                    self.smart = SmartLimiter(
+                        smart.settings,
+                        smart.monitor_interval,
+                        self.reconciler,
+                        self.api,
+                        self.events.emit,
+                        self.config.annotation_prefix,
+                        dry_run=smart.dry_run,
+                        patches_per_minute=smart.patches_per_minute,
+                    )
+                    self.sampling.listeners.append(self.smart.on_samples)
+                    nursery.start_soon(self.smart.run, name="smart-limit")
+                nursery.start_soon(self.sampling.run, name="sampler")
             self.http_binds = await nursery.start(
                 functools.partial(web.serve, self, self.config.http_addr), name="http"
             )

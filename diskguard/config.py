@@ -17,6 +17,7 @@ from diskguard.filters import ExclusionFilter, FilterConfigError
 from diskguard.limitvalues import parse_bps, parse_iops
 from diskguard.model import IOLimits
 from diskguard.policy import Guardrails
+from diskguard.smartlimit import SmartSettings
 
 T = TypeVar("T")
 
@@ -29,6 +30,16 @@ class ConfigError(ValueError):
         why = f" ({problem})" if problem else ""
         super().__init__(f"{variable}={value!r} is invalid{why}: expected {accepted}")
         self.variable = variable
+
+
+@attrs.frozen
+class SmartConfig:
+    enabled: bool = False
+    monitor_interval: float = 60.0
+    settings: SmartSettings = attrs.field(factory=lambda: SmartSettings(window=600.0))
+    dry_run: bool = False
+    use_kubelet_api: bool = False
+    patches_per_minute: int = 30
 
 
 @attrs.frozen
@@ -46,6 +57,9 @@ class Config:
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0
     guardrails: Guardrails = attrs.field(factory=Guardrails)
+    sampler: str = "auto"  # auto | bpf | cgroup
+    sample_interval: float = 1.0
+    smart: SmartConfig = attrs.field(factory=lambda: SmartConfig())
     http_addr: str = "0.0.0.0:2112"
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
@@ -83,6 +97,66 @@ def _absolute_path(value: str) -> str:
 
 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _bool(value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or not 0 < number <= 1:
+        raise ValueError
+    return number
+
+
+def _count(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError
+    return int(value)
+
+
+def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
+    fraction = "a fraction in (0, 1], such as 0.8"
+    computed = " (0 = computed from the observed IO)"
+    window_minutes = get(
+        "SMART_LIMIT_HISTORY_WINDOW",
+        _seconds,
+        "a positive number of minutes (fractions allowed, such as 0.25)",
+        10.0,
+    )
+    settings = SmartSettings(
+        window=window_minutes * 60.0,
+        io_threshold=get("SMART_LIMIT_HIGH_IO_THRESHOLD", _fraction, fraction, 0.8),
+        bps_threshold=get("SMART_LIMIT_HIGH_BPS_THRESHOLD", _fraction, fraction, 0.8),
+        remove_threshold=get("SMART_LIMIT_REMOVE_THRESHOLD", _fraction, fraction, 0.5),
+        auto_iops=get("SMART_LIMIT_AUTO_IOPS", parse_iops, iops_form + computed, 0),
+        auto_bps=get("SMART_LIMIT_AUTO_BPS", parse_bps, bps_form + computed, 0),
+        device_iops=get("SMART_LIMIT_DEVICE_IOPS", parse_iops, iops_form, 0),
+        device_bps=get("SMART_LIMIT_DEVICE_BPS", parse_bps, bps_form, 0),
+        min_iops=get("SMART_LIMIT_MIN_IOPS", parse_iops, iops_form, 10),
+        min_bps=get("SMART_LIMIT_MIN_BPS", parse_bps, bps_form, 1 << 20),
+    )
+    return SmartConfig(
+        enabled=get("SMART_LIMIT_ENABLED", _bool, "true or false", False),
+        monitor_interval=get(
+            "SMART_LIMIT_MONITOR_INTERVAL",
+            _seconds,
+            "a positive number of seconds (fractions allowed)",
+            60.0,
+        ),
+        settings=settings,
+        dry_run=get("SMART_LIMIT_DRY_RUN", _bool, "true or false", False),
+        use_kubelet_api=get("SMART_LIMIT_USE_KUBELET_API", _bool, "true or false", False),
+        patches_per_minute=get(
+            "SMART_LIMIT_MAX_PATCHES_PER_MINUTE", _count, "a positive whole number", 30
+        ),
+    )
 
 
 def _http_addr(value: str) -> str:
@@ -213,6 +287,11 @@ def load_config(env: Mapping[str, str]) -> Config:
         resync_interval=get(
             "RESYNC_INTERVAL", _seconds, "a positive number of seconds, such as 60", 60.0
         ),
+        sampler=get("SAMPLER", _choice(("auto", "bpf", "cgroup")), "auto | bpf | cgroup", "auto"),
+        sample_interval=get(
+            "SAMPLE_INTERVAL", _seconds, "a positive number of seconds, such as 1", 1.0
+        ),
+        smart=_smart(get, iops_form, bps_form),
         http_addr=get(
             "HTTP_ADDR", _http_addr, "[host]:port such as :2112 or 127.0.0.1:2112", "0.0.0.0:2112"
         ),

@@ -74,6 +74,7 @@ class _Fault:
     remaining: int
     status: int | None  # None: only delay, then answer normally
     delay: float
+    body: str | None
 
 
 class _State:
@@ -117,7 +118,8 @@ def _build_app(state: _State) -> Starlette:
                     _FORBIDDEN.format(user=state.user, sub=subresource), status_code=403
                 )
             if fault.status is not None:
-                return PlainTextResponse(f"injected fault {fault.status}", fault.status)
+                body = f"injected fault {fault.status}" if fault.body is None else fault.body
+                return PlainTextResponse(body, fault.status)
         if token is not None and auth != f"Bearer {token}":
             return PlainTextResponse("Unauthorized", status_code=401)
         return None
@@ -266,12 +268,19 @@ class FakeKubelet:
 
     # -- faults and the request log --------------------------------------------------------
 
-    def fail_next(self, count: int = 1, status: int | None = 500, delay: float = 0.0) -> None:
-        """The next `count` requests wait `delay` s, then answer `status` (None: normally)."""
+    def fail_next(
+        self,
+        count: int = 1,
+        status: int | None = 500,
+        delay: float = 0.0,
+        body: str | None = None,
+    ) -> None:
+        """The next `count` requests wait `delay` s, then answer `status` with `body`
+        (status None: answer normally after the delay)."""
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         with self._state.lock:
-            self._state.faults.append(_Fault(count, status, delay))
+            self._state.faults.append(_Fault(count, status, delay, body))
 
     def clear_faults(self) -> None:
         with self._state.lock:

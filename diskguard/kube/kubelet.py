@@ -38,7 +38,8 @@ REQUEST_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 
 # A name the URL can carry as is: DNS labels, or an IP literal (checked separately).
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 # RFC 6750 b64token: what can follow "Bearer " in a header without smuggling anything.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _TRUE = ("true", "1", "yes")
@@ -200,7 +201,8 @@ class KubeletError(Exception):
     TLS = "tls"  # server certificate not trusted, or the handshake refused
     UNAUTHORIZED = "unauthorized"  # 401
     FORBIDDEN = "forbidden"  # 403
-    UNREACHABLE = "unreachable"  # refused, reset, no route, DNS
+    UNREACHABLE = "unreachable"  # refused, no route, DNS
+    DROPPED = "dropped"  # connected, then cut without an answer (often: client cert refused)
     TIMEOUT = "timeout"
     HTTP = "http"  # any other non-200 status
     RESPONSE = "response"  # 200 with a body we cannot use
@@ -261,9 +263,14 @@ def describe_transport_error(
     tls = _first(exc, ssl.SSLError)
     if tls is not None:
         alert = str(tls.reason or tls)
-        if settings.client_cert_path:
+        if "CERTIFICATE_REQUIRED" in alert and not settings.client_cert_path:
             hint = (
-                f"the kubelet may not trust our client certificate "
+                "the kubelet requires a TLS client certificate and none is configured: set "
+                "KUBELET_CLIENT_CERT_PATH and KUBELET_CLIENT_KEY_PATH"
+            )
+        elif settings.client_cert_path:
+            hint = (
+                "check that the kubelet trusts our client certificate "
                 f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
             )
         else:
@@ -271,27 +278,29 @@ def describe_transport_error(
                 "if it requires a client certificate, set KUBELET_CLIENT_CERT_PATH and "
                 "KUBELET_CLIENT_KEY_PATH"
             )
-        return KubeletError(
-            f"{where}: TLS handshake failed ({alert}): {hint}", KubeletError.TLS
-        )
+        return KubeletError(f"{where}: TLS handshake failed ({alert}): {hint}", KubeletError.TLS)
     if isinstance(exc, httpx.TimeoutException):
         return KubeletError(
             f"{where}: timed out after {settings.timeout:g}s ({type(exc).__name__})",
             KubeletError.TIMEOUT,
         )
-    if isinstance(exc, httpx.RemoteProtocolError) and not settings.client_cert_path:
-        # A server that requires a client certificate drops a TLS 1.3 connection after the
-        # handshake, which the client only sees as a disconnect without an answer.
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        # A server that requires a client certificate refuses it after a TLS 1.3 handshake
+        # has already completed on our side: the client only sees the connection dropped.
+        if settings.client_cert_path:
+            hint = (
+                "check that the kubelet trusts our client certificate "
+                f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
+            )
+        else:
+            hint = (
+                "if it requires a TLS client certificate, set KUBELET_CLIENT_CERT_PATH and "
+                "KUBELET_CLIENT_KEY_PATH"
+            )
         return KubeletError(
-            f"{where}: the kubelet closed the connection without answering; if it requires "
-            "a TLS client certificate, set KUBELET_CLIENT_CERT_PATH and KUBELET_CLIENT_KEY_PATH",
-            KubeletError.TLS,
-        )
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return KubeletError(
-            f"{where}: the kubelet closed the connection without answering; check that it "
-            f"trusts our client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}",
-            KubeletError.TLS,
+            f"{where}: the kubelet dropped the connection without answering "
+            f"({type(exc).__name__}); {hint}",
+            KubeletError.DROPPED,
         )
     if _first(exc, ConnectionRefusedError) is not None:
         return KubeletError(
@@ -304,7 +313,7 @@ def describe_transport_error(
 
 
 def describe_status(response: httpx.Response, settings: KubeletSettings, path: str) -> KubeletError:
-    where = f"kubelet GET {path}"
+    where = f"kubelet request GET {settings.base_url}{path}"
     body = response.text.strip().replace("\n", " ")[:300]
     status = response.status_code
     if status == 401:
@@ -312,7 +321,9 @@ def describe_status(response: httpx.Response, settings: KubeletSettings, path: s
         if settings.token_path:
             auth.append(f"the bearer token in KUBELET_TOKEN_PATH={settings.token_path}")
         if settings.client_cert_path:
-            auth.append(f"the client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}")
+            auth.append(
+                f"the client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
+            )
         sent = " and ".join(auth) if auth else "no credentials (no token, no client certificate)"
         return KubeletError(
             f"{where}: 401 unauthorized: the kubelet did not accept {sent}; check the token / "
@@ -326,7 +337,9 @@ def describe_status(response: httpx.Response, settings: KubeletSettings, path: s
             f"service account needs `get` on nodes/{sub} ({body})",
             KubeletError.FORBIDDEN,
         )
-    return KubeletError(f"{where}: HTTP {status}: {body or response.reason_phrase}", KubeletError.HTTP)
+    return KubeletError(
+        f"{where}: HTTP {status}: {body or response.reason_phrase}", KubeletError.HTTP
+    )
 
 
 # -- the client ---------------------------------------------------------------------------
@@ -445,7 +458,9 @@ class KubeletClient:
         try:
             response = await self._http.get(path, headers=headers)
         except httpx.HTTPError as exc:
-            raise describe_transport_error(exc, self.settings, self.settings.base_url + path) from exc
+            raise describe_transport_error(
+                exc, self.settings, self.settings.base_url + path
+            ) from exc
         if response.status_code != 200:
             raise describe_status(response, self.settings, path)
         return response

@@ -61,12 +61,12 @@ class LimitBackend(Protocol):
         ...
 
 
-def check_limits(limits: IOLimits) -> None:
+def check_limits(limits: IOLimits, where: str = "") -> None:
     """Refuse values the kernel would reject or silently clamp."""
     for field, value in limits.as_dict().items():
         top = MAX_IOPS if field.endswith("iops") else MAX_BPS
         if not 0 <= value <= top:
-            raise LimitRejectedError(f"{field}={value} is outside 0..{top}")
+            raise LimitRejectedError(f"{where}{field}={value} is outside 0..{top}")
 
 
 def kernel_view(limits: IOLimits) -> IOLimits:
@@ -176,7 +176,7 @@ class V1Backend:
     def write(
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
     ) -> None:
-        check_limits(want)
+        check_limits(want, f"{device} in {cgroup_dir}: ")
         want = kernel_view(want)
         have = kernel_view(
             self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
@@ -198,7 +198,7 @@ class V2Backend:
     version = CgroupVersion.V2
 
     KNOB = "io.max"
-    # blk-throttle's io.max parser accepts only values > 1 (6.1 and 6.18 alike).
+    # blk-throttle's io.max parser takes only values > 1 (measured on 6.1: EINVAL for 1).
     MIN_LIMIT = 2
 
     def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
@@ -224,7 +224,7 @@ class V2Backend:
     def write(
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
     ) -> None:
-        check_limits(want)
+        check_limits(want, f"{device} in {cgroup_dir / self.KNOB}: ")
         for field, value in want.as_dict().items():
             if value == 1:
                 raise LimitRejectedError(

@@ -124,7 +124,13 @@ class CgroupSampler:
             self._log.warning(what, cgroup=str(target.path), **kw)
 
     def _arm(self, target: Target) -> None:
-        """Make sure the kernel counts this cgroup's IO on each data device (v1 only)."""
+        """Make sure the kernel counts this cgroup's IO on each data device (v1 only).
+
+        Read-then-write is not atomic: a read-IOPS limit written by someone else between the
+        two would be reset to "no limit". Run arming and limit writes from one thread (the
+        agent does both) or arm before limits are applied. On 6.18, arming one cgroup
+        arms the whole device queue; older kernels may count without arming at all.
+        """
         for device in self._devices:
             if (target, device) in self._armed:
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class Cluster:
             else str(self.hierarchy.path),
             "RESYNC_INTERVAL": "60",
             "HTTP_ADDR": "127.0.0.1:0",
+            # BCC compiles take seconds; tests that are about BPF ask for it.
+            "SAMPLER": "cgroup",
         }
         return {**base, **extra}
 
@@ -222,12 +225,24 @@ async def start_agent(cluster: Cluster) -> AsyncIterator[Callable[..., Any]]:
 
 
 def agent_subprocess(env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """`python -m diskguard run` with exactly this environment (plus PATH)."""
+    """`python -m diskguard run` with exactly this environment (plus PATH).
+
+    Its output goes to a temporary file (read it with `agent_output(proc)`): a pipe nobody
+    reads would fill up and block the agent mid-log."""
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "debug", **env}
-    return subprocess.Popen(
+    out = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
         [sys.executable, "-m", "diskguard", "run"],
         env=full,
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
         **kwargs,
     )
+    proc.output_file = out  # type: ignore[attr-defined]
+    return proc
+
+
+def agent_output(proc: subprocess.Popen[bytes]) -> bytes:
+    out = proc.output_file  # type: ignore[attr-defined]
+    out.seek(0)
+    return bytes(out.read())

@@ -16,7 +16,7 @@ import trio
 from diskguard.lab import run_fio
 from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
 
-from .conftest import Cluster, P, agent_subprocess
+from .conftest import Cluster, P, agent_output, agent_subprocess
 
 pytestmark = pytest.mark.kernel
 
@@ -262,7 +262,7 @@ async def test_agent_restart_applies_annotations_changed_while_down(
         await cluster.wait_kernel(cg, IOLimits(55, 55), timeout=15)
         # one Event per change (posted asynchronously), none for the restart itself
         messages = [e["message"] for e in await cluster.wait_events("IOLimitApplied", 2)]
-        assert len(messages) == 2, messages
+        assert len(messages) == 2, (messages, agent_output(proc).decode()[-3000:])
         assert "riops=55" in messages[1]
         proc.kill()  # SIGKILL: nothing to clean up, limits stay
         await trio.to_thread.run_sync(proc.wait)
@@ -275,7 +275,8 @@ async def test_agent_restart_applies_annotations_changed_while_down(
 
 async def test_bad_env_var_stops_start_up_naming_the_variable(cluster: Cluster) -> None:
     proc = agent_subprocess(cluster.env(CONTAINER_WRITE_IOPS_LIMIT="fast"))
-    out, _ = await trio.to_thread.run_sync(proc.communicate)
+    await trio.to_thread.run_sync(proc.wait)
+    out = agent_output(proc)
     assert proc.returncode == 2
     assert b"CONTAINER_WRITE_IOPS_LIMIT='fast'" in out
     assert b"whole number" in out
@@ -283,6 +284,7 @@ async def test_bad_env_var_stops_start_up_naming_the_variable(cluster: Cluster) 
 
 async def test_unresolvable_data_mount_stops_start_up(cluster: Cluster) -> None:
     proc = agent_subprocess(cluster.env(DATA_MOUNT="/dev/shm"))
-    out, _ = await trio.to_thread.run_sync(proc.communicate)
+    await trio.to_thread.run_sync(proc.wait)
+    out = agent_output(proc)
     assert proc.returncode == 1
     assert b"/dev/shm" in out

@@ -180,6 +180,8 @@ def test_venv_comes_from_the_shared_script_and_holds_the_entrypoint(
     venv_bin = script.parent.parent / ".venv/bin"
     assert image.entrypoint == [str(venv_bin / "diskguard")]
     assert image.entrypoint == ["/opt/diskguard/.venv/bin/diskguard"]
+    # `diskguard doctor` by name in `kubectl exec`
+    assert image.env["PATH"].split(":")[0] == str(venv_bin)
 
 
 def test_image_holds_the_package_and_the_bpf_program_where_the_code_looks(

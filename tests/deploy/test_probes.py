@@ -3,7 +3,6 @@ the pod, on the port the manifest names."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 
@@ -30,20 +29,27 @@ async def test_the_agent_serves_the_probe_and_metrics_paths(cluster: Cluster) ->
     paths.append(daemonset["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])
     port = _free_port()  # loopback, not the manifest's :2112: tests must not bind all interfaces
     proc = agent_subprocess(cluster.env(HTTP_ADDR=f"127.0.0.1:{port}"))
+    answers: dict[str, str] = {}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             for path in paths:
-                status = None
-                with trio.move_on_after(20):  # readiness waits for the first reconcile
-                    while status != 200:
-                        with contextlib.suppress(httpx.TransportError):
-                            status = (await client.get(path)).status_code
+                with trio.move_on_after(30):  # readiness waits for the first reconcile
+                    while not answers.get(path, "").startswith("200"):
+                        try:
+                            reply = await client.get(path)
+                            answers[path] = f"{reply.status_code} {reply.text[:200]!r}"
+                        except httpx.TransportError as exc:
+                            answers[path] = repr(exc)
                         await trio.sleep(0.1)
-                assert status == 200, f"{path} answered {status}"
     finally:
         proc.terminate()
         try:
-            await trio.to_thread.run_sync(lambda: proc.wait(timeout=10))
+            output, _ = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=10))
         except subprocess.TimeoutExpired:
             proc.kill()
-            await trio.to_thread.run_sync(proc.wait)
+            output, _ = await trio.to_thread.run_sync(proc.communicate)
+    log = output.decode(errors="replace")[-3000:]
+    for path in paths:
+        assert answers.get(path, "").startswith("200"), (
+            f"{path} last answered {answers.get(path)}; agent log:\n{log}"
+        )

@@ -45,7 +45,7 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 
 must sh -c 'echo +io >/sys/fs/cgroup/cgroup.subtree_control'
-must ip link set lo up
+must busybox ip link set lo up # busybox: a hard dependency already, iproute2 may be absent
 hostname diskguard-v2 2>/dev/null || true
 
 # lane.conf: REPO=...; env.sh: variables forwarded from the host; args: pytest args, NUL-separated.

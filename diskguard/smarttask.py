@@ -1,0 +1,217 @@
+"""The smart-limit task: judge each container's recent IO, and write or remove diskguard's
+own smart-limit annotations on its pod.
+
+The API server stays the single source of truth: this task only patches annotations; the
+pod watch sees them and the apply task enforces them, so a restart loses nothing. History
+lives in memory, so after a restart detection and lifting resume after a fresh window.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from typing import Any
+
+import trio
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from diskguard.annotations import (
+    AUTO_BPS,
+    AUTO_IOPS,
+    LIMIT_REASON,
+    SMART_LIMIT,
+    parse_smart_annotations,
+)
+from diskguard.kube.events import EventRequest
+from diskguard.model import ContainerKey, PodInfo
+from diskguard.reconciler import Reconciler
+from diskguard.smartlimit import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
+from diskguard.smartlimit import pod_decision as combine_decisions
+
+log = logging.getLogger(__name__)
+
+
+class SmartLimiter:
+    def __init__(
+        self,
+        settings: SmartSettings,
+        monitor_interval: float,
+        reconciler: Reconciler,
+        api: CoreV1Api,
+        emit: Any,
+        prefix: str,
+        *,
+        dry_run: bool = False,
+        patches_per_minute: int = 30,
+    ) -> None:
+        self.settings = settings
+        self.monitor_interval = monitor_interval
+        self._reconciler = reconciler
+        self._api = api
+        self._emit = emit
+        self._prefix = prefix
+        self.dry_run = dry_run
+        self._buckets: dict[ContainerKey, Bucket] = {}
+        depth = math.ceil(settings.window / monitor_interval) + 2
+        self._history: dict[ContainerKey, collections.deque[Sample]] = {}
+        self._depth = depth
+        self._max_interval = 1.0
+        # Patch budget: a node full of busy containers must not storm the API server.
+        self._tokens = float(patches_per_minute)
+        self._rate = patches_per_minute / 60.0
+        self._burst = float(patches_per_minute)
+        self._last_refill = 0.0
+        self.decisions: dict[str, Decision] = {}  # per pod uid, last non-trivial decision
+        self.patches = collections.Counter[str]()
+
+    # -- input from the sampler ----------------------------------------------------------
+
+    def on_samples(self, samples: dict[ContainerKey, Sample]) -> None:
+        for key, sample in samples.items():
+            self._max_interval = max(self._max_interval, sample.interval)
+            self._buckets.setdefault(key, Bucket()).add(sample.at, sample.interval, sample.low)
+
+    def _close_buckets(self) -> None:
+        live = set(self._buckets)
+        for key, bucket in self._buckets.items():
+            closed = bucket.close(self._max_interval)
+            history = self._history.setdefault(key, collections.deque(maxlen=self._depth))
+            if closed is None:
+                history.clear()  # a gap: the window must fill again
+            else:
+                history.append(closed)
+        self._buckets = {}
+        for gone in set(self._history) - live:
+            del self._history[gone]
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._last_refill = trio.current_time()
+        while True:
+            await trio.sleep(self.monitor_interval)
+            self._close_buckets()
+            await self.evaluate()
+
+    async def evaluate(self) -> None:
+        now = trio.current_time()
+        for uid, plan in list(self._reconciler.plans.items()):
+            pod = plan.pod
+            smart = parse_smart_annotations(pod.annotations, self._prefix)
+            current = AutoLimit(smart.auto_iops, smart.auto_bps) if smart.active else AutoLimit()
+            if smart.opted_out:
+                if smart.active:
+                    await self._lift(pod, "the pod opted out of smart limits")
+                continue
+            per_container = {}
+            for cplan in plan.containers:
+                if cplan.resolution is None:
+                    continue  # excluded containers are not judged
+                history = self._history.get(cplan.ref.key)
+                if not history:
+                    continue
+                per_container[cplan.ref.container] = decide(
+                    list(history),
+                    now,
+                    cplan.resolution.static,
+                    current,
+                    self.settings,
+                    cplan.ref.container,
+                )
+            decision = combine_decisions(per_container, current)
+            if decision.action == "apply":
+                self.decisions[uid] = decision
+                await self._apply(pod, decision)
+            elif decision.action == "lift":
+                self.decisions[uid] = decision
+                await self._lift(pod, decision.reason)
+
+    def _take_token(self) -> bool:
+        now = trio.current_time()
+        self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * self._rate)
+        self._last_refill = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def _apply(self, pod: PodInfo, decision: Decision) -> None:
+        p = self._prefix
+        annotations: dict[str, str | None] = {
+            f"{p}/{SMART_LIMIT}": "true",
+            f"{p}/{AUTO_IOPS}": str(decision.auto.iops) if decision.auto.iops else None,
+            f"{p}/{AUTO_BPS}": str(decision.auto.bps) if decision.auto.bps else None,
+            f"{p}/{LIMIT_REASON}": decision.reason[:1000],
+        }
+        parts = []
+        if decision.auto.iops:
+            parts.append(f"{decision.auto.iops} IOPS")
+        if decision.auto.bps:
+            parts.append(f"{decision.auto.bps} B/s")
+        message = f"automatic limit {' and '.join(parts)}: {decision.reason}"
+        if await self._patch(pod, annotations, "apply", message):
+            self._emit(_event(pod, "SmartLimitApplied", message))
+
+    async def _lift(self, pod: PodInfo, reason: str) -> None:
+        annotations: dict[str, str | None] = {
+            f"{self._prefix}/{k}": None for k in (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON)
+        }
+        message = f"automatic limit removed: {reason}"
+        if await self._patch(pod, annotations, "lift", message):
+            self._emit(_event(pod, "SmartLimitRemoved", message))
+
+    async def _patch(
+        self, pod: PodInfo, annotations: dict[str, str | None], action: str, message: str
+    ) -> bool:
+        if self.dry_run:
+            log.info("smart limit (dry run) would %s on %s: %s", action, pod.key, message)
+            self.patches["dry_run"] += 1
+            return False
+        if not self._take_token():
+            self.patches["rate_limited"] += 1
+            log.warning("smart limit: patch budget exhausted, %s on %s deferred", action, pod.key)
+            return False
+        # Only diskguard's own keys, guarded by the resourceVersion the decision was made on:
+        # a concurrent edit (opt-out, deletion) makes it fail with 409 and the next pass
+        # decides again on the new state.
+        body = {"metadata": {"resourceVersion": pod.resource_version, "annotations": annotations}}
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._api.patch_namespaced_pod(
+                    pod.name, pod.namespace, body, _request_timeout=(5, 10)
+                )
+            )
+        except ApiException as exc:
+            self.patches[f"http_{exc.status}"] += 1
+            level = logging.INFO if exc.status in (404, 409) else logging.WARNING
+            log.log(
+                level,
+                "smart limit: %s on %s not written (HTTP %s); will re-evaluate",
+                action,
+                pod.key,
+                exc.status,
+            )
+            return False
+        except Exception as exc:  # connection errors: retried on the next pass
+            self.patches["error"] += 1
+            log.warning(
+                "smart limit: %s on %s failed (%s); will retry", action, pod.key, type(exc).__name__
+            )
+            return False
+        self.patches[action] += 1
+        log.info("smart limit %s on %s: %s", action, pod.key, message)
+        return True
+
+
+def _event(pod: PodInfo, reason: str, message: str) -> EventRequest:
+    return EventRequest(
+        kind="Pod",
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        reason=reason,
+        message=message,
+        type="Normal",
+    )
