@@ -87,7 +87,11 @@ def fio(
         check=True,
     ).stdout
     job = json.loads(out[out.index("{") :])["jobs"][0]
-    return {"read": job["read"], "write": job["write"]}
+    ios = job["read"]["total_ios"] + job["write"]["total_ios"]
+    # CPU the job itself used per IO: the program runs in the issuing task, so its cost
+    # lands here, and unlike IOPS this barely moves when other work shares the CPUs.
+    cpu_us = (job["usr_cpu"] + job["sys_cpu"]) / 100 * job["job_runtime"] * 1000
+    return {"read": job["read"], "write": job["write"], "cpu_us_per_io": cpu_us / max(ios, 1)}
 
 
 @contextlib.contextmanager
@@ -150,11 +154,14 @@ def overhead(
     cg.mkdir()
     for rw, side in (("randread", "read"), ("randwrite", "write")):
         ratios, on_all, off_all = [], [], []
+        cpu: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(rounds):
             got: dict[bool, list[float]] = {True: [], False: []}
             for on in (False, True, True, False):
                 _attach(bpf, on)
-                got[on].append(fio(cg, mnt, rw, seconds=seconds)[side]["iops"])
+                res = fio(cg, mnt, rw, seconds=seconds)
+                got[on].append(res[side]["iops"])
+                cpu[on].append(res["cpu_us_per_io"])
             _attach(bpf, True)
             on_iops, off_iops = statistics.mean(got[True]), statistics.mean(got[False])
             ratios.append(on_iops / off_iops)
@@ -164,7 +171,9 @@ def overhead(
         print(
             f"  {rw:9}: detached {statistics.median(off_all):,.0f} IOPS, attached "
             f"{statistics.median(on_all):,.0f} IOPS, ratio median {statistics.median(ratios):.3f}"
-            f" (quartiles {quart[0]:.3f}..{quart[2]:.3f})"
+            f" (quartiles {quart[0]:.3f}..{quart[2]:.3f}); fio CPU per IO "
+            f"{statistics.median(cpu[False]):.2f} us detached, "
+            f"{statistics.median(cpu[True]):.2f} us attached"
         )
     # The program's own cost, from the kernel's BPF run-time statistics (switched on only
     # here: they add two clock reads to every run of every BPF program on the host).

@@ -14,7 +14,8 @@ import attrs
 # What the kernel accepts. blk-throttle keeps IOPS limits as `unsigned int` and BPS limits
 # as u64 where U64_MAX means "no limit"; anything beyond is refused or silently clamped,
 # so we refuse it ourselves and say why.
-MAX_IOPS = 2**32 - 1
+# U32_MAX itself reads back as "no limit", so the largest real IOPS limit is one less.
+MAX_IOPS = 2**32 - 2
 MAX_BPS = 2**63 - 1
 
 
@@ -112,6 +113,9 @@ class PodInfo:
     annotations: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     containers: tuple[ContainerInfo, ...] = ()
     resource_version: str = ""
+    # The UID kubelet names the pod's cgroup after: for a static pod the config hash in its
+    # mirror pod's `kubernetes.io/config.mirror` annotation, not the API object's UID.
+    cgroup_uid: str = ""
 
     @property
     def key(self) -> str:
@@ -137,6 +141,11 @@ class ContainerRef:
     container_id: str
     runtime: Runtime
     qos: QoSClass
+    cgroup_uid: str = ""  # see PodInfo.cgroup_uid; empty = pod_uid
+
+    @property
+    def cgroup_pod_uid(self) -> str:
+        return self.cgroup_uid or self.pod_uid
 
     @property
     def key(self) -> ContainerKey:

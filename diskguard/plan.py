@@ -72,6 +72,7 @@ def plan_pod(
             container_id=container.container_id,
             runtime=container.runtime,
             qos=pod.qos,
+            cgroup_uid=pod.cgroup_uid,
         )
         reason = exclusion.container_exclusion(pod, container)
         plans.append(

@@ -30,8 +30,13 @@ def series(values: list[float], *, metric: str = "wiops", start: float = 0.0) ->
     ]
 
 
-def run(samples: list[Sample], now: float | None = None, current: AutoLimit = AutoLimit(),
-        settings: SmartSettings = S, static: IOLimits = STATIC) -> Decision:
+def run(
+    samples: list[Sample],
+    now: float | None = None,
+    current: AutoLimit = AutoLimit(),
+    settings: SmartSettings = S,
+    static: IOLimits = STATIC,
+) -> Decision:
     return decide(samples, samples[-1].at if now is None else now, static, current, settings, "c")
 
 
@@ -88,7 +93,9 @@ def test_bps_is_judged_against_bps_limits_and_capacity() -> None:
 
 
 def test_configured_auto_values_win_and_floor_applies() -> None:
-    assert run(series([480.0] * 10), settings=SmartSettings(window=10, auto_iops=77)).auto.iops == 77
+    assert (
+        run(series([480.0] * 10), settings=SmartSettings(window=10, auto_iops=77)).auto.iops == 77
+    )
     low = IOLimits(wiops=12)
     assert run(series([12.0] * 10), static=low).auto.iops == 10  # floor, not 6
 
@@ -124,8 +131,10 @@ def test_pod_decision_applies_on_any_container_and_lifts_when_all_are_calm() -> 
 @pytest.mark.parametrize("interval", [0.5, 1.0, 2.0])
 def test_window_coverage_with_other_intervals(interval: float) -> None:
     n = int(10 / interval)
-    samples = [Sample.of(at=(i + 1) * interval, interval=interval, rates=Rates(wiops=450))
-               for i in range(n)]
+    samples = [
+        Sample.of(at=(i + 1) * interval, interval=interval, rates=Rates(wiops=450))
+        for i in range(n)
+    ]
     assert run(samples).action == "apply"
     assert run(samples[1:]).action == "none"
 

@@ -9,6 +9,10 @@ from diskguard.model import ContainerInfo, PodInfo, QoSClass, Runtime
 from diskguard.node.cgroups import parse_container_id, validate_pod_uid
 
 
+# Mirror pods of static pods carry the config hash kubelet uses as the pod's UID locally.
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
 class PodParseError(ValueError):
     """A pod object diskguard cannot act on (logged once, the pod is left alone)."""
 
@@ -53,8 +57,15 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
             )
         )
 
+    mirror = str((meta.get("annotations") or {}).get(MIRROR_ANNOTATION, ""))
+    if mirror:
+        try:
+            validate_pod_uid(mirror)
+        except ValueError as exc:
+            raise PodParseError(f"pod {namespace}/{name}: static pod hash: {exc}") from None
     return PodInfo(
         uid=uid,
+        cgroup_uid=mirror,
         namespace=namespace,
         name=name,
         node_name=str(spec.get("nodeName", "")),

@@ -170,7 +170,7 @@ def container_cgroup_path(
 ) -> PurePosixPath:
     """A container's cgroup, relative to the hierarchy root, as its runtime names it."""
     cid = validate_container_id(ref.container_id)
-    pod = pod_cgroup_path(ref.pod_uid, ref.qos, driver, kubelet_root)
+    pod = pod_cgroup_path(ref.cgroup_pod_uid, ref.qos, driver, kubelet_root)
     if driver is CgroupDriver.SYSTEMD:
         leaf = f"{_SYSTEMD_SCOPE_PREFIX[ref.runtime]}-{cid}.scope"
     elif ref.runtime is Runtime.CRIO:

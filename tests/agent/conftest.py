@@ -230,7 +230,7 @@ def agent_subprocess(env: dict[str, str], **kwargs: Any) -> subprocess.Popen[byt
     Its output goes to a temporary file (read it with `agent_output(proc)`): a pipe nobody
     reads would fill up and block the agent mid-log."""
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "debug", **env}
-    out = tempfile.TemporaryFile()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "diskguard", "run"],
         env=full,

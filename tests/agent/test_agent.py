@@ -288,3 +288,19 @@ async def test_unresolvable_data_mount_stops_start_up(cluster: Cluster) -> None:
     out = agent_output(proc)
     assert proc.returncode == 1
     assert b"/dev/shm" in out
+
+
+async def test_static_pod_cgroup_is_named_after_its_config_hash(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    config_hash = "3f6b1c2d4e5f60718293a4b5c6d7e8f9"
+    pod = cluster.add_pod(
+        "etcd-node-1",
+        annotations={"kubernetes.io/config.mirror": config_hash, f"{P}/iops": "90"},
+        create_cgroups=False,
+    )
+    ref = attrs.evolve(cluster.refs(pod)[0], cgroup_uid=config_hash)
+    cg = cluster.kubelet.create(ref, cluster.driver)
+    assert config_hash in str(cg) and pod["metadata"]["uid"] not in str(cg)
+    await start_agent()
+    await cluster.wait_kernel(cg, IOLimits(90, 90))

@@ -19,7 +19,11 @@ def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, Any]]:
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **cluster.env(**env)}
     done = subprocess.run(
         [sys.executable, "-m", "diskguard", "doctor", "--json"],
-        env=full, capture_output=True, text=True, timeout=60, check=False,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     findings = {f["check"]: f for f in json.loads(done.stdout)}
     return done.returncode, findings

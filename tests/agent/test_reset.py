@@ -21,7 +21,11 @@ def reset_all(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **cluster.env()}
     return subprocess.run(
         [sys.executable, "-m", "diskguard", "reset-all", *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -9,7 +9,7 @@ import subprocess
 import httpx
 import pytest
 import trio
-from agent.conftest import Cluster, agent_subprocess
+from agent.conftest import Cluster, agent_output, agent_subprocess
 
 from .manifests import agent_container, load_manifests, one
 
@@ -44,11 +44,11 @@ async def test_the_agent_serves_the_probe_and_metrics_paths(cluster: Cluster) ->
     finally:
         proc.terminate()
         try:
-            output, _ = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=10))
+            await trio.to_thread.run_sync(lambda: proc.wait(timeout=10))
         except subprocess.TimeoutExpired:
             proc.kill()
-            output, _ = await trio.to_thread.run_sync(proc.communicate)
-    log = output.decode(errors="replace")[-3000:]
+            await trio.to_thread.run_sync(proc.wait)
+    log = agent_output(proc).decode(errors="replace")[-3000:]
     for path in paths:
         assert answers.get(path, "").startswith("200"), (
             f"{path} last answered {answers.get(path)}; agent log:\n{log}"

@@ -225,7 +225,7 @@ async def test_token_auth_ok_and_token_reread_each_request(kubelet: FakeKubelet,
         pods = await kc.pods()
         assert [p["metadata"]["uid"] for p in pods] == [UID_A]
         # A projected token rotates under the running agent: the next request uses the new one.
-        Path(pki.token_path).write_text("kubelet-token-2")
+        await trio.Path(pki.token_path).write_text("kubelet-token-2")
         kubelet.set_token("kubelet-token-2")
         assert len(await kc.pods()) == 1
     assert [r.authorization for r in kubelet.requests()] == [
@@ -235,7 +235,7 @@ async def test_token_auth_ok_and_token_reread_each_request(kubelet: FakeKubelet,
 
 
 async def test_wrong_token_is_401_with_a_clear_message(kubelet: FakeKubelet, pki: Pki) -> None:
-    Path(pki.token_path).write_text("not-the-token")
+    await trio.Path(pki.token_path).write_text("not-the-token")
     err = await kubelet_error(settings_for(kubelet, pki))
     assert err.reason == KubeletError.UNAUTHORIZED
     assert "401 unauthorized" in str(err)
@@ -263,10 +263,10 @@ async def test_forbidden_names_the_rbac_subresource(kubelet: FakeKubelet, pki: P
 async def test_unreadable_or_empty_token_file(kubelet: FakeKubelet, pki: Pki) -> None:
     err = await kubelet_error(settings_for(kubelet, pki, token_path=pki.token_path + ".gone"))
     assert err.reason == KubeletError.CONFIG and "KUBELET_TOKEN_PATH" in str(err)
-    Path(pki.token_path).write_text("\n")
+    await trio.Path(pki.token_path).write_text("\n")
     err = await kubelet_error(settings_for(kubelet, pki))
     assert err.reason == KubeletError.CONFIG and "no usable bearer token" in str(err)
-    Path(pki.token_path).write_text("abc\r\nX-Injected: 1")
+    await trio.Path(pki.token_path).write_text("abc\r\nX-Injected: 1")
     err = await kubelet_error(settings_for(kubelet, pki))
     assert err.reason == KubeletError.CONFIG
     assert kubelet.requests() == []  # nothing left the agent
@@ -298,14 +298,18 @@ def alerting_server(pki: Pki) -> Iterator[int]:
     before it closes (hypercorn does not). Yields its port."""
     context = server_tls_context(pki.ca, client_ca=pki.client_ca)
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # so the loop sees `stop`: close() does not wake accept()
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(5)
             tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             with tls, contextlib.suppress(ssl.SSLError, OSError):
                 try:
@@ -321,8 +325,8 @@ def alerting_server(pki: Pki) -> Iterator[int]:
         yield listener.getsockname()[1]
     finally:
         stop.set()
-        listener.close()
         thread.join(timeout=5)
+        listener.close()
 
 
 async def test_tls_alert_for_a_missing_client_certificate(alerting_server: int, pki: Pki) -> None:
@@ -622,87 +626,22 @@ def _wait_no_watches(api: FakeAPIServer) -> None:
 
 # -- cAdvisor ------------------------------------------------------------------------------
 
-# Shaped like a kubelet's /metrics/cadvisor (containerd, systemd driver), trimmed: sorted
-# labels, ms timestamps, a root-cgroup series, a pod-level series (container=""), the
-# sandbox's "POD", two disks, a series without a device label and unrelated metrics.
-_APP_ID = (
-    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b9c6f1e_3a52_4a87_9d5e_"
-    "2f1b7c3e4d01.slice/cri-containerd-" + "a" * 64 + ".scope"
-)
-_POD_ID = (
-    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b9c6f1e_3a52_4a87_9d5e_"
-    "2f1b7c3e4d01.slice"
-)
-_LBL_APP = (
-    f'container="app",device="{{dev}}",id="{_APP_ID}",image="docker.io/library/postgres:16",'
-    f'name="{"a" * 64}",namespace="shop",pod="db-0"'
-)
-_LBL_POD = (
-    f'container="",device="{{dev}}",id="{_POD_ID}",image="",name="",namespace="shop",pod="db-0"'
-)
-_LBL_PAUSE = (
-    'container="POD",device="{dev}",id="/kubepods/besteffort/pod5d2e8a40/' + "c" * 64 + '",'
-    'image="registry.k8s.io/pause:3.9",name="' + "c" * 64 + '",namespace="shop",pod="db-0"'
-)
-_LBL_SIDECAR = (
-    'container="log-shipper",id="/kubepods/besteffort/pod5d2e8a40/' + "d" * 64 + '",'
-    'image="fluent/fluent-bit:3.0",name="k8s_log-shipper_pod=\\"evil\\"",namespace="shop",'
-    'pod="db-0"'
-)
+# A kubelet's /metrics/cadvisor (containerd, systemd cgroup driver), trimmed to two pods:
+# HELP/TYPE lines, sorted labels, ms timestamps, the root cgroup "/", a pod-level series
+# (container=""), the sandbox ("POD"), two disks, a series without a device label (whose
+# `name` label holds an escaped `pod="evil"`) and unrelated metrics around them.
+CADVISOR = (Path(__file__).parent / "data" / "kubelet_metrics_cadvisor.prom").read_text()
 T1 = 1728588770767
-
-CADVISOR = f"""\
-# HELP cadvisor_version_info A metric with a constant '1' value labeled by kernel version.
-# TYPE cadvisor_version_info gauge
-cadvisor_version_info{{cadvisorRevision="",cadvisorVersion="",dockerVersion="",kernelVersion="6.1.0-18-amd64",osVersion="Debian GNU/Linux 12 (bookworm)"}} 1
-# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.
-# TYPE container_cpu_usage_seconds_total counter
-container_cpu_usage_seconds_total{{{_LBL_APP.replace('device="{dev}",', "")}}} 1234.5 {T1}
-# HELP container_fs_reads_bytes_total Cumulative count of bytes read
-# TYPE container_fs_reads_bytes_total counter
-container_fs_reads_bytes_total{{container="",device="/dev/vda",id="/",image="",name="",namespace="",pod=""}} 9.87654321e+09 {T1}
-container_fs_reads_bytes_total{{{_LBL_APP.format(dev="/dev/vda")}}} 36864 {T1}
-container_fs_reads_bytes_total{{{_LBL_APP.format(dev="/dev/vdb")}}} 8.388608e+06 {T1}
-container_fs_reads_bytes_total{{{_LBL_POD.format(dev="/dev/vdb")}}} 8.425472e+06 {T1}
-container_fs_reads_bytes_total{{{_LBL_PAUSE.format(dev="/dev/vda")}}} 4096 {T1}
-container_fs_reads_bytes_total{{{_LBL_SIDECAR}}} 1000 {T1}
-# HELP container_fs_reads_merged_total Cumulative count of reads merged
-# TYPE container_fs_reads_merged_total counter
-container_fs_reads_merged_total{{{_LBL_APP.format(dev="/dev/vdb")}}} 77 {T1}
-# HELP container_fs_reads_total Cumulative count of reads completed
-# TYPE container_fs_reads_total counter
-container_fs_reads_total{{{_LBL_APP.format(dev="/dev/vda")}}} 9 {T1}
-container_fs_reads_total{{{_LBL_APP.format(dev="/dev/vdb")}}} 2048 {T1}
-container_fs_reads_total{{{_LBL_POD.format(dev="/dev/vdb")}}} 2057 {T1}
-container_fs_reads_total{{{_LBL_PAUSE.format(dev="/dev/vda")}}} 1 {T1}
-container_fs_reads_total{{{_LBL_SIDECAR}}} 10 {T1}
-# HELP container_fs_usage_bytes Number of bytes that are consumed by the container on this filesystem.
-# TYPE container_fs_usage_bytes gauge
-container_fs_usage_bytes{{{_LBL_APP.format(dev="/dev/vdb")}}} 1.073741824e+09 {T1}
-# HELP container_fs_writes_bytes_total Cumulative count of bytes written
-# TYPE container_fs_writes_bytes_total counter
-container_fs_writes_bytes_total{{{_LBL_APP.format(dev="/dev/vda")}}} 0 {T1}
-container_fs_writes_bytes_total{{{_LBL_APP.format(dev="/dev/vdb")}}} 4.194304e+07 {T1}
-container_fs_writes_bytes_total{{{_LBL_POD.format(dev="/dev/vdb")}}} 4.194304e+07 {T1}
-container_fs_writes_bytes_total{{{_LBL_SIDECAR}}} 500 {T1}
-# HELP container_fs_writes_total Cumulative count of writes completed
-# TYPE container_fs_writes_total counter
-container_fs_writes_total{{{_LBL_APP.format(dev="/dev/vda")}}} 0 {T1}
-container_fs_writes_total{{{_LBL_APP.format(dev="/dev/vdb")}}} 10240 {T1}
-container_fs_writes_total{{{_LBL_POD.format(dev="/dev/vdb")}}} 10240 {T1}
-container_fs_writes_total{{{_LBL_SIDECAR}}} 5 {T1}
-# HELP machine_cpu_cores Number of logical CPU cores.
-# TYPE machine_cpu_cores gauge
-machine_cpu_cores{{boot_id="x",machine_id="y",system_uuid="z"}} 2
-"""
 
 DB = PodContainer("shop", "db-0", "app")
 SIDECAR = PodContainer("shop", "db-0", "log-shipper")
+REDIS = PodContainer("cache", "db-0", "app")  # same pod and container names, other namespace
 
 
 def test_cadvisor_sums_devices_and_skips_pod_level_and_sandbox_series() -> None:
     parsed = parse_cadvisor(CADVISOR)
-    assert set(parsed) == {DB, SIDECAR}  # no root "/", no container="" or "POD"
+    assert set(parsed) == {DB, SIDECAR, REDIS}  # no root "/", no container="" or "POD"
+    assert parsed[REDIS].counters == Counters(rios=4, wios=2, rbytes=512, wbytes=8192)
     assert parsed[DB] == ContainerIO(
         Counters(rios=9 + 2048, wios=10240, rbytes=36864 + 8388608, wbytes=41943040),
         T1 / 1000,
@@ -716,7 +655,7 @@ def test_cadvisor_device_filter() -> None:
     for names in ({"vdb"}, {"/dev/vdb"}, ["vdb", "/dev/nvme0n1"]):
         parsed = parse_cadvisor(CADVISOR, devices=names)
         # Only the data disk; the sidecar's series cannot be placed on a disk: left out.
-        assert set(parsed) == {DB}
+        assert set(parsed) == {DB, REDIS}
         assert parsed[DB].counters == Counters(
             rios=2048, wios=10240, rbytes=8388608, wbytes=41943040
         )
@@ -802,6 +741,7 @@ async def test_cadvisor_end_to_end_from_the_fake_kubelet(kubelet: FakeKubelet, p
             payload = await kc.cadvisor_metrics()
             snapshot = await trio.to_thread.run_sync(parse_cadvisor, payload, {"/dev/vdb"})
             rates = tracker.update(snapshot)
-    assert set(rates) == {DB}
+    assert set(rates) == {DB, REDIS}
     assert math.isclose(rates[DB].wbps, 41943040 / 15)
+    assert rates[REDIS] == Rates()
     assert rates[DB].riops == 0.0
