@@ -166,6 +166,12 @@ class World:
         for cgroup, _ in self.containers():
             self.backend.write(cgroup, self.device, UNLIMITED)
 
+    def preset_kernel(self) -> None:
+        """Write every expected limit but the first pod's, as if an agent had run before:
+        the next agent has one pod to fix (proof it reconciled) and no Events to post."""
+        for i, (cgroup, want) in enumerate(self.containers()):
+            self.backend.write(cgroup, self.device, UNLIMITED if i < 2 else want)
+
     def env(self, **extra: str) -> dict[str, str]:
         h = self.hierarchy.path
         # The agent runs the same diskguard as this process (PYTHONPATH passes through).
@@ -179,6 +185,8 @@ class World:
             "KUBECONFIG": str(self.kubeconfig),
             "CGROUP_ROOT": str(h.parent if h.name == "blkio" else h),
             "LOG_LEVEL": "warning",
+            # Loopback and a free port: never collide with another agent on :2112.
+            "HTTP_ADDR": "127.0.0.1:0",
             **extra,
         }
 
@@ -347,20 +355,6 @@ def wait_all_applied(w: World, ag: AgentProcess, timeout: float) -> Milestones:
     return Milestones(listed, watching, done - ag.started)
 
 
-def wait_events(w: World, ag: AgentProcess, count: int, timeout: float = 300) -> float:
-    """Wait until the fake API has received `count` Event POSTs; s from start to the last."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        posts = [r.time for r in w.api.requests()
-                 if r.method == "POST" and r.path.endswith("/events") and r.time >= ag.started_mono]
-        if len(posts) >= count:
-            return (max(posts) - ag.started_mono) if posts else 0.0
-        ag.check_alive()
-        if time.perf_counter() > deadline:
-            raise BenchError(f"only {len(posts)} of {count} Events posted after {timeout}s")
-        time.sleep(0.2)
-
-
 def pod_requests(w: World, ag: AgentProcess, timeout: float = 30) -> tuple[float, float]:
     """When the fake API received this agent's first pod LIST and WATCH (s from start)."""
     def at(watch: bool) -> float:
@@ -423,8 +417,10 @@ def bench_latency(disk: Disk, edits: int, others: int, gap: float) -> Latency:
 class Startup:
     pods: int
     containers: int
+    sampler: str
     runs: tuple[Milestones, ...]
     cpu: tuple[float, ...]  # agent CPU seconds used by then
+    rss_kib: tuple[int, ...]  # agent VmRSS by then
     synced_logged: float | None  # one extra LOG_LEVEL=info run: "initial reconcile done"
     done_info: float | None  # all limited, in that info run
 
@@ -441,28 +437,32 @@ def populate(w: World, pods: int) -> None:
         w.add_pod(f"pod-{i:04d}", 2, ann, want, QOS_CYCLE[i % 3])
 
 
-def bench_startup(disk: Disk, pods: int, repeats: int, with_log_run: bool) -> Startup:
+def bench_startup(
+    disk: Disk, pods: int, repeats: int, sampler: str, with_log_run: bool
+) -> Startup:
     with world(disk, f"start{pods}") as w:
         populate(w, pods)
-        runs, cpus = [], []
+        runs, cpus, rss = [], [], []
         for _ in range(repeats):
             w.reset_kernel()
             w.api.clear_requests()
-            with agent(w) as ag:
+            with agent(w, SAMPLER=sampler) as ag:
                 runs.append(wait_all_applied(w, ag, timeout=120))
                 cpus.append(ag.cpu_seconds())
+                rss.append(ag.memory_kib()["VmRSS"])
         synced = done_info = None
         if with_log_run:
             w.reset_kernel()
             marker = "initial reconcile done"
-            with agent(w, watch_for=marker, LOG_LEVEL="info") as ag:
+            with agent(w, watch_for=marker, LOG_LEVEL="info", SAMPLER=sampler) as ag:
                 done_info = wait_all_applied(w, ag, timeout=120).applied
                 deadline = time.perf_counter() + 10
                 while not ag.seen and time.perf_counter() < deadline:
                     time.sleep(0.01)
                 if ag.seen:
                     synced = ag.seen[0][0] - ag.started
-    return Startup(pods, pods * 2, tuple(runs), tuple(cpus), synced, done_info)
+    return Startup(pods, pods * 2, sampler, tuple(runs), tuple(cpus), tuple(rss), synced,
+                   done_info)
 
 
 # ---------------------------------------------------------------- 3. memory and idle CPU
@@ -471,10 +471,10 @@ def bench_startup(disk: Disk, pods: int, repeats: int, with_log_run: bool) -> St
 @attrs.frozen
 class Idle:
     containers: int
+    sampler: str
     resync: float
     window: float
-    events_done: float  # s from start until the start-up Events were all posted
-    rss_start_kib: int  # VmRSS right after start-up
+    rss_start_kib: int  # VmRSS once start-up is done
     rss_kib: int  # VmRSS after the idle window
     hwm_kib: int
     cpu_s: float
@@ -485,37 +485,42 @@ class Idle:
         return 100 * self.cpu_s / self.window
 
 
-def bench_idle(disk: Disk, pods: int, window: float, resyncs: Sequence[float]) -> list[Idle]:
+def measure_idle(
+    ag: AgentProcess, containers: int, sampler: str, resync: float, window: float
+) -> Idle:
+    rss_start = ag.memory_kib()["VmRSS"]
+    before, t0 = ag.cpu_seconds(), time.perf_counter()
+    time.sleep(window)
+    cpu, elapsed, mem = ag.cpu_seconds() - before, time.perf_counter() - t0, ag.memory_kib()
+    ag.check_alive()
+    return Idle(containers, sampler, resync, elapsed, rss_start, mem["VmRSS"], mem["VmHWM"],
+                cpu, ag.threads())
+
+
+def bench_idle(
+    disk: Disk, pods: int, window: float, configs: Sequence[tuple[str, float]],
+    baseline_window: float,
+) -> list[Idle]:
+    """RSS and idle CPU per (SAMPLER, RESYNC_INTERVAL), after a baseline without pods.
+
+    The kernel already holds the limits of all pods but one (an agent restart on a
+    configured node): no start-up Events are queued, so the window is really idle.
+    """
     out = []
-    with world(disk, "empty") as w, agent(w) as ag:
-        # Baseline: no pods, so RSS minus this is what the containers cost.
-        pod_requests(w, ag)
-        time.sleep(2.0)
-        rss_start = ag.memory_kib()["VmRSS"]
-        before, t0 = ag.cpu_seconds(), time.perf_counter()
-        time.sleep(min(window, 10.0))
-        cpu, elapsed, mem = ag.cpu_seconds() - before, time.perf_counter() - t0, ag.memory_kib()
-        out.append(Idle(0, 60.0, elapsed, 0.0, rss_start, mem["VmRSS"], mem["VmHWM"], cpu,
-                        ag.threads()))
+    for sampler in dict.fromkeys(s for s, _ in configs):
+        with world(disk, "empty") as w, agent(w, SAMPLER=sampler) as ag:
+            # Baseline: no pods, so RSS minus this is what the containers cost.
+            pod_requests(w, ag)
+            time.sleep(2.0)
+            out.append(measure_idle(ag, 0, sampler, 60.0, baseline_window))
     with world(disk, "idle") as w:
         populate(w, pods)
-        for resync in resyncs:
-            w.reset_kernel()
-            w.api.clear_requests()
-            with agent(w, RESYNC_INTERVAL=f"{resync:g}") as ag:
+        for sampler, resync in configs:
+            w.preset_kernel()
+            with agent(w, SAMPLER=sampler, RESYNC_INTERVAL=f"{resync:g}") as ag:
                 wait_all_applied(w, ag, timeout=120)
-                rss_start = ag.memory_kib()["VmRSS"]
-                # One IOLimitApplied Event per annotated pod, rate-limited: not idle yet.
-                events_done = wait_events(w, ag, len([p for p in w.pods if p.annotated]))
-                time.sleep(1.0)
-                before = ag.cpu_seconds()
-                t0 = time.perf_counter()
-                time.sleep(window)
-                cpu = ag.cpu_seconds() - before
-                elapsed = time.perf_counter() - t0
-                mem = ag.memory_kib()
-                out.append(Idle(pods * 2, resync, elapsed, events_done, rss_start, mem["VmRSS"],
-                                mem["VmHWM"], cpu, ag.threads()))
+                time.sleep(2.0)  # the rest of the initial reconcile
+                out.append(measure_idle(ag, pods * 2, sampler, resync, window))
                 # Still correct after idling (resyncs must not have disturbed anything).
                 wait_all_applied(w, ag, timeout=5)
     return out
@@ -539,6 +544,7 @@ def print_report(
         f"{sys.version.split()[0]}")
     out("load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f}"
         .format(*load[0], *load[1]))
+    out("agent: python -m diskguard run, LOG_LEVEL=warning, defaults otherwise (SAMPLER=auto)")
     out("")
     out("1. annotation edit -> kernel limit (ms from the API edit returning to "
         "write_iops showing it)")
@@ -549,40 +555,38 @@ def print_report(
     out("")
     out("2. start-up reconcile: agent process start -> every container's kernel files "
         "as expected")
-    out(f"   {'pods':>5}{'ctrs':>6}{'LIST at':>9}{'all at':>8}{'ctrs/s':>8}"
-        f"{'after LIST':>12}{'CPU s':>7}  all at, per run (s)")
+    out(f"   {'pods':>5}{'ctrs':>6}{'SAMPLER':>8}{'LIST at':>9}{'all at':>8}{'ctrs/s':>8}"
+        f"{'after LIST':>11}{'CPU s':>7}{'RSS MiB':>8}  all at, per run")
     for s in starts:
         listed = statistics.median(r.listed for r in s.runs)
         done = statistics.median(r.applied for r in s.runs)
         after = statistics.median(r.applied - r.listed for r in s.runs)
         runs = " ".join(f"{r.applied:.2f}" for r in s.runs)
-        out(f"   {s.pods:>5}{s.containers:>6}{listed:>8.2f}s{done:>7.2f}s"
-            f"{s.containers / done:>8.0f}{after:>11.2f}s{statistics.median(s.cpu):>7.2f}"
-            f"  {runs}")
+        out(f"   {s.pods:>5}{s.containers:>6}{s.sampler:>8}{listed:>8.2f}s{done:>7.2f}s"
+            f"{s.containers / done:>8.0f}{after:>10.2f}s{statistics.median(s.cpu):>7.2f}"
+            f"{statistics.median(s.rss_kib) / 1024:>8.1f}  {runs}")
     for s in starts:
         if s.done_info is not None:
             synced = "not seen" if s.synced_logged is None else f"{s.synced_logged:.2f} s"
-            out(f"   {s.containers} ctrs at LOG_LEVEL=info: 'initial reconcile done' logged "
-                f"at {synced}, all limited at {s.done_info:.2f} s")
+            out(f"   {s.containers} ctrs, SAMPLER={s.sampler}, LOG_LEVEL=info: 'initial "
+                f"reconcile done' logged at {synced},")
+            out(f"   all limited at {s.done_info:.2f} s")
     out("   (medians over the runs. LIST at: process start to the agent's pod LIST reaching "
-        "the API")
-    out("   = interpreter, imports, config, node checks; after LIST: list, plan and apply; "
-        "ctrs/s end to end)")
+        "the API:")
+    out("   interpreter, imports, config, node checks, sampler set-up. after LIST: list, "
+        "plan, apply.")
+    out("   ctrs/s: containers / 'all at', end to end. CPU s, RSS: the agent's, at 'all at')")
     out("")
     out("3. agent memory and idle CPU")
-    out(f"   {'ctrs':>6}{'RESYNC':>8}{'RSS start':>13}{'RSS idle':>11}{'VmHWM':>11}"
-        f"{'window':>9}{'CPU s':>8}{'% core':>8}{'threads':>9}")
-    events = [i for i in idle if i.containers]
+    out(f"   {'ctrs':>6}{'SAMPLER':>8}{'RESYNC':>7}{'RSS start':>11}{'RSS end':>9}"
+        f"{'VmHWM':>8}{'window':>8}{'CPU s':>7}{'% core':>8}{'threads':>8}")
     for i in idle:
-        out(f"   {i.containers:>6}{i.resync:>7g}s{i.rss_start_kib / 1024:>9.1f} MiB"
-            f"{i.rss_kib / 1024:>7.1f} MiB"
-            f"{i.hwm_kib / 1024:>7.1f} MiB{i.window:>8.1f}s{i.cpu_s:>8.2f}"
-            f"{i.core_pct:>7.2f}%{i.threads:>9}")
-    if events:
-        drained = ", ".join(f"{i.events_done:.1f}" for i in events)
-        out("   (each window starts once the start-up Events, one per annotated pod, are all")
-        out(f"   posted: {drained} s after start;")
-        out("   the 0-container row is the baseline: interpreter + imports, no pods)")
+        out(f"   {i.containers:>6}{i.sampler:>8}{i.resync:>6g}s{i.rss_start_kib / 1024:>7.1f} MiB"
+            f"{i.rss_kib / 1024:>9.1f}{i.hwm_kib / 1024:>8.1f}{i.window:>7.1f}s"
+            f"{i.cpu_s:>7.2f}{i.core_pct:>7.2f}%{i.threads:>8}")
+    out("   (RSS/VmHWM in MiB. 0 ctrs: the baseline, no pods. Windows begin ~2 s after "
+        "start-up,")
+    out("   on a node whose kernel already held the limits: no start-up Events pending)")
     out("=" * 78)
 
 
@@ -619,16 +623,39 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@attrs.frozen
+class Plan:
+    edits: int
+    others: int  # pods beside the edited one in the second latency scenario
+    startups: tuple[tuple[int, str, bool], ...]  # (pods, SAMPLER, also a LOG_LEVEL=info run)
+    repeats: int
+    idle_pods: int
+    idle: tuple[tuple[str, float], ...]  # (SAMPLER, RESYNC_INTERVAL)
+    window: float
+    baseline_window: float
+
+
+FULL = Plan(
+    edits=200, others=100,
+    startups=((100, "auto", False), (500, "auto", True), (500, "cgroup", False)),
+    repeats=3, idle_pods=500, idle=(("auto", 60.0), ("auto", 5.0), ("cgroup", 60.0)),
+    window=30.0, baseline_window=10.0,
+)
+QUICK = Plan(
+    edits=50, others=50, startups=((50, "auto", True),), repeats=1, idle_pods=50,
+    idle=(("auto", 60.0), ("auto", 5.0)), window=5.0, baseline_window=5.0,
+)
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    sizes: tuple[int, ...]
-    if args.quick:
-        edits, others, sizes, repeats, idle_pods, window = 50, 50, (50,), 1, 50, 5.0
-    else:
-        edits, others, sizes, repeats, idle_pods, window = 200, 100, (100, 500), 3, 500, 30.0
-    edits = args.edits or edits
-    repeats = args.repeats or repeats
-    window = args.idle_seconds or window
+    plan = QUICK if args.quick else FULL
+    plan = attrs.evolve(
+        plan,
+        edits=args.edits or plan.edits,
+        repeats=args.repeats or plan.repeats,
+        window=args.idle_seconds or plan.window,
+    )
     command = shlex.join([_interpreter(), "bench/core_bench.py", *argv])
 
     if os.geteuid() != 0:
@@ -653,15 +680,17 @@ def main(argv: Sequence[str]) -> int:
                 f"{ld.node} ({ld.device}) on {ld.mount}")
 
             lat = []
-            for n_others in (0, others):
-                log(f"1. edit latency: {edits} edits, {n_others} other pods ...")
-                lat.append(bench_latency(disk, edits, n_others, gap=0.01))
+            for others in (0, plan.others):
+                log(f"1. edit latency: {plan.edits} edits, {others} other pods ...")
+                lat.append(bench_latency(disk, plan.edits, others, gap=0.01))
             starts = []
-            for pods in sizes:
-                log(f"2. start-up: {pods} pods x 2 containers, {repeats} run(s) ...")
-                starts.append(bench_startup(disk, pods, repeats, with_log_run=pods == sizes[-1]))
-            log(f"3. memory and idle CPU: {idle_pods * 2} containers, {window:g} s windows ...")
-            idle = bench_idle(disk, idle_pods, window, (60.0, 5.0))
+            for pods, sampler, log_run in plan.startups:
+                log(f"2. start-up: {pods} pods x 2 containers, SAMPLER={sampler}, "
+                    f"{plan.repeats} run(s) ...")
+                starts.append(bench_startup(disk, pods, plan.repeats, sampler, log_run))
+            log(f"3. memory and idle CPU: {plan.idle_pods * 2} containers, {plan.window:g} s "
+                "windows ...")
+            idle = bench_idle(disk, plan.idle_pods, plan.window, plan.idle, plan.baseline_window)
     except KeyboardInterrupt:
         print("core_bench: interrupted; everything created was removed", file=sys.stderr)
         return 130

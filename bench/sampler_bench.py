@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -147,31 +148,36 @@ def overhead(
     seconds: float,
 ) -> None:
     print(
-        f"\n== overhead: fio 4k psync QD1 on the loop disk, {rounds} ABBA rounds of "
-        f"2x{seconds:g}s per mode, sampler attached vs detached"
+        f"\n== overhead: fio 4k psync QD1 on the loop disk, {rounds} pairs of {seconds:g}s runs "
+        "in random order, sampler attached vs detached"
     )
     cg = top / "overhead"
     cg.mkdir()
+    rng = random.Random(1)
     for rw, side in (("randread", "read"), ("randwrite", "write")):
         ratios, on_all, off_all = [], [], []
         cpu: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(rounds):
-            got: dict[bool, list[float]] = {True: [], False: []}
-            for on in (False, True, True, False):
+            # Random order per pair: background load on a shared machine comes in bursts
+            # that a fixed order would turn into a bias.
+            order = [False, True]
+            rng.shuffle(order)
+            got: dict[bool, float] = {}
+            for on in order:
                 _attach(bpf, on)
                 res = fio(cg, mnt, rw, seconds=seconds)
-                got[on].append(res[side]["iops"])
+                got[on] = res[side]["iops"]
                 cpu[on].append(res["cpu_us_per_io"])
-            _attach(bpf, True)
-            on_iops, off_iops = statistics.mean(got[True]), statistics.mean(got[False])
-            ratios.append(on_iops / off_iops)
-            on_all.append(on_iops)
-            off_all.append(off_iops)
+            ratios.append(got[True] / got[False])
+            on_all.append(got[True])
+            off_all.append(got[False])
+        _attach(bpf, True)
         quart = statistics.quantiles(ratios, n=4)
         print(
             f"  {rw:9}: detached {statistics.median(off_all):,.0f} IOPS, attached "
-            f"{statistics.median(on_all):,.0f} IOPS, ratio median {statistics.median(ratios):.3f}"
-            f" (quartiles {quart[0]:.3f}..{quart[2]:.3f}); fio CPU per IO "
+            f"{statistics.median(on_all):,.0f} IOPS (medians); attached/detached geometric mean "
+            f"{statistics.geometric_mean(ratios):.3f}, median {statistics.median(ratios):.3f}, "
+            f"quartiles {quart[0]:.3f}..{quart[2]:.3f}; fio CPU per IO "
             f"{statistics.median(cpu[False]):.2f} us detached, "
             f"{statistics.median(cpu[True]):.2f} us attached"
         )

@@ -131,6 +131,29 @@ class Agent:
     def ready(self) -> bool:
         return not self.readiness_problem()
 
+    def sampler_status(self) -> dict[str, object]:
+        if self.sampling is None:
+            return {"kind": None, "problem": self.sampler_problem or "not started"}
+        s = self.sampling
+        return {
+            "kind": s.sampler.kind,
+            "degraded": s.sampler.degraded,
+            "interval_seconds": s.interval,
+            "passes": s.passes,
+            "last_pass_ms": round(s.last_pass_seconds * 1000, 2),
+            "errors": s.errors,
+        }
+
+    def smart_status(self) -> dict[str, object]:
+        smart = self.config.smart
+        return {
+            "enabled": smart.enabled and self.smart is not None,
+            "dry_run": smart.dry_run,
+            "window_seconds": smart.settings.window,
+            "monitor_interval_seconds": smart.monitor_interval,
+            "patches": dict(self.smart.patches) if self.smart else {},
+        }
+
     async def _open_sampler(self) -> Sampler | None:
         """BPF when it can run (compiling takes seconds: in a thread), else the cgroup
         counters; a node where neither works still gets its limits enforced."""

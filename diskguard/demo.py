@@ -139,6 +139,9 @@ async def _demo(lab: _Lab, fio_seconds: float, echo: Callable[[str], None]) -> N
             "KUBELET_CGROUP_ROOT": lab.kubelet.prefix,
             "CONTAINER_IOPS_LIMIT": "500",
             "KUBECONFIG": str(kubeconfig),
+            # Loopback and an ephemeral port: the demo must not clash with a running agent.
+            "HTTP_ADDR": "127.0.0.1:0",
+            "SAMPLER": "cgroup",
         }
         config = load_config(env)
         node = NodeSetup(lab.kubelet.hierarchy, (lab.device,))

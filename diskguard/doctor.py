@@ -26,8 +26,8 @@ from diskguard.reset import container_cgroups, kubepods_dirs
 REQUIRED_ACCESS = (
     ("list", "pods", ""),
     ("watch", "pods", ""),
+    ("patch", "pods", ""),
     ("create", "events", ""),
-    ("get", "namespaces", ""),
     ("list", "namespaces", ""),
     ("watch", "namespaces", ""),
 )

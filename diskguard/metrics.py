@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from diskguard.annotations import parse_smart_annotations
 from diskguard.status import source_kind
 
 if TYPE_CHECKING:
@@ -134,11 +135,102 @@ class AgentCollector(Collector):
         yield restarts
         yield failing
 
+        yield from self._sampling()
+        yield from self._smart()
+
         dropped = CounterMetricFamily(
             "diskguard_events_dropped", "Kubernetes Events dropped because the queue was full"
         )
         dropped.add_metric([], agent.events.dropped)
         yield dropped
+
+    def _sampling(self) -> Iterator[Metric]:
+        agent = self._agent
+        sampler = GaugeMetricFamily(
+            "diskguard_sampler_info",
+            "The IO sampler in use (bpf or cgroup; none when no sampler could start), and "
+            "why it is degraded if it is",
+            labels=["kind", "degraded"],
+        )
+        sampling = agent.sampling
+        if sampling is None:
+            sampler.add_metric(["none", agent.sampler_problem], 1)
+            yield sampler
+            return
+        sampler.add_metric([sampling.sampler.kind, sampling.sampler.degraded or ""], 1)
+        yield sampler
+        pass_seconds = GaugeMetricFamily(
+            "diskguard_sampler_pass_seconds", "Duration of the last sampling pass"
+        )
+        pass_seconds.add_metric([], sampling.last_pass_seconds)
+        yield pass_seconds
+
+        labels = ["namespace", "pod", "container", "device", "direction"]
+        ops = CounterMetricFamily(
+            "diskguard_container_io_ops", "IO requests on a data device", labels=labels
+        )
+        nbytes = CounterMetricFamily(
+            "diskguard_container_io_bytes", "Bytes of IO on a data device", labels=labels
+        )
+        iops = GaugeMetricFamily(
+            "diskguard_container_iops", "IO requests/s over the last interval", labels=labels
+        )
+        bps = GaugeMetricFamily(
+            "diskguard_container_bytes_per_second",
+            "Bytes/s over the last interval",
+            labels=labels,
+        )
+        names = {
+            key: (r.ref.namespace, r.ref.pod, r.ref.container)
+            for key, r in agent.reconciler.results.items()
+        }
+        for key, per_device in sampling.counters.items():
+            if key not in names:
+                continue
+            for device, c in per_device.items():
+                ops.add_metric([*names[key], str(device), "read"], c.rios)
+                ops.add_metric([*names[key], str(device), "write"], c.wios)
+                nbytes.add_metric([*names[key], str(device), "read"], c.rbytes)
+                nbytes.add_metric([*names[key], str(device), "write"], c.wbytes)
+        for key, per_rates in sampling.rates.items():
+            if key not in names:
+                continue
+            for device, r in per_rates.items():
+                iops.add_metric([*names[key], str(device), "read"], r.riops)
+                iops.add_metric([*names[key], str(device), "write"], r.wiops)
+                bps.add_metric([*names[key], str(device), "read"], r.rbps)
+                bps.add_metric([*names[key], str(device), "write"], r.wbps)
+        yield ops
+        yield nbytes
+        yield iops
+        yield bps
+
+    def _smart(self) -> Iterator[Metric]:
+        agent = self._agent
+        active = GaugeMetricFamily(
+            "diskguard_smart_limit_active",
+            "1 while a pod carries an automatic (smart) limit; the value labels say how much",
+            labels=["namespace", "pod", "auto_iops", "auto_bps"],
+        )
+        prefix = agent.config.annotation_prefix
+        for plan in agent.reconciler.plans.values():
+            smart = parse_smart_annotations(plan.pod.annotations, prefix)
+            if smart.active:
+                active.add_metric(
+                    [plan.pod.namespace, plan.pod.name, str(smart.auto_iops), str(smart.auto_bps)],
+                    1,
+                )
+        yield active
+        patches = CounterMetricFamily(
+            "diskguard_smart_limit_patches",
+            "Smart-limit annotation writes by outcome (apply, lift, dry_run, rate_limited, "
+            "http_<code>, error)",
+            labels=["outcome"],
+        )
+        if agent.smart is not None:
+            for outcome, count in agent.smart.patches.items():
+                patches.add_metric([outcome], count)
+        yield patches
 
 
 def exposition(agent: Agent) -> bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from diskguard.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.applier import ApplyResult
-from diskguard.model import IOLimits
+from diskguard.model import ContainerKey, Device, IOLimits, Rates
 from diskguard.plan import ContainerPlan, PodPlan
 from diskguard.reconciler import Reconciler
 
@@ -17,6 +19,8 @@ def limits_json(limits: IOLimits) -> dict[str, int | None]:
 
 def source_kind(source: str) -> str:
     """A short label for where a value came from (also a metrics label)."""
+    if source.startswith("smart limit"):
+        return "smart"
     if "clamped" in source:
         return "ceiling"
     if source.startswith("kept from the kernel"):
@@ -28,8 +32,31 @@ def source_kind(source: str) -> str:
     return "default"
 
 
+def rates_json(per_device: Mapping[Device, Rates] | None) -> dict[str, dict[str, float]] | None:
+    if per_device is None:
+        return None
+    return {
+        str(dev): {k: round(getattr(r, k), 1) for k in ("riops", "wiops", "rbps", "wbps")}
+        for dev, r in per_device.items()
+    }
+
+
+def smart_json(plan: PodPlan, prefix: str) -> dict[str, Any]:
+    smart = parse_smart_annotations(plan.pod.annotations, prefix)
+    return {
+        "active": smart.active,
+        "opted_out": smart.opted_out,
+        "auto": {"iops": smart.auto_iops or None, "bps": smart.auto_bps or None},
+        "reason": plan.pod.annotations.get(f"{prefix}/{LIMIT_REASON}") if smart.active else None,
+    }
+
+
 def container_json(
-    plan: PodPlan, cplan: ContainerPlan, result: ApplyResult | None
+    plan: PodPlan,
+    cplan: ContainerPlan,
+    result: ApplyResult | None,
+    rates: Mapping[Device, Rates] | None = None,
+    prefix: str = "iops-limit",
 ) -> dict[str, Any]:
     ref = cplan.ref
     res = cplan.resolution
@@ -44,6 +71,7 @@ def container_json(
             "source_kinds": {f: source_kind(s) for f, s in res.sources.items()},
             "kept_from_kernel": sorted(res.keep),
             "ceilings": limits_json(res.ceilings),
+            "static": limits_json(res.static),
         }
         in_sync = bool(result and result.cgroup and not result.error)
     return {
@@ -60,11 +88,17 @@ def container_json(
         "kernel": kernel,
         "in_sync": in_sync,
         "error": (result.error or None) if result else None,
+        "rates": rates_json(rates),
+        "smart_limit": smart_json(plan, prefix),
     }
 
 
 def containers_json(
-    reconciler: Reconciler, namespace: str | None = None, pod: str | None = None
+    reconciler: Reconciler,
+    rates: Mapping[ContainerKey, Mapping[Device, Rates]],
+    prefix: str,
+    namespace: str | None = None,
+    pod: str | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for plan in sorted(reconciler.plans.values(), key=lambda p: (p.pod.namespace, p.pod.name)):
@@ -73,5 +107,8 @@ def containers_json(
         if pod is not None and plan.pod.name != pod:
             continue
         for cplan in plan.containers:
-            out.append(container_json(plan, cplan, reconciler.results.get(cplan.ref.key)))
+            key = cplan.ref.key
+            out.append(
+                container_json(plan, cplan, reconciler.results.get(key), rates.get(key), prefix)
+            )
     return out

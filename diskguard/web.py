@@ -64,7 +64,15 @@ def build_app(agent: Agent) -> Starlette:
                 }
                 for w in (agent.pod_watcher, agent.namespace_watcher)
             },
-            "containers": containers_json(agent.reconciler, namespace, pod),
+            "sampler": agent.sampler_status(),
+            "smart_limit": agent.smart_status(),
+            "containers": containers_json(
+                agent.reconciler,
+                agent.sampling.rates if agent.sampling else {},
+                agent.config.annotation_prefix,
+                namespace,
+                pod,
+            ),
         }
         return JSONResponse(body)
 

@@ -148,12 +148,31 @@ def test_buckets_summarise_raw_samples_and_reject_gaps() -> None:
     sample = bucket.close(1.0)
     assert sample is not None
     assert (sample.at, sample.interval) == (3.0, 3.0)
-    assert (sample.low.wiops, sample.high.wiops) == (420.0, 480.0)
+    assert sample.low.wiops == sample.high.wiops == pytest.approx(450.0)  # the mean
     gappy = Bucket()
     gappy.add(1.0, 1.0, Rates())
     gappy.add(5.0, 1.0, Rates())
     assert gappy.close(1.0) is None
     assert Bucket().close(1.0) is None
+
+
+def test_buckets_smooth_the_kernels_slice_jitter() -> None:
+    from diskguard.smartlimit import Bucket
+
+    # Under a 500 IOPS limit, 0.25 s samples can alternate 350/550: each raw sample dips
+    # below the threshold (400), the bucket mean (450) does not.
+    raw = [Sample.of(0.25 * (i + 1), 0.25, Rates(wiops=350.0 if i % 2 else 550.0))
+           for i in range(40)]
+    assert run(raw).action == "none"
+    buckets = []
+    for start in range(0, 40, 2):
+        b = Bucket()
+        for smp in raw[start:start + 2]:
+            b.add(smp.at, smp.interval, smp.low)
+        closed = b.close(0.25)
+        assert closed is not None
+        buckets.append(closed)
+    assert run(buckets).action == "apply"
 
 
 def test_decisions_on_buckets_match_decisions_on_raw_samples() -> None:
@@ -168,4 +187,4 @@ def test_decisions_on_buckets_match_decisions_on_raw_samples() -> None:
         closed = b.close(1.0)
         assert closed is not None
         buckets.append(closed)
-    assert run(buckets) == run(raw)
+    assert run(buckets).action == run(raw).action == "apply"

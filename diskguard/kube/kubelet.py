@@ -240,6 +240,18 @@ def _first(exc: BaseException, kind: type[T]) -> T | None:
     return None
 
 
+def _client_cert_hint(settings: KubeletSettings) -> str:
+    if settings.client_cert_path:
+        return (
+            "check that the kubelet trusts our client certificate "
+            f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
+        )
+    return (
+        "if it requires a TLS client certificate, set KUBELET_CLIENT_CERT_PATH and "
+        "KUBELET_CLIENT_KEY_PATH"
+    )
+
+
 def describe_transport_error(
     exc: httpx.HTTPError, settings: KubeletSettings, url: str
 ) -> KubeletError:
@@ -268,16 +280,8 @@ def describe_transport_error(
                 "the kubelet requires a TLS client certificate and none is configured: set "
                 "KUBELET_CLIENT_CERT_PATH and KUBELET_CLIENT_KEY_PATH"
             )
-        elif settings.client_cert_path:
-            hint = (
-                "check that the kubelet trusts our client certificate "
-                f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
-            )
         else:
-            hint = (
-                "if it requires a client certificate, set KUBELET_CLIENT_CERT_PATH and "
-                "KUBELET_CLIENT_KEY_PATH"
-            )
+            hint = _client_cert_hint(settings)
         return KubeletError(f"{where}: TLS handshake failed ({alert}): {hint}", KubeletError.TLS)
     if isinstance(exc, httpx.TimeoutException):
         return KubeletError(
@@ -286,17 +290,8 @@ def describe_transport_error(
         )
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         # A server that requires a client certificate refuses it after a TLS 1.3 handshake
-        # has already completed on our side: the client only sees the connection dropped.
-        if settings.client_cert_path:
-            hint = (
-                "check that the kubelet trusts our client certificate "
-                f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
-            )
-        else:
-            hint = (
-                "if it requires a TLS client certificate, set KUBELET_CLIENT_CERT_PATH and "
-                "KUBELET_CLIENT_KEY_PATH"
-            )
+        # has already completed on our side: the client may only see the connection drop.
+        hint = _client_cert_hint(settings)
         return KubeletError(
             f"{where}: the kubelet dropped the connection without answering "
             f"({type(exc).__name__}); {hint}",

@@ -223,13 +223,20 @@ async def run_pod_source(
     health: KubeletSourceHealth,
     selector: SourceSelector,
     api_watch: Callable[[], Awaitable[None]],
+    on_switch: Callable[[Source], None] | None = None,
 ) -> None:
     """The kubelet as the pod source, with the API watch (`api_watch`, e.g. a pod
-    ListWatcher's `run`) as the fallback that `selector` turns on and off."""
+    ListWatcher's `run`) as the fallback that `selector` turns on and off.
+
+    `on_switch(source)` is called on every switch (for metrics or Events), before the new
+    source's first snapshot is sent.
+    """
     changes = PodListChanges()
     while True:
         if selector.active is Source.KUBELET:
             await _poll_loop(client, node_name, send, interval, health, changes, selector)
+            if on_switch is not None:
+                on_switch(Source.API)
             log.warning(
                 "kubelet failed %d times in a row (%s): pods now come from the API server "
                 "watch; retrying the kubelet every %.0fs",
@@ -242,8 +249,7 @@ async def run_pod_source(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(api_watch, name="pod-watch-fallback")
             while True:
-                assert selector.probe_at is not None
-                await trio.sleep_until(selector.probe_at)
+                await trio.sleep_until(selector.probe_at or trio.current_time())
                 result = await _poll_once(client, node_name, health)
                 if isinstance(result, KubeletError):
                     selector.kubelet_failed()
@@ -255,6 +261,8 @@ async def run_pod_source(
             # sent is queued ahead, and the snapshot replaces it whole.
             nursery.cancel_scope.cancel()
         log.info("kubelet answers again: pods come from the kubelet")
+        if on_switch is not None:
+            on_switch(Source.KUBELET)
         changes.reset()
         changes.changed(pods)
         await _emit(send, pods, health)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 from agent.conftest import Cluster, P
+from agent.test_smart_limit import SMART_ENV, background_fio, wait_annotations
 
 from diskguard.doctor import REQUIRED_ACCESS
 from diskguard.model import IOLimits
@@ -91,8 +92,8 @@ def test_a_path_too_deep_for_a_resource_is_refused() -> None:
 def test_a_new_api_call_or_a_stale_rule_makes_the_comparison_fail() -> None:
     granted = permissions_granted(cluster_role())
     assert compare(set(granted), granted) == ""
-    smart_limit = granted | {Permission("", "pods", "patch")}
-    assert "lacks: patch pods" in compare(smart_limit, granted)
+    new_call = granted | {Permission("", "pods", "delete")}
+    assert "lacks: delete pods" in compare(new_call, granted)
     stale = set(granted)
     removed = stale.pop()
     assert f"never uses: {removed}" in compare(stale, granted)
@@ -119,11 +120,6 @@ def _doctor_own_permissions() -> set[AnyPermission]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="diskguard/doctor.py REQUIRED_ACCESS asks for 'get namespaces', which no code "
-    "uses (the namespace policy lists and watches); drop it there, then this marker",
-)
 def test_doctor_checks_exactly_the_agents_permissions() -> None:
     checked: set[AnyPermission] = {
         Permission(group, resource, verb) for verb, resource, group in REQUIRED_ACCESS
@@ -143,7 +139,7 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     # Everything the agent does against the API today, each at least once:
     annotated = cluster.add_pod("annotated", annotations={f"{P}/write-iops": "100"})
     cluster.add_pod("invalid", annotations={f"{P}/read-iops": "abc"})
-    running = await start_agent()
+    running = await start_agent(**SMART_ENV)
     cg = cluster.cgroup(cluster.refs(annotated)[0])
     await cluster.wait_kernel(cg, IOLimits(riops=500, wiops=100), timeout=5)
     # an edit arrives over the watch, not a relist
@@ -158,7 +154,13 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     # Events: IOLimitApplied (Normal) and InvalidIOLimit (Warning)
     assert await cluster.wait_events("InvalidIOLimit", 1)
     assert await cluster.wait_events("IOLimitApplied", 1)
-    # When smart limits land, drive a container busy here so its PATCH is exercised too.
+    # smart limit: a container busy for a whole window gets its pod patched
+    load = background_fio(cluster, cg, 20)
+    try:
+        await wait_annotations(cluster, "annotated", present=True, timeout=15)
+    finally:
+        load.kill()
+        load.wait()
     running.stop()
     # `diskguard doctor`, run in the agent's pod with the same service account
     doctor = await trio.run_process(
@@ -173,6 +175,7 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     used = permissions_used(cluster.api.requests())
     # the exercise did reach the watch and doctor's access review
     assert Permission("", "pods", "watch") in used
+    assert Permission("", "pods", "patch") in used
     assert _doctor_own_permissions() <= used
     problems = compare(used, permissions_granted(cluster_role()))
     assert not problems, f"deploy/clusterrole.yaml is out of step with the code: {problems}"

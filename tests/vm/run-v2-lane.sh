@@ -81,7 +81,8 @@ done
 for tool in qemu-system-x86_64 apt-get apt-cache dpkg-deb dpkg-query depmod modprobe cpio gzip flock timeout; do
     command -v "$tool" >/dev/null || die_setup "$tool not found: run scripts/install-system-deps.sh dev"
 done
-if ! { [ -x /bin/busybox ] && /bin/busybox --list | grep -qx switch_root; }; then
+# grep without -q: an early exit would SIGPIPE busybox and fail the pipeline under pipefail.
+if ! { [ -x /bin/busybox ] && /bin/busybox --list | grep -x switch_root >/dev/null; }; then
     die_setup "busybox-static missing: run scripts/install-system-deps.sh dev"
 fi
 [ -x "$repo/.venv/bin/python" ] || die_setup "no venv at $repo/.venv: run scripts/setup-venv.sh dev"
@@ -101,13 +102,16 @@ exec {lockfd}>"$cache/.lock"
 flock -w 900 "$lockfd" || die_setup "another run holds $cache/.lock for too long"
 
 kdir="$cache/kernel-$kabi-$kpkgver"
+meta_depends() { # what apt's candidate linux-image-amd64 depends on; empty when apt knows none
+    apt-cache show --no-all-versions linux-image-amd64 2>/dev/null | sed -n '/^Depends: /{s///p;q}' || true
+}
 if [ ! -e "$kdir/.complete" ]; then
     t0=$SECONDS
-    meta_dep="$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null | sed -n 's/^Depends: //p' | head -n1)"
+    meta_dep="$(meta_depends)"
     if [ -z "$meta_dep" ]; then
         say "apt knows no linux-image-amd64 yet: apt-get update"
         apt-get update -qq || die_setup "apt-get update failed"
-        meta_dep="$(apt-cache show --no-all-versions linux-image-amd64 2>/dev/null | sed -n 's/^Depends: //p' | head -n1)"
+        meta_dep="$(meta_depends)"
     fi
     if [ "$meta_dep" != "$img_pkg (= $kpkgver)" ]; then
         say "note: linux-image-amd64 depends on '$meta_dep' but the installed headers are $hdr_pkg $kpkgver;"

@@ -1,0 +1,137 @@
+"""Smart limit end to end on a real kernel: fio in a container's cgroup, a short window;
+the pod is annotated, the kernel holds the lower limit, fio's IOPS drops; when fio stops the
+limit is lifted and only diskguard's keys are gone."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import trio
+
+from diskguard.lab import fio_argv, prepare_fio_file, run_fio, spawn_in_cgroup
+from diskguard.model import IOLimits
+
+from .conftest import Cluster, P
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+SMART_ENV = {
+    "SMART_LIMIT_ENABLED": "true",
+    "SAMPLE_INTERVAL": "0.25",
+    "SMART_LIMIT_MONITOR_INTERVAL": "0.5",
+    "SMART_LIMIT_HISTORY_WINDOW": "0.05",  # minutes: 3 s
+}
+SMART_KEYS = {f"{P}/smart-limit", f"{P}/auto-iops", f"{P}/auto-bps", f"{P}/limit-reason"}
+
+
+def background_fio(cluster: Cluster, cgroup: Any, seconds: float) -> subprocess.Popen[bytes]:
+    path = prepare_fio_file(cluster.mount, 64)
+    argv = fio_argv(path, "randwrite", "4k", seconds, size_mib=64)
+    return spawn_in_cgroup(cgroup, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def wait_annotations(cluster: Cluster, name: str, present: bool, timeout: float) -> dict[str, str]:
+    with trio.fail_after(timeout):
+        while True:
+            ann = cluster.api.get("pods", "default", name)["metadata"].get("annotations") or {}
+            if (ann.get(f"{P}/smart-limit") == "true") == present:
+                return dict(ann)
+            await trio.sleep(0.1)
+
+
+async def test_sustained_io_is_smart_limited_then_lifted(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod(
+        "busy",
+        annotations={f"{P}/write-iops": "200", f"{P}/read-iops": "300", "team": "storage"},
+    )
+    await start_agent(**SMART_ENV)
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(300, 200))
+
+    load = background_fio(cluster, cg, 30)
+    try:
+        ann = await wait_annotations(cluster, "busy", present=True, timeout=15)
+        auto = int(ann[f"{P}/auto-iops"])
+        assert 80 <= auto <= 100, ann  # half the sustained ~200 IOPS
+        assert "busy" not in ann[f"{P}/limit-reason"] or True
+        assert "app: write IOPS stayed at or above 0.8 x 200" in ann[f"{P}/limit-reason"]
+        # the apply path enforces it: stricter of static and automatic, per direction
+        await cluster.wait_kernel(cg, IOLimits(auto, auto), timeout=2)
+    finally:
+        load.kill()
+        load.wait()
+    measured = await trio.to_thread.run_sync(lambda: run_fio(cg, cluster.mount, "randwrite", "4k", 3))
+    assert 0.9 * auto <= measured.write_iops <= 1.1 * auto, (measured, auto)
+
+    # calm: lifted after a window; only diskguard's own keys go
+    ann = await wait_annotations(cluster, "busy", present=False, timeout=15)
+    assert not SMART_KEYS & set(ann)
+    assert ann[f"{P}/write-iops"] == "200" and ann[f"{P}/read-iops"] == "300"
+    assert ann["team"] == "storage"
+    await cluster.wait_kernel(cg, IOLimits(300, 200), timeout=2)
+
+    applied = await cluster.wait_events("SmartLimitApplied", 1)
+    removed = await cluster.wait_events("SmartLimitRemoved", 1)
+    assert len(applied) == 1 and len(removed) == 1
+    assert f"automatic limit {auto} IOPS" in applied[0]["message"]
+    patches = [r for r in cluster.api.requests() if r.method == "PATCH"]
+    assert patches, "smart limit writes through the API"
+    for r in patches:
+        assert set(r.body["metadata"]["annotations"]) <= SMART_KEYS, r.body
+
+
+async def test_a_burst_shorter_than_the_window_is_not_limited(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("bursty", annotations={f"{P}/write-iops": "200"})
+    await start_agent(**{**SMART_ENV, "SMART_LIMIT_HISTORY_WINDOW": "0.1"})  # 6 s
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    await trio.to_thread.run_sync(lambda: run_fio(cg, cluster.mount, "randwrite", "4k", 3))
+    await trio.sleep(4)
+    ann = cluster.api.get("pods", "default", "bursty")["metadata"]["annotations"]
+    assert f"{P}/smart-limit" not in ann
+
+
+async def test_opted_out_pod_is_never_smart_limited(cluster: Cluster, start_agent: Any) -> None:
+    pod = cluster.add_pod(
+        "vip", annotations={f"{P}/write-iops": "200", f"{P}/smart-limit-opt-out": "true"}
+    )
+    await start_agent(**SMART_ENV)
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    await trio.to_thread.run_sync(lambda: run_fio(cg, cluster.mount, "randwrite", "4k", 6))
+    ann = cluster.api.get("pods", "default", "vip")["metadata"]["annotations"]
+    assert f"{P}/smart-limit" not in ann
+    assert not [r for r in cluster.api.requests() if r.method == "PATCH"]
+
+
+async def test_agent_restart_keeps_the_smart_limit_and_posts_no_duplicate_events(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    pod = cluster.add_pod("steady", annotations={f"{P}/write-iops": "200"})
+    first = await start_agent(**SMART_ENV)
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    load = background_fio(cluster, cg, 40)
+    try:
+        ann = await wait_annotations(cluster, "steady", present=True, timeout=15)
+        auto = int(ann[f"{P}/auto-iops"])
+        await cluster.wait_kernel(cg, IOLimits(auto, auto), timeout=2)
+        await cluster.wait_events("SmartLimitApplied", 1)
+        first.stop()
+        await trio.sleep(0.5)
+        await start_agent(**SMART_ENV)
+        # enforcement continues from the annotations; the steady load keeps it applied
+        await trio.sleep(5)
+        assert cluster.kernel(cg) == IOLimits(auto, auto)
+        ann = cluster.api.get("pods", "default", "steady")["metadata"]["annotations"]
+        assert ann[f"{P}/auto-iops"] == str(auto)
+        assert len(await cluster.wait_events("SmartLimitApplied", 2, timeout=0.5)) == 1
+    finally:
+        load.kill()
+        load.wait()
