@@ -22,7 +22,14 @@ from diskguard.applier import Applier
 from diskguard.config import Config
 from diskguard.kube.client import make_api_client
 from diskguard.kube.events import QUEUE_SIZE, EventRequest, EventSink, post_events
+from diskguard.kube.kubelet import KubeletClient
+from diskguard.kube.kubelet_source import (
+    KubeletSourceHealth,
+    SourceSelector,
+    run_pod_source,
+)
 from diskguard.kube.watch import ListWatcher, WatchEvent
+from diskguard.kubelet_rates import KubeletRateTask
 from diskguard.model import CgroupDriver, Device
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
 from diskguard.node.devices import resolve_data_devices
@@ -94,7 +101,14 @@ class Agent:
         self.http_binds: list[str] = []
         self.sampling: SamplingTask | None = None
         self.smart: SmartLimiter | None = None
+        self.kubelet_rates: KubeletRateTask | None = None
         self.sampler_problem = ""
+        # The kubelet: optional pod source (with the API watch as fallback) and optional
+        # IO-rate source for smart limit. KubeletClient() refuses unusable TLS files.
+        needs_kubelet = config.kubelet.pod_source or config.smart.use_kubelet_api
+        self.kubelet = KubeletClient(config.kubelet) if needs_kubelet else None
+        self.kubelet_health = KubeletSourceHealth()
+        self.pod_source = SourceSelector(trio.current_time)
         self.pod_watcher = ListWatcher(
             "pods",
             functools.partial(
@@ -197,7 +211,22 @@ class Agent:
             self.config.defaults,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.pod_watcher.run, name="pod-watch")
+            if self.kubelet is not None and self.config.kubelet.pod_source:
+                nursery.start_soon(
+                    functools.partial(
+                        run_pod_source,
+                        self.kubelet,
+                        self.config.node_name,
+                        self._watch_send.clone(),
+                        interval=self.config.kubelet.poll_interval,
+                        health=self.kubelet_health,
+                        selector=self.pod_source,
+                        api_watch=self.pod_watcher.run,
+                    ),
+                    name="pod-source",
+                )
+            else:
+                nursery.start_soon(self.pod_watcher.run, name="pod-watch")
             nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
             nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
             nursery.start_soon(
@@ -206,6 +235,13 @@ class Agent:
                 ),
                 name="events",
             )
+            if self.kubelet is not None and self.config.smart.use_kubelet_api:
+                self.kubelet_rates = KubeletRateTask(
+                    self.kubelet,
+                    self.reconciler,
+                    max(self.config.sample_interval, self.config.kubelet.poll_interval),
+                    self.node.devices,
+                )
             if sampler is not None:
                 self.sampling = SamplingTask(sampler, self.reconciler, self.config.sample_interval)
                 log.info(
@@ -213,21 +249,25 @@ class Agent:
                     sampler.kind,
                     f" (degraded: {sampler.degraded})" if sampler.degraded else "",
                 )
-                if self.config.smart.enabled:
-                    smart = self.config.smart
-                    self.smart = SmartLimiter(
-                        smart.settings,
-                        smart.monitor_interval,
-                        self.reconciler,
-                        self.api,
-                        self.events.emit,
-                        self.config.annotation_prefix,
-                        dry_run=smart.dry_run,
-                        patches_per_minute=smart.patches_per_minute,
-                    )
-                    self.sampling.listeners.append(self.smart.on_samples)
-                    nursery.start_soon(self.smart.run, name="smart-limit")
+            rate_source = self.kubelet_rates or self.sampling
+            if self.config.smart.enabled and rate_source is not None:
+                smart = self.config.smart
+                self.smart = SmartLimiter(
+                    smart.settings,
+                    smart.monitor_interval,
+                    self.reconciler,
+                    self.api,
+                    self.events.emit,
+                    self.config.annotation_prefix,
+                    dry_run=smart.dry_run,
+                    patches_per_minute=smart.patches_per_minute,
+                )
+                rate_source.listeners.append(self.smart.on_samples)
+                nursery.start_soon(self.smart.run, name="smart-limit")
+            if self.sampling is not None:
                 nursery.start_soon(self.sampling.run, name="sampler")
+            if self.kubelet_rates is not None:
+                nursery.start_soon(self.kubelet_rates.run, name="kubelet-rates")
             self.http_binds = await nursery.start(
                 functools.partial(web.serve, self, self.config.http_addr), name="http"
             )
@@ -253,4 +293,6 @@ async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:
                     return
 
             nursery.start_soon(stop_on_signal)
+    if agent.kubelet is not None:
+        await agent.kubelet.aclose()
     api_client.close()

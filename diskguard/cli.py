@@ -27,6 +27,7 @@ def run() -> None:
     """Run the node agent (configured by environment variables; see README)."""
     from diskguard.agent import run_until_signalled
     from diskguard.kube.client import KubeConfigError
+    from diskguard.kube.kubelet import KubeletError
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
 
@@ -35,7 +36,7 @@ def run() -> None:
     configure_logging(config.log_level, config.log_format)
     try:
         trio.run(run_until_signalled, config, env)
-    except (CgroupError, DeviceError, KubeConfigError) as exc:
+    except (CgroupError, DeviceError, KubeConfigError, KubeletError) as exc:
         click.echo(f"diskguard: cannot start: {exc}", err=True)
         sys.exit(1)
 

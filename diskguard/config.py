@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from diskguard.filters import ExclusionFilter, FilterConfigError
+from diskguard.kube.kubelet import KubeletConfigError, KubeletSettings, kubelet_settings_from_env
 from diskguard.limitvalues import parse_bps, parse_iops
 from diskguard.model import IOLimits
 from diskguard.policy import Guardrails
@@ -60,6 +61,7 @@ class Config:
     sampler: str = "auto"  # auto | bpf | cgroup
     sample_interval: float = 1.0
     smart: SmartConfig = attrs.field(factory=lambda: SmartConfig())
+    kubelet: KubeletSettings = attrs.field(factory=KubeletSettings)
     http_addr: str = "0.0.0.0:2112"
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
@@ -245,8 +247,14 @@ def load_config(env: Mapping[str, str]) -> Config:
         ),
     )
 
+    try:
+        kubelet = kubelet_settings_from_env(env)
+    except KubeletConfigError as exc:
+        raise ConfigError(exc.variable, exc.value, exc.accepted, exc.problem) from None
+
     return Config(
         node_name=node_name,
+        kubelet=kubelet,
         cgroup_root=get("CGROUP_ROOT", _absolute_path, "an absolute path", "/sys/fs/cgroup"),
         cgroup_version=get(
             "CGROUP_VERSION",

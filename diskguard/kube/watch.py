@@ -175,9 +175,9 @@ class ListWatcher:
         with self._response_lock:
             response = self._response
         if response is not None:
+            # Unblocks the worker's read; the worker's `finally` then closes the connection.
             with contextlib.suppress(Exception):  # already closed
                 response.shutdown()
-            response.release_conn()
 
     def _list(self) -> str:
         objects: list[Mapping[str, Any]] = []
@@ -237,7 +237,9 @@ class ListWatcher:
         finally:
             with self._response_lock:
                 self._response = None
-            response.release_conn()
+            # Close, not release to the pool: a watch connection cut mid-stream (cancel,
+            # shutdown) must not stay open on the API server holding a watch.
+            response.close()
         return resource_version
 
     def _emit(self, event: WatchEvent) -> None:

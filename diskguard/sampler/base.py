@@ -79,8 +79,15 @@ class Sampler(Protocol):
 
 
 def under_root(root: Path, path: Path) -> bool:
-    """Is `path` a cgroup strictly below `root` (lexically; cgroupfs has no symlinks)?"""
-    return path != root and path.is_relative_to(root)
+    """Is `path` a cgroup strictly below `root` (lexically; cgroupfs has no symlinks)?
+
+    A string prefix test is exact here because Path normalises separators and Target
+    refuses `..`; it is also ~50x cheaper than Path.is_relative_to, which matters at a
+    thousand targets per pass.
+    """
+    prefix = str(root).rstrip("/") + "/"
+    text = str(path)
+    return len(text) > len(prefix) and text.startswith(prefix)
 
 
 def alive(target: Target) -> bool:

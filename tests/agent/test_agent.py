@@ -304,3 +304,15 @@ async def test_static_pod_cgroup_is_named_after_its_config_hash(
     assert config_hash in str(cg) and pod["metadata"]["uid"] not in str(cg)
     await start_agent()
     await cluster.wait_kernel(cg, IOLimits(90, 90))
+
+
+async def test_stopping_the_agent_closes_its_watches_on_the_api_server(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    cluster.add_pod("web")
+    running = await start_agent()
+    await trio.to_thread.run_sync(lambda: cluster.api.wait_for_watches(2, timeout=10))
+    running.stop()
+    with trio.fail_after(5):
+        while cluster.api.open_watches():
+            await trio.sleep(0.05)

@@ -1,0 +1,112 @@
+"""The whole agent with the kubelet as pod source (falling back to the API server) and as
+the IO-rate source for smart limit, over real TLS, on real cgroups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trustme
+
+from diskguard.fakekubelet import FakeKubelet, server_tls_context
+from diskguard.model import IOLimits
+
+from .conftest import P, Cluster
+
+pytestmark = pytest.mark.kernel
+
+TOKEN = "kubelet-test-token"
+
+
+@pytest.fixture
+def kubelet_env(tmp_path: Path) -> Iterator[tuple[FakeKubelet, dict[str, str]]]:
+    ca = trustme.CA()
+    ca_path = tmp_path / "kubelet-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    token_path = tmp_path / "token"
+    token_path.write_text(TOKEN)
+    with FakeKubelet(server_tls_context(ca), token=TOKEN) as fake:
+        yield fake, {
+            "KUBELET_HOST": "localhost",
+            "KUBELET_PORT": str(fake.port),
+            "KUBELET_CA_PATH": str(ca_path),
+            "KUBELET_TOKEN_PATH": str(token_path),
+            "KUBELET_POLL_INTERVAL": "0.2",
+        }
+
+
+async def test_kubelet_pod_source_with_api_fallback_and_back(
+    cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
+) -> None:
+    kubelet, env = kubelet_env
+    pod = cluster.add_pod("web", annotations={f"{P}/iops": "100"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    # the kubelet's view of the same pod says something else: proof of which source acts
+    kubelet_pod = cluster.api.get("pods", "default", "web")
+    kubelet_pod["metadata"]["annotations"][f"{P}/iops"] = "70"
+    kubelet.set_pods([kubelet_pod])
+    running = await start_agent(KUBELET_POD_SOURCE="true", **env)
+    running.agent.pod_source.retry_interval = 0.5  # 60 s in production
+    await cluster.wait_kernel(cg, IOLimits(70, 70), timeout=3)
+    assert not [r for r in cluster.api.requests() if r.path == "/api/v1/pods"]
+
+    kubelet.go_down()  # three failed polls -> the API server's watch takes over
+    await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=5)
+    assert running.agent.readiness_problem() == ""
+
+    kubelet.come_back()
+    with trio.fail_after(5):
+        while running.agent.pod_source.active.value != "kubelet":
+            await trio.sleep(0.05)
+    await cluster.wait_kernel(cg, IOLimits(70, 70), timeout=3)
+
+
+def cadvisor(device: str, pod: str, container: str, writes: int, at_ms: int) -> str:
+    labels = f'container="{container}",device="/dev/{device}",namespace="default",pod="{pod}"'
+    return (
+        "# HELP container_fs_writes_total Cumulative count of writes completed\n"
+        "# TYPE container_fs_writes_total counter\n"
+        f"container_fs_writes_total{{{labels}}} {writes} {at_ms}\n"
+    )
+
+
+async def test_smart_limit_from_kubelet_cadvisor_rates(
+    cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
+) -> None:
+    kubelet, env = kubelet_env
+    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    writes, at_ms = 0, 1_700_000_000_000
+
+    async def feed() -> None:  # cAdvisor reporting a steady 190 writes/s
+        nonlocal writes, at_ms
+        while True:
+            kubelet.set_metrics(cadvisor(cluster.device.name, "busy", "app", writes, at_ms))
+            writes += 38
+            at_ms += 200
+            await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        await start_agent(
+            SMART_LIMIT_ENABLED="true",
+            SMART_LIMIT_USE_KUBELET_API="true",
+            SMART_LIMIT_MONITOR_INTERVAL="0.5",
+            SMART_LIMIT_HISTORY_WINDOW="0.05",
+            SAMPLE_INTERVAL="0.2",
+            **env,
+        )
+        await cluster.wait_kernel(cg, IOLimits(500, 200))
+        with trio.fail_after(15):
+            while True:
+                ann = cluster.api.get("pods", "default", "busy")["metadata"]["annotations"]
+                if ann.get(f"{P}/smart-limit") == "true":
+                    break
+                await trio.sleep(0.1)
+        auto = int(ann[f"{P}/auto-iops"])
+        assert auto in (94, 95)  # half of cAdvisor's 190/s (float rounding may floor it)
+        await cluster.wait_kernel(cg, IOLimits(auto, auto), timeout=2)
+        nursery.cancel_scope.cancel()
