@@ -14,7 +14,7 @@ import trustme
 from diskguard.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.model import IOLimits
 
-from .conftest import P, Cluster
+from .conftest import Cluster, P
 
 pytestmark = pytest.mark.kernel
 
