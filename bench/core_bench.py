@@ -257,7 +257,7 @@ class AgentProcess:
         out = {}
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])
         return out
 
@@ -476,6 +476,8 @@ class Idle:
     window: float
     rss_start_kib: int  # VmRSS once start-up is done
     rss_kib: int  # VmRSS after the idle window
+    anon_kib: int  # ... of which anonymous (heap)
+    file_kib: int  # ... and file-backed (mapped libraries: shared, reclaimable)
     hwm_kib: int
     cpu_s: float
     threads: int
@@ -493,8 +495,8 @@ def measure_idle(
     time.sleep(window)
     cpu, elapsed, mem = ag.cpu_seconds() - before, time.perf_counter() - t0, ag.memory_kib()
     ag.check_alive()
-    return Idle(containers, sampler, resync, elapsed, rss_start, mem["VmRSS"], mem["VmHWM"],
-                cpu, ag.threads())
+    return Idle(containers, sampler, resync, elapsed, rss_start, mem["VmRSS"], mem["RssAnon"],
+                mem["RssFile"], mem["VmHWM"], cpu, ag.threads())
 
 
 def bench_idle(
@@ -578,14 +580,17 @@ def print_report(
     out("   ctrs/s: containers / 'all at', end to end. CPU s, RSS: the agent's, at 'all at')")
     out("")
     out("3. agent memory and idle CPU")
-    out(f"   {'ctrs':>6}{'SAMPLER':>8}{'RESYNC':>7}{'RSS start':>11}{'RSS end':>9}"
-        f"{'VmHWM':>8}{'window':>8}{'CPU s':>7}{'% core':>8}{'threads':>8}")
+    out(f"   {'ctrs':>6}{'SAMPLER':>8}{'RESYNC':>7}{'RSS start':>10}{'RSS end':>8}"
+        f"{'anon':>6}{'file':>6}{'VmHWM':>7}{'window':>7}{'CPU s':>6}{'% core':>7}"
+        f"{'thr':>4}")
     for i in idle:
-        out(f"   {i.containers:>6}{i.sampler:>8}{i.resync:>6g}s{i.rss_start_kib / 1024:>7.1f} MiB"
-            f"{i.rss_kib / 1024:>9.1f}{i.hwm_kib / 1024:>8.1f}{i.window:>7.1f}s"
-            f"{i.cpu_s:>7.2f}{i.core_pct:>7.2f}%{i.threads:>8}")
-    out("   (RSS/VmHWM in MiB. 0 ctrs: the baseline, no pods. Windows begin ~2 s after "
-        "start-up,")
+        out(f"   {i.containers:>6}{i.sampler:>8}{i.resync:>6g}s{i.rss_start_kib / 1024:>10.1f}"
+            f"{i.rss_kib / 1024:>8.1f}{i.anon_kib / 1024:>6.1f}{i.file_kib / 1024:>6.1f}"
+            f"{i.hwm_kib / 1024:>7.1f}{i.window:>6.1f}s{i.cpu_s:>6.2f}{i.core_pct:>6.2f}%"
+            f"{i.threads:>4}")
+    out("   (MiB. RSS end = anon (heap) + file (mapped libraries, shared with other "
+        "processes).")
+    out("   0 ctrs: the baseline, no pods. Windows begin ~2 s after start-up,")
     out("   on a node whose kernel already held the limits: no start-up Events pending)")
     out("=" * 78)
 

@@ -91,6 +91,50 @@ def doctor(as_json: bool) -> None:
     sys.exit(run_doctor(environ(), click.echo, as_json=as_json))
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (one object per interval).")
+@click.option(
+    "--sort",
+    type=click.Choice(["total", "riops", "wiops", "rbps", "wbps", "name"]),
+    default="total",
+    show_default=True,
+    help="Sort key (IOPS read+write, one direction, or name).",
+)
+@click.option("--count", default=0, help="Stop after this many intervals (0 = forever).")
+@click.option("--rows", "rows_limit", default=40, show_default=True, help="Rows to show.")
+def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> None:
+    """Live per-container IO on the data disks, with the limits in force (like biotop).
+
+    Uses SAMPLER, SAMPLE_INTERVAL, DATA_MOUNT, CGROUP_* and KUBELET_CGROUP_ROOT like the
+    agent; names containers from the API server when it is reachable.
+    """
+    from diskguard.sampler import SamplerUnavailable
+    from diskguard.top import run_top
+
+    env = dict(os.environ)
+    env.setdefault("NODE_NAME", socket.gethostname().lower())
+    config = _config_or_exit(env)
+    configure_logging("warning", "text")
+    _node_or_exit(config)  # clear start-up errors before opening the sampler
+    try:
+        run_top(
+            config,
+            env,
+            once=once,
+            as_json=as_json,
+            sort=sort,
+            count=count,
+            rows_limit=rows_limit,
+            echo=click.echo,
+        )
+    except SamplerUnavailable as exc:
+        click.echo(f"diskguard: no IO sampler: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
 def _node_or_exit(config: Config) -> NodeSetup:
     from diskguard.agent import inspect_node
     from diskguard.node.cgroups import CgroupError

@@ -22,6 +22,20 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ],
     )
+    # structlog loggers (the sampler's) go through the same stdlib handler, to stderr:
+    # stdout belongs to command output (`top --json`).
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -29,13 +29,16 @@ def kubelet_env(tmp_path: Path) -> Iterator[tuple[FakeKubelet, dict[str, str]]]:
     token_path = tmp_path / "token"
     token_path.write_text(TOKEN)
     with FakeKubelet(server_tls_context(ca), token=TOKEN) as fake:
-        yield fake, {
-            "KUBELET_HOST": "localhost",
-            "KUBELET_PORT": str(fake.port),
-            "KUBELET_CA_PATH": str(ca_path),
-            "KUBELET_TOKEN_PATH": str(token_path),
-            "KUBELET_POLL_INTERVAL": "0.2",
-        }
+        yield (
+            fake,
+            {
+                "KUBELET_HOST": "localhost",
+                "KUBELET_PORT": str(fake.port),
+                "KUBELET_CA_PATH": str(ca_path),
+                "KUBELET_TOKEN_PATH": str(token_path),
+                "KUBELET_POLL_INTERVAL": "0.2",
+            },
+        )
 
 
 async def test_kubelet_pod_source_with_api_fallback_and_back(

@@ -1,0 +1,275 @@
+"""`diskguard top`: per-container IO on this node's data disks, live (like biotop) or as
+one JSON snapshot. Works on any Linux host, with or without a cluster.
+
+Containers are the cgroups under kubepods (both cgroup drivers). When the API server is
+reachable, they get their namespace/pod/container names from the pods of this node;
+otherwise the cgroup path stands in for the name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import structlog
+
+from diskguard.config import Config
+from diskguard.kube.pods import PodParseError, parse_pod
+from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits, Rates
+from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
+from diskguard.node.limits import LimitBackend, LimitError, backend_for
+from diskguard.reset import container_cgroups, kubepods_dirs
+from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sampler
+
+log = logging.getLogger(__name__)
+
+
+
+@attrs.frozen
+class Row:
+    name: str  # namespace/pod/container, or the cgroup path
+    namespace: str | None
+    pod: str | None
+    container: str | None
+    cgroup: Path
+    cgroup_id: int
+    device: Device
+    rates: Rates
+    limits: IOLimits
+
+    def as_json(self, sampler: str) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "container": self.container,
+            "cgroup_id": self.cgroup_id,
+            "cgroup": str(self.cgroup),
+            "device": str(self.device),
+            "device_name": self.device.name,
+            "read_iops": round(self.rates.riops, 2),
+            "write_iops": round(self.rates.wiops, 2),
+            "read_bps": round(self.rates.rbps, 1),
+            "write_bps": round(self.rates.wbps, 1),
+            "limits": {k: (v or None) for k, v in self.limits.as_dict().items()},
+            "sampler": sampler,
+        }
+
+
+def pod_names(
+    pods: Sequence[Mapping[str, Any]],
+    hierarchy: CgroupHierarchy,
+    driver: CgroupDriver | None,
+    kubelet_root: str,
+) -> dict[Path, tuple[str, str, str]]:
+    """cgroup directory -> (namespace, pod, container) for the running containers."""
+    names: dict[Path, tuple[str, str, str]] = {}
+    for obj in pods:
+        try:
+            pod = parse_pod(obj)
+        except PodParseError:
+            continue
+        for c in pod.containers:
+            if not (c.container_id and c.runtime):
+                continue
+            ref = ContainerRef(
+                pod.namespace,
+                pod.name,
+                pod.uid,
+                c.name,
+                c.container_id,
+                c.runtime,
+                pod.qos,
+                pod.cgroup_uid,
+            )
+            path = resolve_container_cgroup(hierarchy, ref, driver, kubelet_root)
+            if path is not None:
+                names[path] = (pod.namespace, pod.name, c.name)
+    return names
+
+
+def list_node_pods(env: Mapping[str, str], node_name: str) -> list[dict[str, Any]] | None:
+    """The pods of this node from the API server, or None without a reachable cluster."""
+    from kubernetes import client as k8s
+
+    from diskguard.kube.client import KubeConfigError, make_api_client
+
+    try:
+        api_client = make_api_client(env)
+    except KubeConfigError:
+        return None
+    try:
+        response = k8s.CoreV1Api(api_client).list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node_name}",
+            _preload_content=False,
+            _request_timeout=(3, 10),
+        )
+        body = json.loads(cast(Any, response).data)  # raw: _preload_content=False
+        return list(body.get("items") or [])
+    except Exception as exc:  # no cluster: names fall back to cgroup paths
+        log.info("no pod names (%s): showing cgroup paths", type(exc).__name__)
+        return None
+    finally:
+        api_client.close()
+
+
+class Top:
+    def __init__(
+        self,
+        config: Config,
+        hierarchy: CgroupHierarchy,
+        devices: Sequence[Device],
+        names: Mapping[Path, tuple[str, str, str]],
+        sampler: Sampler,
+    ) -> None:
+        self._config = config
+        self._hierarchy = hierarchy
+        self._devices = tuple(devices)
+        self._names = names
+        self.sampler = sampler
+        self._backend: LimitBackend = backend_for(hierarchy.version)
+        self._tracker = RateTracker(history=2)
+
+    def targets(self) -> list[Target]:
+        found = []
+        for top in kubepods_dirs(self._hierarchy, self._config.kubelet_cgroup_root):
+            for path in container_cgroups(top):
+                try:
+                    found.append(Target.of(path))
+                except OSError:
+                    continue
+        return found
+
+    def sample(self) -> list[Row]:
+        """One sampling pass: rates since the previous pass (none on the first)."""
+        targets = self.targets()
+        snapshot = self.sampler.read(targets)
+        rates = self._tracker.update(snapshot)
+        rows = []
+        for target, per_device in rates.items():
+            try:
+                held = self._backend.read(target.path)
+            except LimitError:
+                held = {}
+            named = self._names.get(target.path)
+            for device, r in per_device.items():
+                rows.append(
+                    Row(
+                        name="/".join(named)
+                        if named
+                        else str(target.path.relative_to(self._hierarchy.path)),
+                        namespace=named[0] if named else None,
+                        pod=named[1] if named else None,
+                        container=named[2] if named else None,
+                        cgroup=target.path,
+                        cgroup_id=target.cgroup_id,
+                        device=device,
+                        rates=r,
+                        limits=held.get((device.major, device.minor), UNLIMITED),
+                    )
+                )
+        return rows
+
+
+def sort_rows(rows: list[Row], key: str) -> list[Row]:
+    if key == "name":
+        return sorted(rows, key=lambda r: (r.name, str(r.device)))
+    if key == "total":
+        return sorted(rows, key=lambda r: -(r.rates.riops + r.rates.wiops))
+    return sorted(rows, key=lambda r: -float(getattr(r.rates, key)))
+
+
+def _human(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}GiB"
+
+
+def _limit(value: int, human: bool = False) -> str:
+    if not value:
+        return "-"
+    return _human(value) if human else str(value)
+
+
+def render(rows: Sequence[Row], sampler: Sampler, interval: float, limit: int) -> str:
+    head = (
+        f"diskguard top - {time.strftime('%H:%M:%S')}  sampler {sampler.kind}"
+        f"{' (degraded: ' + sampler.degraded + ')' if sampler.degraded else ''}"
+        f"  interval {interval:g}s  containers {len({r.cgroup for r in rows})}\n\n"
+    )
+    header = (
+        f"{'R_IOPS':>8} {'W_IOPS':>8} {'R_BPS':>10} {'W_BPS':>10}  "
+        f"{'LIMIT r/w IOPS':>15} {'LIMIT r/w BPS':>19}  {'DEV':<8} CONTAINER\n"
+    )
+    lines = []
+    for r in rows[:limit]:
+        lim_iops = f"{_limit(r.limits.riops)}/{_limit(r.limits.wiops)}"
+        lim_bps = f"{_limit(r.limits.rbps, True)}/{_limit(r.limits.wbps, True)}"
+        lines.append(
+            f"{r.rates.riops:8.0f} {r.rates.wiops:8.0f} {_human(r.rates.rbps):>10} "
+            f"{_human(r.rates.wbps):>10}  {lim_iops:>15} {lim_bps:>19}  "
+            f"{r.device.name or str(r.device):<8} {r.name}"
+        )
+    return head + header + "\n".join(lines)
+
+
+def run_top(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    once: bool,
+    as_json: bool,
+    sort: str,
+    count: int,
+    rows_limit: int,
+    echo: Callable[[str], None],
+) -> None:
+    from diskguard.agent import inspect_node
+
+    node = inspect_node(config)
+    driver = None if config.cgroup_driver == "auto" else CgroupDriver(config.cgroup_driver)
+    pods = list_node_pods(env, config.node_name)
+    names = pod_names(pods, node.hierarchy, driver, config.kubelet_cgroup_root) if pods else {}
+    sampler = open_sampler(
+        cast(SamplerKind, config.sampler),
+        node.devices,
+        node.hierarchy.path,
+        node.hierarchy.version,
+        structlog.get_logger("diskguard.sampler"),
+    )
+    try:
+        top = Top(config, node.hierarchy, node.devices, names, sampler)
+        top.sample()  # baseline
+        passes = 0
+        while True:
+            time.sleep(config.sample_interval)
+            rows = sort_rows(top.sample(), sort)
+            passes += 1
+            if as_json:
+                echo(
+                    json.dumps(
+                        {
+                            "node": config.node_name,
+                            "sampler": sampler.kind,
+                            "sampler_degraded": sampler.degraded,
+                            "interval_seconds": config.sample_interval,
+                            "containers": [r.as_json(sampler.kind) for r in rows],
+                        },
+                        indent=None if not once else 2,
+                    )
+                )
+            else:
+                if not once:
+                    sys.stdout.write("\033[2J\033[H")  # clear, like top
+                echo(render(rows, sampler, config.sample_interval, rows_limit))
+            if once or (count and passes >= count):
+                return
+    finally:
+        sampler.close()
