@@ -37,7 +37,7 @@ async def test_top_shows_rates_names_and_limits(
     cluster: Cluster, start_agent: Any, sampler: str
 ) -> None:
     busy = cluster.add_pod("busy", annotations={f"{P}/write-iops": "300"})
-    idle = cluster.add_pod("idle")
+    cluster.add_pod("idle")
     running = await start_agent()
     busy_cg = cluster.cgroup(cluster.refs(busy)[0])
     await cluster.wait_kernel(busy_cg, IOLimits(500, 300))
