@@ -5,11 +5,13 @@ RSS and CPU figures are its own; the fake API server runs in a thread of this pr
 every "done" is decided by reading the kernel's own cgroup files.
 
   1. annotation edit -> kernel limit latency (one pod alone, then with 100 other pods)
-  2. full start-up reconcile of 100 and 500 pods x 2 containers
+  2. full start-up reconcile of 100 and 500 pods x 2 containers (SAMPLER=auto, the
+     default, and for 500 pods also SAMPLER=cgroup, which needs no BPF compile)
   3. agent RSS after start-up with 1,000 containers, and idle CPU over a window with
-     RESYNC_INTERVAL=60 (default) and 5
+     RESYNC_INTERVAL=60 (default) and 5, and with SAMPLER=cgroup
 
-Needs root, a cgroup IO hierarchy (v1 blkio or v2 io) and losetup/mkfs.ext4. Everything
+Needs root, a cgroup IO hierarchy (v1 blkio or v2 io; CGROUP_ROOT overrides where to look,
+default /sys/fs/cgroup) and losetup/mkfs.ext4. Everything
 made here (cgroups under a private kubelet --cgroup-root, a loop disk, agent processes) is
 uniquely named and removed on exit, also after a failure, Ctrl-C or SIGTERM.
 
@@ -66,7 +68,7 @@ class BenchError(RuntimeError):
 # ---------------------------------------------------------------- kernel reads
 
 
-def read_wiops(cgroup: Path, device: Device, version: CgroupVersion) -> int | None:
+def read_wiops(cgroup: Path, device: Device, version: CgroupVersion) -> int:
     """The write-IOPS limit the kernel holds for `device` in `cgroup` (0 = none set).
 
     One file, parsed by hand: this runs every millisecond in the latency loop.
@@ -115,7 +117,6 @@ class Pod:
     name: str
     cgroups: list[Path]
     want: IOLimits
-    annotated: bool
 
 
 @attrs.define
@@ -150,7 +151,7 @@ class World:
             )
             cgroups.append(self.kubelet.create(ref, CgroupDriver.CGROUPFS))
         self.api.create("pods", obj)
-        pod = Pod(name, cgroups, want, bool(annotations))
+        pod = Pod(name, cgroups, want)
         self.pods.append(pod)
         return pod
 

@@ -74,6 +74,9 @@ class Reconciler:
         self._parse_failures: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._retry: dict[str, _Retry] = {}
+        # Held around every batch of kernel writes; the cgroup sampler holds it too, because
+        # arming v1 counters writes throttle files (see sampler/cgroupfs.py).
+        self.kernel_lock = trio.Lock()
         self.synced = trio.Event()  # set after the first full reconcile
         self.reconciles = 0
         # Outcome counters for /metrics: per container-apply, how it ended.
@@ -225,7 +228,8 @@ class Reconciler:
         container_plans = [c for p in pod_plans for c in p.containers]
         self.applying_since = trio.current_time()
         try:
-            results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+            async with self.kernel_lock:
+                results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
         finally:
             self.applying_since = None
         self.reconciles += 1

@@ -80,7 +80,10 @@ class SamplingTask:
         targets = self._current_targets()
         started = trio.current_time()
         try:
-            snapshot = await trio.to_thread.run_sync(self.sampler.read, list(targets.values()))
+            async with self._reconciler.kernel_lock:  # v1 arming writes throttle files
+                snapshot = await trio.to_thread.run_sync(
+                    self.sampler.read, list(targets.values())
+                )
         except Exception as exc:  # a sampler failure must not stop enforcement
             self.errors += 1
             log.warning("sampling failed: %s", exc)

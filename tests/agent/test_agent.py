@@ -16,7 +16,7 @@ import trio
 from diskguard.lab import run_fio
 from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
 
-from .conftest import Cluster, P, agent_output, agent_subprocess
+from .conftest import Cluster, P, agent_output, agent_subprocess, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -238,7 +238,7 @@ async def test_deleted_pod_is_forgotten(cluster: Cluster, start_agent: Any) -> N
     cg = cluster.cgroup(cluster.refs(pod)[0])
     await cluster.wait_kernel(cg, IOLimits(100, 100))
     cluster.api.delete("pods", "default", "gone")
-    with trio.fail_after(2):
+    with trio.fail_after(scaled(2)):
         while running.agent.reconciler.pods:
             await trio.sleep(0.01)
 
@@ -253,7 +253,7 @@ async def test_agent_restart_applies_annotations_changed_while_down(
     try:
         await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=15)
         proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
+        with trio.fail_after(scaled(10)):
             code = await trio.to_thread.run_sync(proc.wait)
         assert code == 0
         assert cluster.kernel(cg) == IOLimits(100, 100)  # SIGTERM leaves limits in place
@@ -313,6 +313,6 @@ async def test_stopping_the_agent_closes_its_watches_on_the_api_server(
     running = await start_agent()
     await trio.to_thread.run_sync(lambda: cluster.api.wait_for_watches(2, timeout=10))
     running.stop()
-    with trio.fail_after(5):
+    with trio.fail_after(scaled(5)):
         while cluster.api.open_watches():
             await trio.sleep(0.05)

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from diskguard.model import IOLimits
 
-from .conftest import Cluster, P
+from .conftest import Cluster, P, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -91,14 +91,14 @@ async def test_readyz_flips_when_the_api_server_goes_away_and_back(
     assert (await get(running, "/readyz")).status_code == 200
     assert (await get(running, "/healthz")).status_code == 200
     cluster.api.go_down()
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         while (await get(running, "/readyz")).status_code == 200:
             await trio.sleep(0.1)
     response = await get(running, "/readyz")
     assert "pod watch failing" in response.text
     assert (await get(running, "/healthz")).status_code == 200  # alive, just not ready
     cluster.api.come_back()
-    with trio.fail_after(15):
+    with trio.fail_after(scaled(15)):
         while (await get(running, "/readyz")).status_code != 200:
             await trio.sleep(0.1)
 

@@ -14,7 +14,7 @@ import trustme
 from diskguard.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.model import IOLimits
 
-from .conftest import Cluster, P
+from .conftest import Cluster, P, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -61,7 +61,7 @@ async def test_kubelet_pod_source_with_api_fallback_and_back(
     assert running.agent.readiness_problem() == ""
 
     kubelet.come_back()
-    with trio.fail_after(5):
+    with trio.fail_after(scaled(5)):
         while running.agent.pod_source.active.value != "kubelet":
             await trio.sleep(0.05)
     await cluster.wait_kernel(cg, IOLimits(70, 70), timeout=3)
@@ -103,7 +103,7 @@ async def test_smart_limit_from_kubelet_cadvisor_rates(
             **env,
         )
         await cluster.wait_kernel(cg, IOLimits(500, 200))
-        with trio.fail_after(15):
+        with trio.fail_after(scaled(15)):
             while True:
                 ann = cluster.api.get("pods", "default", "busy")["metadata"]["annotations"]
                 if ann.get(f"{P}/smart-limit") == "true":

@@ -13,7 +13,7 @@ import trio
 from diskguard.lab import fio_argv, prepare_fio_file, run_fio, spawn_in_cgroup
 from diskguard.model import IOLimits
 
-from .conftest import Cluster, P
+from .conftest import Cluster, P, scaled
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def background_fio(cluster: Cluster, cgroup: Any, seconds: float) -> subprocess.
 async def wait_annotations(
     cluster: Cluster, name: str, present: bool, timeout: float
 ) -> dict[str, str]:
-    with trio.fail_after(timeout):
+    with trio.fail_after(scaled(timeout)):
         while True:
             ann = cluster.api.get("pods", "default", name)["metadata"].get("annotations") or {}
             if (ann.get(f"{P}/smart-limit") == "true") == present:

@@ -121,15 +121,16 @@ def test_io_through_the_loop_worker_is_charged_to_the_container(
     # backing disk; the blkcg chain still charges them to the container. A little more
     # than fio's count: the backing filesystem's own metadata reads for the file.
     assert fio.read_ios * 0.99 <= on_backing.rios <= fio.read_ios * 1.2, (on_backing, fio)
-    # The loop device saw no reads charged anywhere but the container while fio ran (the
-    # fio file was laid out and cached before), so nothing went to the worker's cgroup.
-    others = sum(
-        devs.get(disk.device, Counters()).rios
+    # Reads of the loop device charged to any other cgroup (the worker's included) while
+    # fio ran: next to none. Not exactly none: anything on the host may probe block
+    # devices (blkid, lsblk), and that is real IO of whoever does it.
+    others = {
+        cg_id: devs.get(disk.device, Counters()).rios
         - before_all.get(cg_id, {}).get(disk.device, Counters()).rios
         for cg_id, devs in after_all.items()
         if cg_id != target.cgroup_id
-    )
-    assert others == 0
+    }
+    assert sum(others.values()) <= 0.01 * fio.read_ios, others
 
 
 def test_vanished_and_reused_targets_are_left_out(
