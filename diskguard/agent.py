@@ -182,6 +182,8 @@ class Agent:
                 )
             )
         except SamplerUnavailable as exc:
+            if self.config.sampler == "bpf":
+                raise  # asked for BPF explicitly: say so at start-up rather than degrade
             log.error("no IO sampler: %s (limits are still enforced; smart limit is off)", exc)
             self.sampler_problem = str(exc)
             return None

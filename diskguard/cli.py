@@ -30,14 +30,19 @@ def run() -> None:
     from diskguard.kube.kubelet import KubeletError
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
+    from diskguard.sampler import SamplerUnavailable
 
     env = dict(os.environ)
     config = _config_or_exit(env)
     configure_logging(config.log_level, config.log_format)
+    startup_errors = (CgroupError, DeviceError, KubeConfigError, KubeletError, SamplerUnavailable)
+    problem = ""
     try:
         trio.run(run_until_signalled, config, env)
-    except (CgroupError, DeviceError, KubeConfigError, KubeletError) as exc:
-        click.echo(f"diskguard: cannot start: {exc}", err=True)
+    except* startup_errors as group:  # naked, or from inside the agent's nursery
+        problem = "; ".join(str(e) for e in group.exceptions)
+    if problem:
+        click.echo(f"diskguard: cannot start: {problem}", err=True)
         sys.exit(1)
 
 

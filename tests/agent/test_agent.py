@@ -316,3 +316,57 @@ async def test_stopping_the_agent_closes_its_watches_on_the_api_server(
     with trio.fail_after(scaled(5)):
         while cluster.api.open_watches():
             await trio.sleep(0.05)
+
+
+def _bpf_programs() -> set[tuple[int, str]]:
+    """(id, name) of the BPF programs loaded in the kernel (bpftool); other processes on the
+    machine may load and unload their own meanwhile, so tests compare ids they saw appear."""
+    import json as _json
+    import shutil
+    import subprocess as _sp
+
+    if shutil.which("bpftool") is None:
+        pytest.skip("needs bpftool")
+    out = _sp.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return {(int(p["id"]), str(p.get("name", ""))) for p in _json.loads(out.stdout or "[]")}
+
+
+@pytest.mark.bpf
+async def test_sigterm_detaches_the_bpf_program_and_keeps_the_limits(cluster: Cluster) -> None:
+    pod = cluster.add_pod("bpf", annotations={f"{P}/iops": "100"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    before = _bpf_programs()
+    proc = agent_subprocess(cluster.env(SAMPLER="bpf"))
+    try:
+        await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=30)
+        with trio.fail_after(scaled(30)):
+            while not (_bpf_programs() - before):
+                assert proc.poll() is None, agent_output(proc)[-2000:]
+                await trio.sleep(0.1)
+        loaded = _bpf_programs() - before
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(scaled(10)):
+            assert await trio.to_thread.run_sync(proc.wait) == 0
+        assert not loaded & _bpf_programs(), "no BPF program left behind"
+        assert cluster.kernel(cg) == IOLimits(100, 100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.bpf
+async def test_stopping_the_agent_in_process_detaches_bpf(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    """The process lives on (as after a cancelled nursery): close() must release it."""
+    cluster.add_pod("bpf")
+    before = _bpf_programs()
+    running = await start_agent(SAMPLER="bpf")  # SAMPLER=bpf: no BPF would fail start-up
+    assert running.agent.sampling is not None
+    loaded = _bpf_programs() - before
+    assert loaded
+    running.stop()
+    with trio.fail_after(scaled(5)):
+        while loaded & _bpf_programs():
+            await trio.sleep(0.05)

@@ -145,3 +145,21 @@ async def wait_all(
         f"{len(wrong)} of {len(expected)} cgroups not converged after {timeout}s {what}: "
         + "; ".join(f"{cg}: kernel {got}, want {want}" for cg, got, want in wrong[:5])
     )
+
+
+def expected_limits(annotations: dict[str, str], default: IOLimits = DEFAULT) -> IOLimits:
+    """The README's priority table, written out independently of diskguard.policy (valid
+    whole-number values only): direction key > combined key > env default."""
+
+    def pick(direction: str, combined: str, fallback: int) -> int:
+        for key in (f"{P}/{direction}", f"{P}/{combined}"):
+            if key in annotations:
+                return int(annotations[key])
+        return fallback
+
+    return IOLimits(
+        riops=pick("read-iops", "iops", default.riops),
+        wiops=pick("write-iops", "iops", default.wiops),
+        rbps=pick("read-bps", "bps", default.rbps),
+        wbps=pick("write-bps", "bps", default.wbps),
+    )

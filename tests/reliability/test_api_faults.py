@@ -12,7 +12,7 @@ import trio
 
 from diskguard.model import IOLimits
 
-from .conftest import DEFAULT, P, Cluster, http_get, wait_all, wait_until
+from .conftest import DEFAULT, P, Cluster, expected_limits, http_get, wait_all, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -53,77 +53,90 @@ async def test_api_server_unreachable_at_start_up_then_converges(
     assert (await http_get(base, "/readyz")).status_code == 200
 
 
+class Edits:
+    """The pods' annotations as the test set them, and what the kernel must end up holding."""
+
+    def __init__(self, cluster: Cluster, pods: dict[str, list[Any]]) -> None:
+        self.cluster = cluster
+        self.pods = pods
+        self.annotations: dict[str, dict[str, str]] = {name: {} for name in pods}
+        self.deleted: set[str] = set()
+
+    def live(self) -> list[str]:
+        return sorted(set(self.pods) - self.deleted)
+
+    def edit(self, name: str, key: str, value: str) -> None:
+        self.cluster.set_annotations("default", name, {f"{P}/{key}": value})
+        self.annotations[name][f"{P}/{key}"] = value
+
+    def create(self, name: str, key: str, value: str) -> None:
+        pod = self.cluster.add_pod(name, annotations={f"{P}/{key}": value})
+        self.pods[name] = [self.cluster.cgroup(r) for r in self.cluster.refs(pod)]
+        self.annotations[name] = {f"{P}/{key}": value}
+
+    def delete(self, name: str) -> None:
+        self.cluster.api.delete("pods", "default", name)
+        self.deleted.add(name)
+
+    def expected(self) -> dict[Any, IOLimits]:
+        return {
+            cg: expected_limits(self.annotations[name])
+            for name in self.live()
+            for cg in self.pods[name]
+        }
+
+
 async def test_watch_dropped_repeatedly_with_edits_creates_and_deletes_in_between(
     cluster: Cluster, start_agent: Any
 ) -> None:
     rng = random.Random(7)
-    pods = _pods(cluster, 8)
+    world = Edits(cluster, _pods(cluster, 8))
     running = await start_agent()
-    want = {name: DEFAULT for name in pods}
-    await wait_all(cluster, {cg: DEFAULT for cgs in pods.values() for cg in cgs}, timeout=5)
+    await wait_all(cluster, world.expected(), timeout=5)
     relists = running.agent.pod_watcher.health.relists
-    deleted: list[str] = []
     for rnd in range(6):
         # an edit just before the cut, the cut, then edits while the agent reconnects
-        name = rng.choice(sorted(set(pods) - set(deleted)))
-        value = 100 + rnd
-        cluster.set_annotations("default", name, {f"{P}/iops": str(value)})
-        want[name] = IOLimits(value, value)
+        world.edit(rng.choice(world.live()), "iops", str(100 + rnd))
         # cut the pod and namespace watches once the agent has both open again
         await trio.to_thread.run_sync(lambda: cluster.api.wait_for_watches(2, timeout=10))
         assert cluster.api.drop_watches() >= 2
         for _ in range(3):
-            name = rng.choice(sorted(set(pods) - set(deleted)))
-            value = rng.randrange(10, 400)
-            cluster.set_annotations("default", name, {f"{P}/write-iops": str(value)})
-            want[name] = IOLimits(want[name].riops, value)
-        new = cluster.add_pod(f"new{rnd}", annotations={f"{P}/read-iops": str(50 + rnd)})
-        pods[f"new{rnd}"] = [cluster.cgroup(r) for r in cluster.refs(new)]
-        want[f"new{rnd}"] = IOLimits(50 + rnd, 500)
-        victim = rng.choice(sorted(set(pods) - set(deleted)))
-        cluster.api.delete("pods", "default", victim)
-        deleted.append(victim)
+            key = rng.choice(["write-iops", "read-iops", "write-bps"])
+            world.edit(rng.choice(world.live()), key, str(rng.randrange(10, 400)))
+        world.create(f"new{rnd}", "read-iops", str(50 + rnd))
+        world.delete(rng.choice(world.live()))
         await trio.sleep(rng.uniform(0.0, 0.3))
-    expected = {cg: want[n] for n, cgs in pods.items() if n not in deleted for cg in cgs}
-    await wait_all(cluster, expected, timeout=10, what="after six dropped watches")
+    await wait_all(cluster, world.expected(), timeout=10, what="after six dropped watches")
     # resumed from the last resourceVersion each time: nothing was missed, so no relist
     assert running.agent.pod_watcher.health.relists == relists
     live = {p.name for p in running.agent.reconciler.pods.values()}
-    assert live == set(pods) - set(deleted)  # deletions seen across the drops
+    assert live == set(world.live())  # deletions seen across the drops
 
 
 async def test_410_storm_while_editing_relists_and_converges(
     cluster: Cluster, start_agent: Any
 ) -> None:
     rng = random.Random(11)
-    pods = _pods(cluster, 6)
+    world = Edits(cluster, _pods(cluster, 6))
     running = await start_agent()
     relists = running.agent.pod_watcher.health.relists
-    want = {name: DEFAULT for name in pods}
-    deleted: set[str] = set()
     for i in range(25):
-        name = rng.choice(sorted(set(pods) - deleted))
-        value = rng.randrange(20, 900)
-        cluster.set_annotations("default", name, {f"{P}/iops": str(value)})
-        want[name] = IOLimits(value, value)
+        name = rng.choice(world.live())
+        world.edit(name, rng.choice(["iops", "write-iops"]), str(rng.randrange(20, 900)))
         if i % 5 == 4:  # pods also come and go mid-storm
-            cluster.api.delete("pods", "default", name)
-            deleted.add(name)
-            pod = cluster.add_pod(f"late{i}", annotations={f"{P}/iops": str(i)})
-            pods[f"late{i}"] = [cluster.cgroup(r) for r in cluster.refs(pod)]
-            want[f"late{i}"] = IOLimits(i, i)
+            world.delete(name)
+            world.create(f"late{i}", "iops", str(i + 1))
         cluster.api.compact()
         cluster.api.drop_watches()
         await trio.sleep(rng.uniform(0.0, 0.15))
-    expected = {cg: want[n] for n, cgs in pods.items() if n not in deleted for cg in cgs}
-    await wait_all(cluster, expected, timeout=15, what="after the 410 storm")
+    await wait_all(cluster, world.expected(), timeout=15, what="after the 410 storm")
     assert running.agent.pod_watcher.health.relists > relists  # 410 -> relist, not resume
     live = {p.name for p in running.agent.reconciler.pods.values()}
-    assert live == set(pods) - deleted  # a relist forgets pods deleted meanwhile
+    assert live == set(world.live())  # a relist forgets pods deleted meanwhile
     # and the agent still follows edits promptly afterwards
-    survivor = sorted(set(pods) - deleted)[0]
-    cluster.set_annotations("default", survivor, {f"{P}/iops": "33"})
-    await wait_all(cluster, {cg: IOLimits(33, 33) for cg in pods[survivor]}, timeout=3)
+    survivor = world.live()[0]
+    cluster.set_annotations("default", survivor, {f"{P}/iops": "33", f"{P}/write-iops": None})
+    await wait_all(cluster, {cg: IOLimits(33, 33) for cg in world.pods[survivor]}, timeout=3)
 
 
 async def test_slow_list_and_watch_still_converge_and_stay_ready(
