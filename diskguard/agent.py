@@ -103,6 +103,8 @@ class Agent:
         self.smart: SmartLimiter | None = None
         self.kubelet_rates: KubeletRateTask | None = None
         self.sampler_problem = ""
+        self._sampler: Sampler | None = None
+        self.measuring = trio.Event()  # set once the sampler (if any) is running
         # The kubelet: optional pod source (with the API watch as fallback) and optional
         # IO-rate source for smart limit. KubeletClient() refuses unusable TLS files.
         needs_kubelet = config.kubelet.pod_source or config.smart.use_kubelet_api
@@ -189,21 +191,6 @@ class Agent:
             return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sampler = await self._open_sampler()
-        try:
-            await self._run(sampler, task_status)
-        finally:
-            if sampler is not None:
-                sampler.close()  # detach the BPF program; kernel limits stay
-            # Events already decided (a limit was applied) are still worth telling: give
-            # them a bounded moment on the way out.
-            with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
-                self._event_send.close()
-                await post_events(
-                    self._event_receive, self.api, self.config.node_name, rate=50.0, attempts=1
-                )
-
-    async def _run(self, sampler: Sampler | None, task_status: trio.TaskStatus[None]) -> None:
         log.info(
             "diskguard starting on node %s: cgroup %s at %s, data devices %s, defaults %s",
             self.config.node_name,
@@ -212,69 +199,90 @@ class Agent:
             ", ".join(f"{d.name or '?'}={d}" for d in self.node.devices),
             self.config.defaults,
         )
-        async with trio.open_nursery() as nursery:
-            if self.kubelet is not None and self.config.kubelet.pod_source:
-                nursery.start_soon(
-                    functools.partial(
-                        run_pod_source,
-                        self.kubelet,
-                        self.config.node_name,
-                        self._watch_send.clone(),
-                        interval=self.config.kubelet.poll_interval,
-                        health=self.kubelet_health,
-                        selector=self.pod_source,
-                        api_watch=self.pod_watcher.run,
-                    ),
-                    name="pod-source",
+        try:
+            async with trio.open_nursery() as nursery:
+                self._start_enforcement(nursery)
+                self.http_binds = await nursery.start(
+                    functools.partial(web.serve, self, self.config.http_addr), name="http"
                 )
-            else:
-                nursery.start_soon(self.pod_watcher.run, name="pod-watch")
-            nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
-            nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
+                log.info(
+                    "serving /healthz /readyz /metrics /status on %s", ", ".join(self.http_binds)
+                )
+                # Measuring starts alongside: a BPF compile must not delay enforcement.
+                nursery.start_soon(self._start_measuring, nursery, name="measurement")
+                task_status.started()
+        finally:
+            if self._sampler is not None:
+                self._sampler.close()  # detach the BPF program; kernel limits stay
+            # Events already decided (a limit was applied) are still worth telling: give
+            # them a bounded moment on the way out.
+            with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
+                self._event_send.close()
+                await post_events(
+                    self._event_receive, self.api, self.config.node_name, rate=50.0, attempts=1
+                )
+
+    def _start_enforcement(self, nursery: trio.Nursery) -> None:
+        if self.kubelet is not None and self.config.kubelet.pod_source:
             nursery.start_soon(
                 functools.partial(
-                    post_events, self._event_receive, self.api, self.config.node_name
-                ),
-                name="events",
-            )
-            if self.kubelet is not None and self.config.smart.use_kubelet_api:
-                self.kubelet_rates = KubeletRateTask(
+                    run_pod_source,
                     self.kubelet,
-                    self.reconciler,
-                    max(self.config.sample_interval, self.config.kubelet.poll_interval),
-                    self.node.devices,
-                )
-            if sampler is not None:
-                self.sampling = SamplingTask(sampler, self.reconciler, self.config.sample_interval)
-                log.info(
-                    "IO sampler: %s%s",
-                    sampler.kind,
-                    f" (degraded: {sampler.degraded})" if sampler.degraded else "",
-                )
-            rate_source = self.kubelet_rates or self.sampling
-            if self.config.smart.enabled and rate_source is not None:
-                smart = self.config.smart
-                self.smart = SmartLimiter(
-                    smart.settings,
-                    smart.monitor_interval,
-                    self.reconciler,
-                    self.api,
-                    self.events.emit,
-                    self.config.annotation_prefix,
-                    dry_run=smart.dry_run,
-                    patches_per_minute=smart.patches_per_minute,
-                )
-                rate_source.listeners.append(self.smart.on_samples)
-                nursery.start_soon(self.smart.run, name="smart-limit")
-            if self.sampling is not None:
-                nursery.start_soon(self.sampling.run, name="sampler")
-            if self.kubelet_rates is not None:
-                nursery.start_soon(self.kubelet_rates.run, name="kubelet-rates")
-            self.http_binds = await nursery.start(
-                functools.partial(web.serve, self, self.config.http_addr), name="http"
+                    self.config.node_name,
+                    self._watch_send.clone(),
+                    interval=self.config.kubelet.poll_interval,
+                    health=self.kubelet_health,
+                    selector=self.pod_source,
+                    api_watch=self.pod_watcher.run,
+                ),
+                name="pod-source",
             )
-            log.info("serving /healthz /readyz /metrics /status on %s", ", ".join(self.http_binds))
-            task_status.started()
+        else:
+            nursery.start_soon(self.pod_watcher.run, name="pod-watch")
+        nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
+        nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
+        nursery.start_soon(
+            functools.partial(post_events, self._event_receive, self.api, self.config.node_name),
+            name="events",
+        )
+
+    async def _start_measuring(self, nursery: trio.Nursery) -> None:
+        """Open the sampler (BPF compiles in a thread), then start the tasks that use it."""
+        self._sampler = sampler = await self._open_sampler()
+        if self.kubelet is not None and self.config.smart.use_kubelet_api:
+            self.kubelet_rates = KubeletRateTask(
+                self.kubelet,
+                self.reconciler,
+                max(self.config.sample_interval, self.config.kubelet.poll_interval),
+                self.node.devices,
+            )
+        if sampler is not None:
+            self.sampling = SamplingTask(sampler, self.reconciler, self.config.sample_interval)
+            log.info(
+                "IO sampler: %s%s",
+                sampler.kind,
+                f" (degraded: {sampler.degraded})" if sampler.degraded else "",
+            )
+        rate_source = self.kubelet_rates or self.sampling
+        if self.config.smart.enabled and rate_source is not None:
+            smart = self.config.smart
+            self.smart = SmartLimiter(
+                smart.settings,
+                smart.monitor_interval,
+                self.reconciler,
+                self.api,
+                self.events.emit,
+                self.config.annotation_prefix,
+                dry_run=smart.dry_run,
+                patches_per_minute=smart.patches_per_minute,
+            )
+            rate_source.listeners.append(self.smart.on_samples)
+            nursery.start_soon(self.smart.run, name="smart-limit")
+        if self.sampling is not None:
+            nursery.start_soon(self.sampling.run, name="sampler")
+        if self.kubelet_rates is not None:
+            nursery.start_soon(self.kubelet_rates.run, name="kubelet-rates")
+        self.measuring.set()
 
 
 async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:

@@ -26,9 +26,12 @@ import attrs
 
 from diskguard.model import IOLimits, Rates
 
-# Samples may jitter around the nominal interval; a window counts as full when its samples
-# cover it to within this fraction of one interval.
+# Samples may jitter around the nominal interval: a gap shorter than this fraction of one
+# interval is not a gap.
 _COVERAGE_SLACK = 0.5
+# The window itself must be covered to within this fraction of an interval (timer jitter
+# only), so a burst shorter than the window never counts as sustained.
+_START_SLACK = 0.05
 
 
 @attrs.frozen
@@ -138,7 +141,8 @@ def window_samples(samples: Sequence[Sample], now: float, window: float) -> list
         return None
     slack = _COVERAGE_SLACK * max(s.interval for s in inside)
     start = inside[0].at - inside[0].interval
-    if start > now - window + slack or now - inside[-1].at > slack + inside[-1].interval:
+    start_slack = _START_SLACK * inside[0].interval
+    if start > now - window + start_slack or now - inside[-1].at > slack + inside[-1].interval:
         return None
     # Gaps: each sample must start where the previous one ended.
     for prev, cur in itertools.pairwise(inside):

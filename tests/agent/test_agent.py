@@ -363,6 +363,8 @@ async def test_stopping_the_agent_in_process_detaches_bpf(
     cluster.add_pod("bpf")
     before = _bpf_programs()
     running = await start_agent(SAMPLER="bpf")  # SAMPLER=bpf: no BPF would fail start-up
+    with trio.fail_after(scaled(30)):
+        await running.agent.measuring.wait()
     assert running.agent.sampling is not None
     loaded = _bpf_programs() - before
     assert loaded

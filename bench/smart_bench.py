@@ -1,0 +1,182 @@
+"""Smart-limit benchmarks.
+
+1. CPU cost of one evaluation pass over N containers (pure: bucket closing + decide +
+   pod_decision), as the smart-limit task runs it every SMART_LIMIT_MONITOR_INTERVAL.
+2. Detection delay on the real kernel: fio starts in a container cgroup under a static
+   limit; the time until the kernel holds the automatic limit, against window + interval.
+
+Run as root:  .venv/bin/python bench/smart_bench.py [--containers 1000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import trio
+
+from diskguard.model import IOLimits, Rates
+from diskguard.smartlimit import AutoLimit, Bucket, SmartSettings, decide, pod_decision
+
+
+def evaluation_cost(
+    containers: int, window: float, monitor: float, sample: float
+) -> dict[str, float]:
+    settings = SmartSettings(window=window)
+    static = IOLimits(500, 500)
+    depth = int(window / monitor) + 2
+    samples_per_bucket = int(monitor / sample)
+    # Fill history as the task would: one bucket per monitor interval.
+    histories = []
+    t = 0.0
+    for c in range(containers):
+        hist = []
+        t = 0.0
+        for _ in range(depth):
+            b = Bucket()
+            for _ in range(samples_per_bucket):
+                t += sample
+                b.add(t, sample, Rates(riops=50.0 + c % 7, wiops=300.0 + c % 450))
+            closed = b.close(sample)
+            assert closed is not None
+            hist.append(closed)
+        histories.append(hist)
+    now = t
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    passes = 20
+    applied = 0
+    for _ in range(passes):
+        for c, hist in enumerate(histories):
+            d = decide(hist, now, static, AutoLimit(), settings, f"c{c}")
+            applied += pod_decision({"c": d}, AutoLimit()).action == "apply"
+    cpu = (time.process_time() - cpu0) / passes
+    wall = (time.perf_counter() - wall0) / passes
+    # The sampler's side: one Bucket.add per container per sample interval.
+    buckets = [Bucket() for _ in range(containers)]
+    cpu1 = time.process_time()
+    for i in range(20):
+        for b in buckets:
+            b.add(float(i), sample, Rates(wiops=100.0))
+    add_cpu = (time.process_time() - cpu1) / 20
+    return {
+        "containers": containers,
+        "eval_cpu_ms": cpu * 1000,
+        "eval_wall_ms": wall * 1000,
+        "bucket_add_cpu_ms_per_sample_pass": add_cpu * 1000,
+        "triggered": applied / passes,
+    }
+
+
+async def detection_delay(window_s: float, monitor_s: float, sample_s: float) -> float:
+    """Seconds from fio start to the automatic limit held by the kernel."""
+    from diskguard.agent import Agent, NodeSetup
+    from diskguard.config import load_config
+    from diskguard.fakeapi import FakeAPIServer
+    from diskguard.fakeapi.objects import make_pod
+    from diskguard.kube.client import make_api_client
+    from diskguard.lab import KubeletRoot, fio_argv, loop_disk, prepare_fio_file, spawn_in_cgroup
+    from diskguard.model import CgroupDriver, ContainerRef, QoSClass, Runtime
+    from diskguard.node.cgroups import detect_cgroup
+    from diskguard.node.limits import backend_for
+
+    hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+    backend = backend_for(hierarchy.version)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp, loop_disk(Path(tmp)) as disk:
+        assert disk.mount is not None
+        kubelet = KubeletRoot(hierarchy, f"dgbench_{uuid.uuid4().hex[:8]}")
+        try:
+            with FakeAPIServer() as api:
+                kubeconfig = Path(tmp) / "kubeconfig"
+                api.write_kubeconfig(kubeconfig)
+                pod = make_pod(
+                    "busy", "default", "bench", annotations={"iops-limit/write-iops": "200"}
+                )
+                cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+                ref = ContainerRef(
+                    "default",
+                    "busy",
+                    pod["metadata"]["uid"],
+                    "app",
+                    cid,
+                    Runtime.CONTAINERD,
+                    QoSClass.BURSTABLE,
+                )
+                cg = kubelet.create(ref, CgroupDriver.CGROUPFS)
+                api.create("pods", pod)
+                env = {
+                    "NODE_NAME": "bench",
+                    "DATA_MOUNT": str(disk.mount),
+                    "KUBELET_CGROUP_ROOT": kubelet.prefix,
+                    "KUBECONFIG": str(kubeconfig),
+                    "HTTP_ADDR": "127.0.0.1:0",
+                    "SAMPLER": "cgroup",
+                    "SAMPLE_INTERVAL": str(sample_s),
+                    "SMART_LIMIT_ENABLED": "true",
+                    "SMART_LIMIT_MONITOR_INTERVAL": str(monitor_s),
+                    "SMART_LIMIT_HISTORY_WINDOW": str(window_s / 60),
+                }
+                agent = Agent(
+                    load_config(env), NodeSetup(hierarchy, (disk.device,)), make_api_client(env)
+                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(agent.run)
+                    await agent.reconciler.synced.wait()
+                    path = prepare_fio_file(disk.mount, 64)
+                    argv = fio_argv(path, "randwrite", "4k", window_s * 4, size_mib=64)
+                    started = trio.current_time()
+                    fio = spawn_in_cgroup(
+                        cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                    try:
+                        key = (disk.device.major, disk.device.minor)
+                        while backend.read(cg).get(key, IOLimits()).wiops >= 200:
+                            await trio.sleep(0.01)
+                        delay = trio.current_time() - started
+                    finally:
+                        fio.kill()
+                        fio.wait()
+                    nursery.cancel_scope.cancel()
+                return delay
+        finally:
+            kubelet.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--containers", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-kernel", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"command: .venv/bin/python bench/smart_bench.py --containers {args.containers} "
+        f"--runs {args.runs}"
+    )
+    cost = evaluation_cost(args.containers, window=600.0, monitor=60.0, sample=1.0)
+    print("\n== evaluation pass (window 10 min, monitor 60 s, sample 1 s)")
+    for k, v in cost.items():
+        print(f"  {k:<36} {v:10.2f}")
+    if args.skip_kernel or os.geteuid() != 0:
+        return
+    window, monitor, sample = 5.0, 1.0, 0.5
+    print(
+        f"\n== detection delay (window {window:g} s, monitor {monitor:g} s, sample {sample:g} s;"
+        f" expected about window + up to one monitor interval)"
+    )
+    delays = [trio.run(detection_delay, window, monitor, sample) for _ in range(args.runs)]
+    for d in delays:
+        print(f"  {d:6.2f} s  (window + {d - window:5.2f} s)")
+    print(
+        f"  peak RSS of the bench process: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
