@@ -8,7 +8,7 @@ kind="${1:-dev}"
 export DEBIAN_FRONTEND=noninteractive
 
 runtime_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool util-linux e2fsprogs)
-dev_pkgs=(fio linux-headers-amd64 qemu-system-x86 busybox-static kmod cpio zstd procps)
+dev_pkgs=(fio linux-headers-amd64 qemu-system-x86 busybox-static kmod cpio zstd procps prometheus)
 
 pkgs=("${runtime_pkgs[@]}")
 if [ "$kind" = dev ]; then pkgs+=("${dev_pkgs[@]}"); fi

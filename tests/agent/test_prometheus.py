@@ -1,0 +1,75 @@
+"""A real Prometheus server (Debian's `prometheus`) scrapes a running agent; a PromQL query
+over its HTTP API returns the expected per-container series."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from diskguard.model import IOLimits
+
+from .conftest import P, Cluster, scaled
+
+pytestmark = pytest.mark.kernel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_prometheus_scrapes_the_agent(
+    cluster: Cluster, start_agent: Any, tmp_path: Path
+) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("needs Debian's prometheus package")
+    pod = cluster.add_pod("web", annotations={f"{P}/write-iops": "100"})
+    running = await start_agent()
+    await cluster.wait_kernel(cluster.cgroup(cluster.refs(pod)[0]), IOLimits(500, 100))
+    target = running.agent.http_binds[0].removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = free_port()
+    prom = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    query = (
+        'diskguard_container_limit{pod="web",container="app",direction="write",unit="iops"}'
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            with trio.fail_after(scaled(60)):
+                while True:
+                    await trio.sleep(0.5)
+                    try:
+                        r = await client.get("/api/v1/query", params={"query": query})
+                    except httpx.TransportError:
+                        continue  # not listening yet
+                    result = r.json()["data"]["result"] if r.status_code == 200 else []
+                    if result:
+                        break
+            [series] = result
+            assert series["metric"]["namespace"] == "default"
+            assert series["metric"]["device"] == str(cluster.device)
+            assert series["metric"]["source"] == "annotation"
+            assert float(series["value"][1]) == 100
+            r = await client.get("/api/v1/query", params={"query": "up{job='diskguard'}"})
+            assert r.json()["data"]["result"][0]["value"][1] == "1"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
