@@ -117,6 +117,9 @@ class KubeletRoot:
         """Create the container cgroup exactly where kubelet + runtime would put it."""
         return self.make_dirs(container_cgroup_path(ref, driver, self.prefix))
 
+    def create_all(self, ref: ContainerRef) -> dict[CgroupDriver, Path]:
+        return {driver: self.create(ref, driver) for driver in CgroupDriver}
+
     def leaf(self, name: str = "leaf") -> Path:
         """A plain cgroup under this root, for callers that do not care about the layout."""
         return self.make_dirs(Path(self.name, name))
@@ -146,7 +149,7 @@ def device_of(node: str) -> Device:
     return Device(os.major(rdev), os.minor(rdev), Path(node).name)
 
 
-def _wait_for_node(node: str, timeout: float = 5.0) -> None:
+def wait_for_node(node: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(node):
         if time.monotonic() > deadline:
@@ -194,7 +197,7 @@ def loop_disk(
         # not page-cache copies, so fio numbers mean something.
         node = run(["losetup", "--find", "--show", "--direct-io=on", str(backing)])
         undo.callback(run, ["losetup", "--detach", node])
-        _wait_for_node(node)
+        wait_for_node(node)
         fs_node = node
         part_dev: Device | None = None
         if partition:
@@ -203,7 +206,7 @@ def loop_disk(
             run(["addpart", node, "1", "2048", str(((size_mib - 2) << 20) // 512)])
             undo.callback(run, ["delpart", node, "1"])
             fs_node = f"{node}p1"
-            _wait_for_node(fs_node)
+            wait_for_node(fs_node)
             part_dev = device_of(fs_node)
         mount: Path | None = None
         if filesystem:
@@ -211,7 +214,7 @@ def loop_disk(
             mount = workdir / mount_name
             mount.mkdir()
             run(["mount", "-t", "ext4", fs_node, str(mount)])
-            undo.callback(_umount, mount)
+            undo.callback(umount, mount)
         yield LoopDisk(
             device=device_of(node),
             node=Path(node),
@@ -221,7 +224,7 @@ def loop_disk(
         )
 
 
-def _umount(mount: Path) -> None:
+def umount(mount: Path) -> None:
     try:
         run(["umount", str(mount)])
     except LabError:

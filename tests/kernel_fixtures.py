@@ -16,26 +16,33 @@ device whose space past its first GiB loop disks may use (see ScratchDisk).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import attrs
 import pytest
 
+# Re-exported for the test modules that import them from here.
+from diskguard.lab import (
+    FioResult,
+    KubeletRoot,
+    prepare_fio_file,
+    remove_cgroup_tree,
+)
+from diskguard.lab import device_of as _device_of
+from diskguard.lab import run as _run
+from diskguard.lab import umount as _umount
+from diskguard.lab import wait_for_node as _wait_for_node
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
 from diskguard.node.cgroups import (
     CgroupError,
     CgroupHierarchy,
-    container_cgroup_path,
     detect_cgroup,
 )
 from diskguard.node.devices import whole_disk
@@ -46,6 +53,8 @@ SKIP_V1 = "needs cgroup v1 blkio controller"
 SKIP_V2 = "needs cgroup v2 io controller"
 SKIP_ROOT = "needs root"
 SCRATCH_HEAD = 1 << 30
+
+__all__ = ["FioResult", "KubeletRoot", "prepare_fio_file", "remove_cgroup_tree"]
 
 _LANE_KEY = pytest.StashKey[CgroupHierarchy | str]()
 
@@ -158,91 +167,7 @@ def run_in_cgroup(spawned: Spawned) -> RunInCgroup:
     return run
 
 
-def _cgroup_pids(cgroup_dir: Path) -> list[int]:
-    try:
-        return [int(p) for p in (cgroup_dir / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
-
-
-def remove_cgroup_tree(top: Path, timeout: float = 10.0) -> None:
-    """Kill every process left in `top` and below, then rmdir bottom-up."""
-    if not top.is_dir():
-        return
-    dirs = [Path(d) for d, _, _ in os.walk(top, topdown=False)]
-    for d in dirs:
-        for pid in _cgroup_pids(d):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    for d in dirs:
-        while True:
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                # EBUSY while killed tasks finish exiting.
-                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise
-                for pid in _cgroup_pids(d):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
-
-
 # ---------------------------------------------------------------- kubelet layout
-
-
-@attrs.define
-class KubeletRoot:
-    """A unique kubelet --cgroup-root for one test, so no real kubepods is ever touched.
-
-    `prefix` is what to pass as kubelet_root to the layout functions. The cgroupfs
-    driver puts everything under `<hierarchy>/<name>/`, the systemd driver under
-    `<hierarchy>/<name>.slice/`; both are removed at teardown.
-    """
-
-    hierarchy: CgroupHierarchy
-    name: str
-
-    @property
-    def prefix(self) -> str:
-        return f"/{self.name}"
-
-    def top_dirs(self) -> tuple[Path, ...]:
-        return (self.hierarchy.path / self.name, self.hierarchy.path / f"{self.name}.slice")
-
-    def make_dirs(self, relative: PurePath | str) -> Path:
-        """mkdir -p below the hierarchy; on v2 every parent on the way gets +io."""
-        rel = PurePath(relative)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise ValueError(f"{relative} must be relative and below the hierarchy")
-        if not any(rel.parts[0] == top.name for top in self.top_dirs()):
-            raise ValueError(f"{relative} is not below this test's kubelet root")
-        current = self.hierarchy.path
-        for part in rel.parts:
-            if self.hierarchy.version is CgroupVersion.V2:
-                _enable_io(current)
-            current = current / part
-            current.mkdir(exist_ok=True)
-        return current
-
-    def create(self, ref: ContainerRef, driver: CgroupDriver) -> Path:
-        """Create the container cgroup exactly where kubelet + runtime would put it."""
-        return self.make_dirs(container_cgroup_path(ref, driver, self.prefix))
-
-    def create_all(self, ref: ContainerRef) -> dict[CgroupDriver, Path]:
-        return {driver: self.create(ref, driver) for driver in CgroupDriver}
-
-    def leaf(self, name: str = "leaf") -> Path:
-        """A plain cgroup under this root, for tests that do not care about the layout."""
-        return self.make_dirs(Path(self.name, name))
-
-    def cleanup(self) -> None:
-        for top in self.top_dirs():
-            remove_cgroup_tree(top)
 
 
 @pytest.fixture
@@ -287,26 +212,6 @@ def container_cgroup(kubelet_root: KubeletRoot) -> Path:
 
 
 # ---------------------------------------------------------------- loop disks
-
-
-def _run(argv: Sequence[str]) -> str:
-    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def _device_of(node: str) -> Device:
-    rdev = os.stat(node).st_rdev
-    return Device(os.major(rdev), os.minor(rdev), Path(node).name)
-
-
-def _wait_for_node(node: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(node):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{node} did not appear")
-        time.sleep(0.02)
 
 
 @attrs.frozen
@@ -438,15 +343,6 @@ def loop_disk_ctx(
         )
 
 
-def _umount(mount: Path) -> None:
-    try:
-        _run(["umount", str(mount)])
-    except RuntimeError:
-        # Something still holds it (a killed fio not yet gone): detach lazily rather
-        # than leave the mount behind.
-        _run(["umount", "--lazy", str(mount)])
-
-
 @pytest.fixture(scope="session")
 def scratch_disk(require_root: None) -> ScratchDisk | None:
     """The lane's scratch disk for loop disks (DISKGUARD_TEST_SCRATCH_DISK, else the qemu
@@ -497,55 +393,6 @@ def root_disk() -> Device:
 
 
 # ---------------------------------------------------------------- fio
-
-
-@attrs.frozen
-class FioResult:
-    """What fio measured for one job (per direction): IOPS, bytes/s, IOs, runtime."""
-
-    read_iops: float
-    write_iops: float
-    read_bw: float
-    write_bw: float
-    read_ios: int
-    write_ios: int
-    read_bytes: int
-    write_bytes: int
-    runtime_s: float
-
-    @classmethod
-    def from_json(cls, report: dict[str, object]) -> FioResult:
-        job = report["jobs"][0]  # type: ignore[index]
-        rd, wr = job["read"], job["write"]
-        runtime_ms = max(rd["runtime"], wr["runtime"])
-        return cls(
-            read_iops=float(rd["iops"]),
-            write_iops=float(wr["iops"]),
-            read_bw=float(rd["bw_bytes"]),
-            write_bw=float(wr["bw_bytes"]),
-            read_ios=int(rd["total_ios"]),
-            write_ios=int(wr["total_ios"]),
-            read_bytes=int(rd["io_bytes"]),
-            write_bytes=int(wr["io_bytes"]),
-            runtime_s=runtime_ms / 1000.0,
-        )
-
-
-FIO_FILE = "diskguard-fio.dat"
-
-
-def prepare_fio_file(directory: Path, size_mib: int) -> Path:
-    """Write (not fallocate: unwritten extents read without IO) a file fio can use."""
-    path = directory / FIO_FILE
-    if path.exists() and path.stat().st_size == size_mib << 20:
-        return path
-    chunk = b"\xa5" * (1 << 20)
-    with path.open("wb") as f:
-        for _ in range(size_mib):
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
 
 
 FioIops = Callable[..., FioResult]

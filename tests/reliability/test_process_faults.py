@@ -97,8 +97,9 @@ def _background_fio(cluster: Cluster, cgroup: Path, seconds: float) -> subproces
     return spawn_in_cgroup(cgroup, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.mark.slow
-async def test_sigterm_while_a_smart_limit_patch_hangs_exits_promptly(cluster: Cluster) -> None:
+async def _sigterm_during_hung_patch(cluster: Cluster) -> tuple[float, int, str, Path]:
+    """Smart limit decides to patch, the API server holds the PATCH, the agent gets
+    SIGTERM: how long it took to exit, its status and output, the container's cgroup."""
     pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
     cg = cluster.cgroup(cluster.refs(pod)[0])
     # the API server accepts the smart-limit PATCH and never answers it
@@ -115,48 +116,48 @@ async def test_sigterm_while_a_smart_limit_patch_hangs_exits_promptly(cluster: C
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = await trio.to_thread.run_sync(lambda: proc.wait(30))
-        took = time.monotonic() - started
-        out = agent_output(proc).decode()
-        assert code == 0, out[-3000:]
-        # bounded by the patch's own read timeout (10 s) plus the Event flush (3 s)
-        assert took < 15, f"SIGTERM took {took:.1f}s"
-        # SIGTERM changes nothing in the kernel, and the patch never landed
-        assert cluster.kernel(cg) == IOLimits(500, 200)
-        ann = cluster.api.get("pods", "default", "busy")["metadata"]["annotations"]
-        assert f"{P}/smart-limit" not in ann
+        return time.monotonic() - started, code, agent_output(proc).decode(), cg
     finally:
         if load is not None:
             _kill(load)
         _kill(proc)
+        # SIGTERM changed nothing in the kernel, and the patch never landed (checked
+        # before the held request is released)
+        assert cluster.kernel(cg) == IOLimits(500, 200)
+        ann = cluster.api.get("pods", "default", "busy")["metadata"]["annotations"]
+        assert f"{P}/smart-limit" not in ann
         cluster.api.clear_faults()
 
 
 @pytest.mark.slow
+async def test_sigterm_while_a_smart_limit_patch_hangs_exits_in_bounded_time(
+    cluster: Cluster,
+) -> None:
+    took, code, out, cg = await _sigterm_during_hung_patch(cluster)
+    assert code == 0, out[-3000:]
+    # bounded by the patch's own read timeout (10 s), well inside a pod's 30 s grace period
+    assert took < 15, f"SIGTERM took {took:.1f}s"
+    assert "received SIGTERM" in out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (minor): SIGTERM waits ~10 s for a hung smart-limit PATCH: SmartLimiter._patch "
+        "runs patch_namespaced_pod in trio.to_thread.run_sync without abandon_on_cancel, so "
+        "cancellation waits for the request's 10 s read timeout (post_events' "
+        "create_namespaced_event likewise). Fix: pass abandon_on_cancel=True to both calls "
+        "(the patch is guarded by resourceVersion and the Event carries a fixed name, so an "
+        "abandoned request that still lands is harmless); exit then takes well under 1 s"
+    ),
+)
 async def test_sigterm_while_a_smart_limit_patch_hangs_exits_within_three_seconds(
     cluster: Cluster,
 ) -> None:
-    pytest.xfail  # noqa: B018 - see the marker below
-    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
-    cg = cluster.cgroup(cluster.refs(pod)[0])
-    cluster.api.inject_fault("PATCH", r"/pods/busy$", status=None, hang=True)
-    proc = agent_subprocess(cluster.env(**SMART_ENV))
-    load = None
-    try:
-        await cluster.wait_kernel(cg, IOLimits(500, 200), timeout=30)
-        load = _background_fio(cluster, cg, 40)
-        await trio.to_thread.run_sync(
-            lambda: cluster.api.wait_for_request(lambda r: r.method == "PATCH", timeout=30)
-        )
-        await trio.sleep(0.5)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        await trio.to_thread.run_sync(lambda: proc.wait(30))
-        assert time.monotonic() - started < 3.0
-    finally:
-        if load is not None:
-            _kill(load)
-        _kill(proc)
-        cluster.api.clear_faults()
+    took, code, out, _ = await _sigterm_during_hung_patch(cluster)
+    assert code == 0, out[-3000:]
+    assert took < 3.0, f"SIGTERM took {took:.1f}s"
 
 
 @pytest.mark.slow
