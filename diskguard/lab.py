@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -143,6 +144,9 @@ def spawn_in_cgroup(
 
 # ---------------------------------------------------------------- loop disks
 
+# The first GiB of a scratch disk is left to tests that write the raw disk.
+SCRATCH_HEAD = 1 << 30
+
 
 def device_of(node: str) -> Device:
     rdev = os.stat(node).st_rdev
@@ -171,31 +175,90 @@ class LoopDisk:
     backing: Path
     mount: Path | None
     partition: Device | None = None
+    direct_io: bool = False
 
 
-def lab_tools_missing() -> list[str]:
-    return [tool for tool in ("losetup", "mkfs.ext4", "mount", "fio") if not shutil.which(tool)]
+def _attach(backing: Path) -> tuple[str, bool]:
+    """losetup with direct IO when the backing filesystem allows it (tmpfs before 6.6
+    does not: EINVAL), else buffered."""
+    try:
+        return run(["losetup", "--find", "--show", "--direct-io=on", str(backing)]), True
+    except LabError:
+        return run(["losetup", "--find", "--show", str(backing)]), False
+
+
+@attrs.define
+class ScratchDisk:
+    """Regions of a lane's scratch block device to back loop disks with.
+
+    A loop device over a tmpfs file (what the qemu lane's /tmp is) cannot do direct IO,
+    and under emulation it delivers 10-20% below a blk-throttle limit; one doing direct
+    IO to a real disk is exact. So when the lane names a scratch disk, loop disks are
+    carved out of it (losetup --offset/--sizelimit), cycling through the space after
+    the first GiB (left to tests that write the raw disk). Tests run one at a time and
+    every loop disk is detached at its test's end, so regions never overlap in time.
+    """
+
+    path: str
+    size: int
+    cursor: int = SCRATCH_HEAD
+
+    def region(self, size: int) -> int:
+        if self.cursor + size > self.size:
+            self.cursor = SCRATCH_HEAD
+        offset = self.cursor
+        self.cursor += size
+        return offset
+
+    @classmethod
+    def from_env(cls) -> ScratchDisk | None:
+        path = os.environ.get("DISKGUARD_TEST_SCRATCH_DISK") or os.environ.get("DISKGUARD_VM_DISK")
+        if not path or not os.path.exists(path) or not stat.S_ISBLK(os.stat(path).st_mode):
+            return None
+        rdev = os.stat(path).st_rdev
+        sectors = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/size").read_text()
+        size = int(sectors) * 512
+        return cls(path, size) if size >= 2 * SCRATCH_HEAD else None
+
+
+def _attach_region(scratch: ScratchDisk, size: int) -> str:
+    offset = scratch.region(size)
+    return run(
+        [
+            "losetup",
+            "--find",
+            "--show",
+            "--direct-io=on",
+            f"--offset={offset}",
+            f"--sizelimit={size}",
+            scratch.path,
+        ]
+    )
 
 
 @contextlib.contextmanager
 def loop_disk(
     workdir: Path,
     *,
+    scratch: ScratchDisk | None = None,
     size_mib: int = 256,
     filesystem: bool = True,
     partition: bool = False,
     mount_name: str = "mnt",
 ) -> Iterator[LoopDisk]:
-    """Set up a loop disk in `workdir`; everything is undone on exit, even after failure."""
+    """Set up a loop disk (a sparse file in `workdir`, or a region of `scratch`);
+    everything is undone on exit, even after failure."""
     workdir.mkdir(parents=True, exist_ok=True)
-    backing = workdir / "disk.img"
-    with backing.open("wb") as f:
-        f.truncate(size_mib << 20)
     with contextlib.ExitStack() as undo:
-        undo.callback(backing.unlink, missing_ok=True)
-        # Direct IO on the backing file: the loop device's own IO is then real disk IO,
-        # not page-cache copies, so fio numbers mean something.
-        node = run(["losetup", "--find", "--show", "--direct-io=on", str(backing)])
+        if scratch is not None:
+            backing = Path(scratch.path)
+            node, direct_io = _attach_region(scratch, size_mib << 20), True
+        else:
+            backing = workdir / "disk.img"
+            with backing.open("wb") as f:
+                f.truncate(size_mib << 20)
+            undo.callback(backing.unlink, missing_ok=True)
+            node, direct_io = _attach(backing)
         undo.callback(run, ["losetup", "--detach", node])
         wait_for_node(node)
         fs_node = node
@@ -221,7 +284,12 @@ def loop_disk(
             backing=backing,
             mount=mount,
             partition=part_dev,
+            direct_io=direct_io,
         )
+
+
+def lab_tools_missing() -> list[str]:
+    return [tool for tool in ("losetup", "mkfs.ext4", "mount", "fio") if not shutil.which(tool)]
 
 
 def umount(mount: Path) -> None:

@@ -19,11 +19,11 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -32,13 +32,12 @@ import pytest
 from diskguard.lab import (
     FioResult,
     KubeletRoot,
+    LoopDisk,
+    ScratchDisk,
     prepare_fio_file,
     remove_cgroup_tree,
 )
-from diskguard.lab import device_of as _device_of
-from diskguard.lab import run as _run
-from diskguard.lab import umount as _umount
-from diskguard.lab import wait_for_node as _wait_for_node
+from diskguard.lab import loop_disk as lab_loop_disk
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
 from diskguard.node.cgroups import (
     CgroupError,
@@ -52,9 +51,15 @@ CGROUP_ROOT = os.environ.get("DISKGUARD_TEST_CGROUP_ROOT", "/sys/fs/cgroup")
 SKIP_V1 = "needs cgroup v1 blkio controller"
 SKIP_V2 = "needs cgroup v2 io controller"
 SKIP_ROOT = "needs root"
-SCRATCH_HEAD = 1 << 30
 
-__all__ = ["FioResult", "KubeletRoot", "prepare_fio_file", "remove_cgroup_tree"]
+__all__ = [
+    "FioResult",
+    "KubeletRoot",
+    "LoopDisk",
+    "ScratchDisk",
+    "prepare_fio_file",
+    "remove_cgroup_tree",
+]
 
 _LANE_KEY = pytest.StashKey[CgroupHierarchy | str]()
 
@@ -214,133 +219,13 @@ def container_cgroup(kubelet_root: KubeletRoot) -> Path:
 # ---------------------------------------------------------------- loop disks
 
 
-@attrs.frozen
-class LoopDisk:
-    """A loop device on a sparse file, optionally with one partition and an ext4 mount.
-
-    `device` is the whole loop disk (what throttle rules name); `partition` is the
-    partition's own device (e.g. 259:N) when one was made; `mount` is where the
-    filesystem (on the partition if there is one) is mounted, or None.
-    """
-
-    device: Device
-    node: Path
-    backing: Path
-    mount: Path | None
-    partition: Device | None = None
-    direct_io: bool = False
-
-
-def _attach(backing: Path) -> tuple[str, bool]:
-    """losetup with direct IO when the backing filesystem allows it (tmpfs before 6.6
-    does not: EINVAL), else buffered."""
-    try:
-        return _run(["losetup", "--find", "--show", "--direct-io=on", str(backing)]), True
-    except RuntimeError:
-        return _run(["losetup", "--find", "--show", str(backing)]), False
-
-
-@attrs.define
-class ScratchDisk:
-    """Regions of a lane's scratch block device to back loop disks with.
-
-    A loop device over a tmpfs file (what the qemu lane's /tmp is) cannot do direct IO,
-    and under emulation it delivers 10-20% below a blk-throttle limit; one doing direct
-    IO to a real disk is exact. So when the lane names a scratch disk, loop disks are
-    carved out of it (losetup --offset/--sizelimit), cycling through the space after
-    the first GiB (left to tests that write the raw disk). Tests run one at a time and
-    every loop disk is detached at its test's end, so regions never overlap in time.
-    """
-
-    path: str
-    size: int
-    cursor: int = SCRATCH_HEAD
-
-    def region(self, size: int) -> int:
-        if self.cursor + size > self.size:
-            self.cursor = SCRATCH_HEAD
-        offset = self.cursor
-        self.cursor += size
-        return offset
-
-    @classmethod
-    def from_env(cls) -> ScratchDisk | None:
-        path = os.environ.get("DISKGUARD_TEST_SCRATCH_DISK") or os.environ.get("DISKGUARD_VM_DISK")
-        if not path or not os.path.exists(path) or not stat.S_ISBLK(os.stat(path).st_mode):
-            return None
-        rdev = os.stat(path).st_rdev
-        sectors = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/size").read_text()
-        size = int(sectors) * 512
-        return cls(path, size) if size >= 2 * SCRATCH_HEAD else None
-
-
-def _attach_region(scratch: ScratchDisk, size: int) -> str:
-    offset = scratch.region(size)
-    return _run(
-        [
-            "losetup",
-            "--find",
-            "--show",
-            "--direct-io=on",
-            f"--offset={offset}",
-            f"--sizelimit={size}",
-            scratch.path,
-        ]
-    )
-
-
 @contextlib.contextmanager
-def loop_disk_ctx(
-    workdir: Path,
-    *,
-    scratch: ScratchDisk | None = None,
-    size_mib: int = 256,
-    filesystem: bool = True,
-    partition: bool = False,
-    mount_name: str = "mnt",
-) -> Iterator[LoopDisk]:
-    """Set up a loop disk (a sparse file in `workdir`, or a region of `scratch`);
-    everything is undone on exit, even after failure."""
+def loop_disk_ctx(workdir: Path, **kwargs: Any) -> Iterator[LoopDisk]:
+    """`diskguard.lab.loop_disk`, skipping the test where the tools are missing."""
     if shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
         pytest.skip("needs losetup and mkfs.ext4")
-    workdir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as undo:
-        if scratch is not None:
-            backing = Path(scratch.path)
-            node, direct_io = _attach_region(scratch, size_mib << 20), True
-        else:
-            backing = workdir / "disk.img"
-            with backing.open("wb") as f:
-                f.truncate(size_mib << 20)
-            undo.callback(backing.unlink, missing_ok=True)
-            node, direct_io = _attach(backing)
-        undo.callback(_run, ["losetup", "--detach", node])
-        _wait_for_node(node)
-        fs_node = node
-        part_dev: Device | None = None
-        if partition:
-            # No partition-table parsers in some kernels: add the partition by hand.
-            # Start and length are in 512-byte sectors.
-            _run(["addpart", node, "1", "2048", str(((size_mib - 2) << 20) // 512)])
-            undo.callback(_run, ["delpart", node, "1"])
-            fs_node = f"{node}p1"
-            _wait_for_node(fs_node)
-            part_dev = _device_of(fs_node)
-        mount: Path | None = None
-        if filesystem:
-            _run(["mkfs.ext4", "-q", "-F", fs_node])
-            mount = workdir / mount_name
-            mount.mkdir()
-            _run(["mount", "-t", "ext4", fs_node, str(mount)])
-            undo.callback(_umount, mount)
-        yield LoopDisk(
-            device=_device_of(node),
-            node=Path(node),
-            backing=backing,
-            mount=mount,
-            partition=part_dev,
-            direct_io=direct_io,
-        )
+    with lab_loop_disk(workdir, **kwargs) as disk:
+        yield disk
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import trio
 
 from diskguard.model import IOLimits
 
-from .conftest import P, Cluster, scaled
+from .conftest import Cluster, P, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -43,7 +43,7 @@ async def test_prometheus_scrapes_the_agent(
         f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
     port = free_port()
-    prom = subprocess.Popen(
+    prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
