@@ -227,3 +227,38 @@ def test_batch_and_iterative_map_reads_agree(
     assert batched == walked
     counted = batched[target][disk.device]
     assert counted.rios + counted.wios == 200
+
+
+@pytest.mark.v2  # cgroup v1 has no cgroup writeback: flushed pages are charged to the root
+def test_buffered_writes_flushed_by_writeback_are_charged_to_the_writer(
+    bpf_sampler: BpfSampler,
+    kubelet_root: KubeletRoot,
+    disk: LoopDisk,
+    run_in_cgroup: RunInCgroup,
+) -> None:
+    """The writer leaves dirty pages and exits; a `sync` from outside its cgroup makes the
+    flusher kworker issue the IO. The blkcg the block layer charges is still the writer's."""
+    assert disk.mount is not None
+    writer, bystander = kubelet_root.leaf("writer"), kubelet_root.leaf("bystander")
+    targets = [Target.of(writer), Target.of(bystander)]
+    before = bpf_sampler.read(targets)
+    size_mib = 16
+    dd = run_in_cgroup(
+        writer,
+        [
+            "dd",
+            "if=/dev/zero",
+            f"of={disk.mount / 'buffered.dat'}",
+            "bs=1M",
+            f"count={size_mib}",
+            "status=none",
+        ],
+    )
+    assert dd.wait(timeout=60) == 0
+    os.sync()  # from the test process: IO is issued by writeback, not by dd
+    time.sleep(0.5)
+    after = bpf_sampler.read(targets)
+    written = delta(after, before, targets[0], disk.device)
+    others = delta(after, before, targets[1], disk.device)
+    assert written.wbytes >= 0.95 * (size_mib << 20), written
+    assert others.wbytes == 0 and others.wios == 0, others
