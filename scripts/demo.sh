@@ -4,6 +4,6 @@
 # container is a real cgroup running fio). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-system-deps.sh dev
+bash scripts/install-system-deps.sh demo
 bash scripts/setup-venv.sh runtime
 exec .venv/bin/diskguard demo "$@"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages diskguard needs, shared by .ci/run, the demo and the Dockerfile.
-# Usage: scripts/install-system-deps.sh [runtime|dev]
+# Usage: scripts/install-system-deps.sh [runtime|demo|dev]
 #   runtime: what the agent needs on a node (BCC, tools it reads with).
-#   dev:     runtime + what the test lanes need (fio, loop devices, qemu lane).
+#   demo:    runtime + fio (the no-cluster demo runs real IO).
+#   dev:     runtime + what the test lanes need (fio, qemu lane, prometheus).
 set -euo pipefail
 kind="${1:-dev}"
 export DEBIAN_FRONTEND=noninteractive
@@ -11,7 +12,12 @@ runtime_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool
 dev_pkgs=(fio linux-headers-amd64 qemu-system-x86 busybox-static kmod cpio zstd procps prometheus)
 
 pkgs=("${runtime_pkgs[@]}")
-if [ "$kind" = dev ]; then pkgs+=("${dev_pkgs[@]}"); fi
+case "$kind" in
+  runtime) ;;
+  demo) pkgs+=(fio) ;;
+  dev) pkgs+=("${dev_pkgs[@]}") ;;
+  *) echo "usage: $0 [runtime|demo|dev]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do
