@@ -13,17 +13,17 @@ from typing import Any
 import httpx
 import pytest
 import trio
-
 from agent.conftest import (
     NODE,
-    P,
     Cluster,
+    P,
     RunningAgent,
     agent_output,
     agent_subprocess,
     cluster,
     start_agent,
 )
+
 from diskguard.agent import Agent, NodeSetup
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
@@ -31,8 +31,8 @@ from diskguard.model import Device, IOLimits
 
 __all__ = [
     "NODE",
-    "P",
     "Cluster",
+    "P",
     "RunningAgent",
     "agent_output",
     "agent_subprocess",

@@ -60,10 +60,43 @@ _NUMBERISH = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.sampled_from(
         [
-            "", " ", "0", "00", "+5", "-0", "1e3", "1E3", "0x10", "1_000", "1.5", "1.5Ki", "10Mi",
-            "500k", "1G", "1Ei", "9Ei", "1e400", "NaN", "inf", "-inf", "١٢٣", "１２３", "½",
-            "10 Mi", "10mi", " 7 ", "7\n", "\x00", "\u202e123", "9" * 400, str(2**32 - 1),
-            str(2**32 - 2), str(2**63), str(2**63 - 1), "true", "null",
+            "",
+            " ",
+            "0",
+            "00",
+            "+5",
+            "-0",
+            "1e3",
+            "1E3",
+            "0x10",
+            "1_000",
+            "1.5",
+            "1.5Ki",
+            "10Mi",
+            "500k",
+            "1G",
+            "1Ei",
+            "9Ei",
+            "1e400",
+            "NaN",
+            "inf",
+            "-inf",
+            "١٢٣",
+            "\uff11\uff12\uff13",
+            "½",
+            "10 Mi",
+            "10mi",
+            " 7 ",
+            "7\n",
+            "\x00",
+            "\u202e123",
+            "9" * 400,
+            str(2**32 - 1),
+            str(2**32 - 2),
+            str(2**63),
+            str(2**63 - 1),
+            "true",
+            "null",
         ]
     ),
     st.text(alphabet="0123456789.-+eEkKMGTPi ", max_size=12),
@@ -108,10 +141,10 @@ def test_pod_and_namespace_annotations_resolve_to_kernel_range_limits(
     policy = namespace_policy("ns", ns_annotations, P, None)
     policy = namespace_policy("ns", ns_annotations, P, policy.memory)  # and with memory
     memory = None
-    for annotations in rounds:
-        keys = key_set(annotations, P, memory)
+    for pod_annotations in rounds:
+        keys = key_set(pod_annotations, P, memory)
         for bad in keys.parsed.invalid.values():
-            assert bad.reason and bad.key in annotations
+            assert bad.reason and bad.key in pod_annotations
         res = resolve_limits(
             keys, IOLimits(500, 500), namespace=policy, guardrails=guard, pod_namespace="ns"
         )
@@ -137,17 +170,39 @@ def test_plan_pod_with_fuzzed_annotations_and_labels(
         containers=(),
     )
     exclusion = ExclusionFilter.from_strings("pause", "kube-system", "tier in (db),!canary", "")
-    plan = plan_pod(
-        pod, prefix=P, defaults=IOLimits(500, 500), exclusion=exclusion, previous=None
-    )
+    plan = plan_pod(pod, prefix=P, defaults=IOLimits(500, 500), exclusion=exclusion, previous=None)
     _in_range(plan.resolution.limits)
 
 
 # -- label selectors -------------------------------------------------------------------
 
 _SELECTOR_TOKENS = st.sampled_from(
-    ["in", "notin", "=", "==", "!=", "!", ">", "<", "(", ")", ",", " ", "a", "b.c/d", "x-y",
-     "1", "-1", "99999999999999999999", "é", "\t", "\n", "a" * 70, "k8s.io/", "/"]
+    [
+        "in",
+        "notin",
+        "=",
+        "==",
+        "!=",
+        "!",
+        ">",
+        "<",
+        "(",
+        ")",
+        ",",
+        " ",
+        "a",
+        "b.c/d",
+        "x-y",
+        "1",
+        "-1",
+        "99999999999999999999",
+        "é",
+        "\t",
+        "\n",
+        "a" * 70,
+        "k8s.io/",
+        "/",
+    ]
 )
 
 
@@ -172,23 +227,48 @@ def test_label_selector_parses_or_says_why_and_matching_never_fails(
 
 _HOSTILE_IDS = st.sampled_from(
     [
-        "containerd://../../x", "containerd://..", "docker://" + "a" * 64 + "/../../etc",
-        "cri-o://" + "a" * 64 + "/..", "containerd:///" + "a" * 64, "containerd://" + "A" * 64,
-        "containerd://" + "a" * 64 + "\n", "containerd://" + "a" * 11, "containerd://" + "a" * 129,
-        "containerd://" + "٣" * 64, "containerd://" + "ａ" * 64, "containerd://%2e%2e%2f",
-        "rkt://" + "a" * 64, "containerd//" + "a" * 64, "containerd://" + "a" * 63 + "\x00",
-        "containerd://" + "a" * 64, "docker://" + "0" * 12, "cri-o://" + "f" * 128,
+        "containerd://../../x",
+        "containerd://..",
+        "docker://" + "a" * 64 + "/../../etc",
+        "cri-o://" + "a" * 64 + "/..",
+        "containerd:///" + "a" * 64,
+        "containerd://" + "A" * 64,
+        "containerd://" + "a" * 64 + "\n",
+        "containerd://" + "a" * 11,
+        "containerd://" + "a" * 129,
+        "containerd://" + "٣" * 64,
+        "containerd://" + "\uff41" * 64,
+        "containerd://%2e%2e%2f",
+        "rkt://" + "a" * 64,
+        "containerd//" + "a" * 64,
+        "containerd://" + "a" * 63 + "\x00",
+        "containerd://" + "a" * 64,
+        "docker://" + "0" * 12,
+        "cri-o://" + "f" * 128,
     ]
 )
 _HOSTILE_UIDS = st.sampled_from(
     [
-        "../../etc", "0b9c6f1e-3a52-4a87-9d5e-2f1b7c3e4d01", "-", "a/../b", "a" * 65, "", ".",
-        "a-", "0b9c6f1e\n", "ＡＢ", "3f6b1c2d4e5f60718293a4b5c6d7e8f9", "a b", "a\\b",
+        "../../etc",
+        "0b9c6f1e-3a52-4a87-9d5e-2f1b7c3e4d01",
+        "-",
+        "a/../b",
+        "a" * 65,
+        "",
+        ".",
+        "a-",
+        "0b9c6f1e\n",
+        "\uff21\uff22",
+        "3f6b1c2d4e5f60718293a4b5c6d7e8f9",
+        "a b",
+        "a\\b",
     ]
 )
 _JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -199,7 +279,11 @@ def raw_pods(draw: st.DrawFn) -> dict[str, Any]:
     names = draw(st.lists(st.text(max_size=10), min_size=0, max_size=3))
     cid = st.one_of(_HOSTILE_IDS, st.text(max_size=80), _JSONISH)
     statuses = [
-        {"name": n, "containerID": draw(cid), "state": draw(st.sampled_from([{"running": {}}, {}, None]))}
+        {
+            "name": n,
+            "containerID": draw(cid),
+            "state": draw(st.sampled_from([{"running": {}}, {}, None])),
+        }
         for n in names
     ]
     annotations = draw(ANNOTATIONS)
@@ -219,7 +303,9 @@ def raw_pods(draw: st.DrawFn) -> dict[str, Any]:
             "containers": [{"name": n, "image": draw(st.text(max_size=10))} for n in names],
         },
         "status": {
-            "qosClass": draw(st.sampled_from(["Burstable", "BestEffort", "Guaranteed", "??", None])),
+            "qosClass": draw(
+                st.sampled_from(["Burstable", "BestEffort", "Guaranteed", "??", None])
+            ),
             "containerStatuses": statuses,
         },
     }
@@ -257,7 +343,13 @@ def test_pod_ids_never_build_a_path_outside_the_kubelet_root(
         if c.container_id is None or c.runtime is None:
             continue
         ref = ContainerRef(
-            pod.namespace, pod.name, pod.uid, c.name, c.container_id, c.runtime, pod.qos,
+            pod.namespace,
+            pod.name,
+            pod.uid,
+            c.name,
+            c.container_id,
+            c.runtime,
+            pod.qos,
             pod.cgroup_uid,
         )
         for rel in container_cgroup_candidates(ref, None, kubelet_root):
@@ -268,7 +360,7 @@ def test_pod_ids_never_build_a_path_outside_the_kubelet_root(
 @given(st.one_of(_HOSTILE_IDS, st.text(max_size=200)))
 def test_container_id_is_validated_before_it_becomes_a_path(raw: str) -> None:
     try:
-        runtime, cid = parse_container_id(raw)
+        _runtime, cid = parse_container_id(raw)
     except ValueError as exc:
         assert str(exc)
         return
@@ -311,7 +403,10 @@ def test_pod_lists_through_the_reconciler_touch_only_paths_below_the_root(
         reconciler.on_watch_event(Changed("MODIFIED", obj))
     for pod in list(reconciler.pods.values()):
         plan = plan_pod(
-            pod, prefix=P, defaults=IOLimits(500, 500), exclusion=ExclusionFilter(),
+            pod,
+            prefix=P,
+            defaults=IOLimits(500, 500),
+            exclusion=ExclusionFilter(),
             previous=None,
         )
         for cplan in plan.containers:
@@ -327,9 +422,31 @@ def test_pod_lists_through_the_reconciler_touch_only_paths_below_the_root(
 _ENV_VALUES = st.one_of(
     _NUMBERISH,
     st.sampled_from(
-        ["auto", "v1", "v2", "true", "false", "/", "/data", "relative", "/a,,/b", ":2112",
-         "[::1]:80", "127.0.0.1:99999", "a in (b", "(", "[", "*", "\x00", "é" * 300, "0.0", "-1",
-         "1e-9", "nan", "inf"]
+        [
+            "auto",
+            "v1",
+            "v2",
+            "true",
+            "false",
+            "/",
+            "/data",
+            "relative",
+            "/a,,/b",
+            ":2112",
+            "[::1]:80",
+            "127.0.0.1:99999",
+            "a in (b",
+            "(",
+            "[",
+            "*",
+            "\x00",
+            "é" * 300,
+            "0.0",
+            "-1",
+            "1e-9",
+            "nan",
+            "inf",
+        ]
     ),
 )
 
@@ -348,11 +465,18 @@ def test_any_env_loads_or_raises_a_config_error_naming_the_variable(env: dict[st
 # -- cAdvisor payloads -----------------------------------------------------------------
 
 _METRICS = st.sampled_from(
-    ["container_fs_reads_total", "container_fs_writes_total", "container_fs_reads_bytes_total",
-     "container_fs_writes_bytes_total", "container_fs_reads", "container_cpu_usage_seconds_total"]
+    [
+        "container_fs_reads_total",
+        "container_fs_writes_total",
+        "container_fs_reads_bytes_total",
+        "container_fs_writes_bytes_total",
+        "container_fs_reads",
+        "container_cpu_usage_seconds_total",
+    ]
 )
-_LABEL_VALUE = st.one_of(st.sampled_from(["default", "web", "app", "/dev/vdb", "vdb", "", "POD"]),
-                         st.text(max_size=10))
+_LABEL_VALUE = st.one_of(
+    st.sampled_from(["default", "web", "app", "/dev/vdb", "vdb", "", "POD"]), st.text(max_size=10)
+)
 
 
 @st.composite
@@ -364,18 +488,26 @@ def cadvisor_lines(draw: st.DrawFn) -> str:
         return f"# TYPE {draw(_METRICS)} {draw(st.sampled_from(['counter', 'gauge', 'bogus', '']))}"
     labels = ",".join(
         f'{k}="{draw(_LABEL_VALUE)}"'
-        for k in draw(st.lists(st.sampled_from(["namespace", "pod", "container", "device", "x"]),
-                               max_size=5))
+        for k in draw(
+            st.lists(st.sampled_from(["namespace", "pod", "container", "device", "x"]), max_size=5)
+        )
     )
-    value = draw(st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                           st.integers(-(2**70), 2**70).map(str), st.sampled_from(["NaN", "+Inf", "x"])))
+    value = draw(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True).map(repr),
+            st.integers(-(2**70), 2**70).map(str),
+            st.sampled_from(["NaN", "+Inf", "x"]),
+        )
+    )
     stamp = draw(st.sampled_from(["", " 1700000000000", " -1", " 1e30", " abc"]))
     return f"{draw(_METRICS)}{{{labels}}} {value}{stamp}"
 
 
 @FUZZ
-@given(st.lists(cadvisor_lines(), max_size=12).map("\n".join),
-       st.one_of(st.none(), st.lists(st.sampled_from(["vdb", "/dev/vdb", "", "/dev/"]))))
+@given(
+    st.lists(cadvisor_lines(), max_size=12).map("\n".join),
+    st.one_of(st.none(), st.lists(st.sampled_from(["vdb", "/dev/vdb", "", "/dev/"]))),
+)
 def test_cadvisor_payload_parses_or_says_why(text: str, devices: list[str] | None) -> None:
     try:
         parsed = parse_cadvisor(text, devices)
@@ -395,6 +527,7 @@ def attrs_values(obj: Any) -> list[int]:
 
 # -- kubelet /pods payloads over real TLS ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fake_kubelet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, KubeletSettings]]:
     from diskguard.fakekubelet import FakeKubelet, server_tls_context
@@ -409,13 +542,27 @@ def fake_kubelet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
 _BODIES = st.one_of(
     st.text(max_size=100),
     _JSONISH.map(json.dumps),
-    st.lists(_JSONISH, max_size=4).map(lambda items: json.dumps({"kind": "PodList", "items": items})),
-    st.sampled_from(['{"kind":"PodList"}', '{"items": null}', "[]", "null", '{"items": [1]}',
-                     '{"items": [{}]}', "\ufeff{}", '{"items": [{"metadata": 5}]}']),
+    st.lists(_JSONISH, max_size=4).map(
+        lambda items: json.dumps({"kind": "PodList", "items": items})
+    ),
+    st.sampled_from(
+        [
+            '{"kind":"PodList"}',
+            '{"items": null}',
+            "[]",
+            "null",
+            '{"items": [1]}',
+            '{"items": [{}]}',
+            "\ufeff{}",
+            '{"items": [{"metadata": 5}]}',
+        ]
+    ),
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(_BODIES)
 def test_kubelet_pod_list_payload_is_a_pod_list_or_a_kubelet_error(
     fake_kubelet: tuple[Any, KubeletSettings], body: str

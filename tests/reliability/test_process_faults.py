@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from diskguard.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 from diskguard.model import IOLimits
 
 from .conftest import (
-    P,
     Cluster,
+    P,
     agent_output,
     agent_subprocess,
     kernel_mismatches,
-    stop_process,
     wait_all,
     wait_until,
 )
@@ -71,7 +71,7 @@ async def test_sigkill_mid_reconcile_of_many_pods_then_restart_converges(
         while not any(cluster.kernel(cg) != IOLimits() for cg in probes):
             assert proc.poll() is None, agent_output(proc).decode()[-2000:]
             assert time.monotonic() < deadline, "the agent never started limiting"
-            await trio.sleep(0)  # as tight as the loop allows; no sleep granularity
+            await trio.lowlevel.checkpoint()  # as tight as the loop allows; no sleep granularity
         proc.send_signal(signal.SIGKILL)
         await trio.to_thread.run_sync(proc.wait)
         done = len(cgroups) - len(kernel_mismatches(cluster, want))
@@ -133,7 +133,7 @@ async def _sigterm_during_hung_patch(cluster: Cluster) -> tuple[float, int, str,
 async def test_sigterm_while_a_smart_limit_patch_hangs_exits_in_bounded_time(
     cluster: Cluster,
 ) -> None:
-    took, code, out, cg = await _sigterm_during_hung_patch(cluster)
+    took, code, out, _ = await _sigterm_during_hung_patch(cluster)
     assert code == 0, out[-3000:]
     # bounded by the patch's own read timeout (10 s), well inside a pod's 30 s grace period
     assert took < 15, f"SIGTERM took {took:.1f}s"
