@@ -77,6 +77,7 @@ class Applier:
             held = self._backend.read(path)
             after: list[tuple[Device, IOLimits]] = []
             changes: list[str] = []
+            errors: list[str] = []
             for device in self._devices:
                 have = held.get((device.major, device.minor), UNLIMITED)
                 want = (
@@ -85,10 +86,17 @@ class Applier:
                     else limits_to_enforce(plan.resolution, have)
                 )
                 if want != have:
-                    self._backend.write(path, device, want, have)
+                    try:
+                        self._backend.write(path, device, want, have)
+                    except (DeviceRejectedError, LimitRejectedError) as exc:
+                        # One bad device (vanished, refused value) must not keep the
+                        # others from their limits.
+                        errors.append(str(exc))
+                        after.append((device, have))
+                        continue
                     changes.extend(_describe(device, have, want))
                 after.append((device, want))
-            return ApplyResult(ref, path, tuple(after), tuple(changes))
+            return ApplyResult(ref, path, tuple(after), tuple(changes), "; ".join(errors))
         except CgroupGoneError:
             self._paths.pop(ref.container_id, None)
             return ApplyResult(ref, None)

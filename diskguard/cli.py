@@ -39,11 +39,17 @@ def run() -> None:
     problem = ""
     try:
         trio.run(run_until_signalled, config, env)
-    except* startup_errors as group:  # naked, or from inside the agent's nursery
-        problem = "; ".join(str(e) for e in group.exceptions)
+    except* startup_errors as group:  # naked, or from inside the agent's nurseries
+        problem = "; ".join(str(e) for e in _leaves(group))
     if problem:
         click.echo(f"diskguard: cannot start: {problem}", err=True)
         sys.exit(1)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _config_or_exit(env: dict[str, str]) -> Config:

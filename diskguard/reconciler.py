@@ -106,15 +106,17 @@ class Reconciler:
             self._relisted = True
         elif isinstance(event, Changed):
             if event.kind == "DELETED":
-                uid = str((event.object.get("metadata") or {}).get("uid", ""))
-                self._forget(uid)
+                meta = event.object.get("metadata") if isinstance(event.object, Mapping) else None
+                self._forget(str(meta.get("uid", "")) if isinstance(meta, Mapping) else "")
             else:
                 uid = self._upsert(event.object)
                 if uid:
                     self._dirty.add(uid)
 
     def _upsert(self, obj: Mapping[str, Any]) -> str | None:
-        meta = obj.get("metadata") or {}
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        if not isinstance(meta, Mapping):
+            meta = {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
         try:
             pod = parse_pod(obj, self.settings.forced_runtime)

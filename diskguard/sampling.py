@@ -81,9 +81,7 @@ class SamplingTask:
         started = trio.current_time()
         try:
             async with self._reconciler.kernel_lock:  # v1 arming writes throttle files
-                snapshot = await trio.to_thread.run_sync(
-                    self.sampler.read, list(targets.values())
-                )
+                snapshot = await trio.to_thread.run_sync(self.sampler.read, list(targets.values()))
         except Exception as exc:  # a sampler failure must not stop enforcement
             self.errors += 1
             log.warning("sampling failed: %s", exc)

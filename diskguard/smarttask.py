@@ -178,10 +178,13 @@ class SmartLimiter:
         # decides again on the new state.
         body = {"metadata": {"resourceVersion": pod.resource_version, "annotations": annotations}}
         try:
+            # Abandoned on cancel: shutdown must not wait on a hung API server; the patch is
+            # guarded by resourceVersion, so a late one cannot do harm.
             await trio.to_thread.run_sync(
                 lambda: self._api.patch_namespaced_pod(
                     pod.name, pod.namespace, body, _request_timeout=(5, 10)
-                )
+                ),
+                abandon_on_cancel=True,
             )
         except ApiException as exc:
             self.patches[f"http_{exc.status}"] += 1

@@ -30,7 +30,6 @@ from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sa
 log = logging.getLogger(__name__)
 
 
-
 @attrs.frozen
 class Row:
     name: str  # namespace/pod/container, or the cgroup path

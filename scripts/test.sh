@@ -18,6 +18,9 @@ echo "== static checks"
 echo "== host lane"
 DISKGUARD_LANE=host .venv/bin/pytest
 
+echo "== soak (short; the full one: .venv/bin/python bench/soak.py)"
+.venv/bin/python bench/soak.py --quick
+
 echo "== cgroup v2 lane (qemu)"
 # The pure tests do not depend on the kernel; the guest runs everything that touches it.
 v2_paths=()

@@ -92,10 +92,13 @@ async def post_events(
         delay = 0.5
         for attempt in range(1, attempts + 1):
             try:
+                # Abandoned on cancel (shutdown must not wait on a hung API server); a
+                # retried Event keeps its name, so a late original makes no duplicate.
                 await trio.to_thread.run_sync(
                     lambda b=body: api.create_namespaced_event(  # type: ignore[misc]
                         b["metadata"]["namespace"], b, _request_timeout=(5, 10)
-                    )
+                    ),
+                    abandon_on_cancel=True,
                 )
                 break
             except ApiException as exc:

@@ -154,7 +154,13 @@ class PodListChanges:
 
 def on_node(pods: Sequence[Mapping[str, Any]], node_name: str) -> tuple[Mapping[str, Any], ...]:
     """The kubelet only lists its own pods; a pod naming another node is dropped anyway."""
-    return tuple(p for p in pods if (p.get("spec") or {}).get("nodeName") in (None, node_name))
+
+    def node_of(pod: object) -> object:
+        spec = pod.get("spec") if isinstance(pod, Mapping) else None
+        return spec.get("nodeName") if isinstance(spec, Mapping) else None
+
+    # Malformed entries pass through to the reconciler, whose parser rejects them one by one.
+    return tuple(p for p in pods if node_of(p) in (None, node_name))
 
 
 async def _poll_once(

@@ -16,24 +16,53 @@ class PodParseError(ValueError):
     """A pod object diskguard cannot act on (logged once, the pod is left alone)."""
 
 
+def _mapping(value: object, what: str) -> Mapping[str, Any]:
+    """A JSON object from the API, or an empty one for null; anything else is malformed."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PodParseError(f"{what} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _objects(value: object, what: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PodParseError(f"{what} is a {type(value).__name__}, not a list")
+    return [_mapping(item, what) for item in value]
+
+
+def _strings(value: object, what: str) -> dict[str, str]:
+    mapping = _mapping(value, what)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise PodParseError(f"{what} must map strings to strings")
+    return dict(mapping)
+
+
 def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> PodInfo:
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
+    """Validate a raw Pod; anything malformed raises PodParseError (never another type)."""
+    if not isinstance(obj, Mapping):
+        raise PodParseError(f"pod is a {type(obj).__name__}, not an object")
+    meta = _mapping(obj.get("metadata"), "metadata")
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    where = f"pod {namespace}/{name}"
+    spec = _mapping(obj.get("spec"), f"{where}: spec")
+    status = _mapping(obj.get("status"), f"{where}: status")
     uid = str(meta.get("uid", ""))
     try:
         validate_pod_uid(uid)
     except ValueError as exc:
-        raise PodParseError(f"pod {namespace}/{name}: {exc}") from None
+        raise PodParseError(f"{where}: {exc}") from None
+    labels = _strings(meta.get("labels"), f"{where}: labels")
+    annotations = _strings(meta.get("annotations"), f"{where}: annotations")
 
     statuses = {
         str(s.get("name")): s
-        for s in status.get("containerStatuses") or []
-        if isinstance(s, Mapping)
+        for s in _objects(status.get("containerStatuses"), f"{where}: containerStatuses")
     }
     containers = []
-    for c in spec.get("containers") or []:
+    for c in _objects(spec.get("containers"), f"{where}: containers"):
         cname = str(c.get("name", ""))
         cstatus = statuses.get(cname) or {}
         raw_id = cstatus.get("containerID") or ""
@@ -43,25 +72,26 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
             try:
                 runtime, container_id = parse_container_id(str(raw_id))
             except ValueError as exc:
-                raise PodParseError(f"pod {namespace}/{name} container {cname}: {exc}") from None
+                raise PodParseError(f"{where} container {cname}: {exc}") from None
             if forced_runtime is not None:
                 runtime = forced_runtime
+        state = _mapping(cstatus.get("state"), f"{where} container {cname}: state")
         containers.append(
             ContainerInfo(
                 name=cname,
                 image=str(c.get("image", "")),
                 container_id=container_id,
                 runtime=runtime,
-                running=bool((cstatus.get("state") or {}).get("running") is not None),
+                running=state.get("running") is not None,
             )
         )
 
-    mirror = str((meta.get("annotations") or {}).get(MIRROR_ANNOTATION, ""))
+    mirror = annotations.get(MIRROR_ANNOTATION, "")
     if mirror:
         try:
             validate_pod_uid(mirror)
         except ValueError as exc:
-            raise PodParseError(f"pod {namespace}/{name}: static pod hash: {exc}") from None
+            raise PodParseError(f"{where}: static pod hash: {exc}") from None
     return PodInfo(
         uid=uid,
         cgroup_uid=mirror,
@@ -69,8 +99,8 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
         name=name,
         node_name=str(spec.get("nodeName", "")),
         qos=_qos_class(status.get("qosClass"), spec),
-        labels=dict(meta.get("labels") or {}),
-        annotations=dict(meta.get("annotations") or {}),
+        labels=labels,
+        annotations=annotations,
         containers=tuple(containers),
         resource_version=str(meta.get("resourceVersion", "")),
     )
@@ -81,12 +111,15 @@ def _qos_class(reported: object, spec: Mapping[str, Any]) -> QoSClass:
     for qos in QoSClass:
         if reported == qos.value:
             return qos
-    containers = list(spec.get("containers") or []) + list(spec.get("initContainers") or [])
+    containers = _objects(spec.get("containers"), "containers") + _objects(
+        spec.get("initContainers"), "initContainers"
+    )
     requests_seen = False
     guaranteed = True
     for c in containers:
-        res = c.get("resources") or {}
-        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        res = _mapping(c.get("resources"), "resources")
+        req = _mapping(res.get("requests"), "requests")
+        lim = _mapping(res.get("limits"), "limits")
         if req or lim:
             requests_seen = True
         for kind in ("cpu", "memory"):

@@ -212,19 +212,7 @@ def _holds(cluster: Cluster, cgroup: Path, device: Device, want: IOLimits) -> bo
     "vanishing_first",
     [
         False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: Applier._apply_one writes the data devices in order and the first "
-                    "DeviceRejectedError (ENODEV from the vanished disk) aborts the loop, so "
-                    "disks listed after a vanished one never get new or changed limits. "
-                    "Fix: catch DeviceRejectedError per device inside the loop, record it, "
-                    "carry on with the other devices, and report the error(s) in the result"
-                ),
-            ),
-        ),
+        True,
     ],
     ids=["vanishing-disk-last", "vanishing-disk-first"],
 )
@@ -348,18 +336,6 @@ async def test_sampler_auto_without_bpf_falls_back_and_limits_hold(
     assert cluster.kernel(cg) == IOLimits(500, 70)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: with SAMPLER=bpf and no headers the agent exits 1 saying only 'cannot start: "
-        "Exceptions from Trio nursery (1 sub-exception)': cli.run's `except* startup_errors "
-        "as group` joins str() of group.exceptions, but the SamplerUnavailable sits two "
-        "nurseries deep (agent.run inside run_until_signalled), so group.exceptions holds an "
-        "ExceptionGroup. Fix: join the leaves instead, e.g. a helper `_leaves(exc)` that "
-        "recurses into BaseExceptionGroup.exceptions, `problem = '; '.join(str(e) for e in "
-        "_leaves(group))`"
-    ),
-)
 async def test_sampler_bpf_without_headers_refuses_to_start_clearly(cluster: Cluster) -> None:
     proc = _agent_in_private_mounts(
         cluster,
@@ -415,16 +391,6 @@ async def test_kubelet_tls_failure_falls_back_to_the_api_server(
         await cluster.wait_kernel(cg, IOLimits(90, 90), timeout=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a malformed pod in the kubelet's /pods answer (here metadata.labels a list and "
-        "a container that is a string) raises AttributeError/ValueError in parse_pod instead "
-        "of PodParseError; the reconciler task dies and takes the agent down, so the good pod "
-        "beside it is never limited. Fix: see test_fuzz.py::"
-        "test_structurally_malformed_pods_are_refused_with_a_pod_parse_error"
-    ),
-)
 async def test_malformed_pod_from_the_kubelet_does_not_take_the_agent_down(
     cluster: Cluster, tmp_path: Path
 ) -> None:

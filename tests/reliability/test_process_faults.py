@@ -141,17 +141,6 @@ async def test_sigterm_while_a_smart_limit_patch_hangs_exits_in_bounded_time(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (minor): SIGTERM waits ~10 s for a hung smart-limit PATCH: SmartLimiter._patch "
-        "runs patch_namespaced_pod in trio.to_thread.run_sync without abandon_on_cancel, so "
-        "cancellation waits for the request's 10 s read timeout (post_events' "
-        "create_namespaced_event likewise). Fix: pass abandon_on_cancel=True to both calls "
-        "(the patch is guarded by resourceVersion and the Event carries a fixed name, so an "
-        "abandoned request that still lands is harmless); exit then takes well under 1 s"
-    ),
-)
 async def test_sigterm_while_a_smart_limit_patch_hangs_exits_within_three_seconds(
     cluster: Cluster,
 ) -> None:
