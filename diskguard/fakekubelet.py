@@ -9,17 +9,13 @@ exercised for real. The control methods are blocking calls meant for other threa
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import ipaddress
 import json
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import hypercorn.config
@@ -31,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from diskguard.threadserver import ThreadedServer
+
 if TYPE_CHECKING:
     import trustme
 
@@ -38,7 +36,6 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-_CALL_TIMEOUT = 30.0
 # What the kubelet's authorizer says when RBAC denies a request (here for `/pods`).
 _FORBIDDEN = "Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[{sub}])"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -164,13 +161,15 @@ class _TLSConfig(hypercorn.config.Config):
         return self._context
 
 
-class FakeKubelet:
+class FakeKubelet(ThreadedServer):
     """A fake kubelet over HTTPS. Use as a context manager or with `start()`/`stop()`.
 
     `token`: when set, every request must carry `Authorization: Bearer <token>` (else 401,
     as the kubelet answers an unauthenticated request). A required client certificate is
     part of `tls` (see `server_tls_context`): without one the TLS handshake is refused.
     """
+
+    what = "fake kubelet"
 
     def __init__(
         self,
@@ -181,75 +180,13 @@ class FakeKubelet:
         token: str | None = None,
         user: str = "system:serviceaccount:kube-system:diskguard",
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {port}")
-        self.host = host
-        self.port = port
         self._tls = tls
         self._state = _State(token, user)
-        self._app = _build_app(self._state)
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
-        self._serving: tuple[trio.CancelScope, trio.Event] | None = None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def __enter__(self) -> FakeKubelet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> FakeKubelet:
-        if self._thread is not None:
-            raise RuntimeError("the fake kubelet is already running")
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(ready,), name="fakekubelet", daemon=True
-        )
-        self._thread.start()
-        try:
-            ready.result(timeout=_CALL_TIMEOUT)
-        except BaseException:
-            self._thread.join(timeout=_CALL_TIMEOUT)
-            self._thread = None
-            raise
-        return self
-
-    def stop(self) -> None:
-        thread, token, nursery = self._thread, self._token, self._nursery
-        if thread is None:
-            return
-        if token is not None and nursery is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(nursery.cancel_scope.cancel)
-        thread.join(timeout=_CALL_TIMEOUT)
-        if thread.is_alive():
-            raise RuntimeError("the fake kubelet thread did not stop")
-        self._thread = self._token = self._nursery = None
-        self._serving = None
-
-    def go_down(self) -> None:
-        """Stop listening (connections refused, open ones cut); state is kept."""
-        self._call(self._stop_listening)
-
-    def come_back(self) -> None:
-        """Listen again on the same port."""
-        self._call(self._listen)
+        super().__init__(_build_app(self._state), host, port)
 
     @property
     def url(self) -> str:
-        host = self.host
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(host).version == 6:
-                host = f"[{host}]"
-        return f"https://{host}:{self.port}"
+        return f"https://{self.url_host()}:{self.port}"
 
     # -- what it serves -------------------------------------------------------------------
 
@@ -302,84 +239,5 @@ class FakeKubelet:
                     )
                 self._state.changed.wait(remaining)
 
-    # -- on the server's loop -------------------------------------------------------------
-
-    def _run_loop(self, ready: concurrent.futures.Future[None]) -> None:
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    await self._listen()
-                except BaseException as exc:
-                    ready.set_exception(exc)
-                    raise
-                ready.set_result(None)
-                await trio.sleep_forever()  # keeps the loop alive while down
-
-        try:
-            trio.run(main)
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            else:
-                log.exception("fake kubelet loop failed")
-
-    def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        token, nursery = self._token, self._nursery
-        if self._thread is None or token is None or nursery is None:
-            raise RuntimeError("the fake kubelet is not running")
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("blocking control call made from the fake kubelet's own loop")
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        async def runner() -> None:
-            try:
-                result.set_result(await fn())
-            except Exception as exc:
-                result.set_exception(exc)
-            except BaseException as exc:
-                result.set_exception(RuntimeError(f"fake kubelet loop ended: {exc!r}"))
-                raise
-
-        try:
-            token.run_sync_soon(lambda: nursery.start_soon(runner))
-        except trio.RunFinishedError:
-            raise RuntimeError("the fake kubelet is not running") from None
-        return result.result(timeout=_CALL_TIMEOUT)
-
-    def _config(self) -> hypercorn.config.Config:
-        config = _TLSConfig(self._tls)
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        config.bind = [f"{host}:{self.port}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("diskguard.fakekubelet.hypercorn")
-        config.graceful_timeout = 0.0  # go_down() cuts connections; nothing to wait for
-        return config
-
-    async def _listen(self) -> None:
-        assert self._nursery is not None
-        if self._serving is not None:
-            return
-        scope, done = trio.CancelScope(), trio.Event()
-
-        async def serve(*, task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                with scope:
-                    app = cast(hypercorn.typing.Framework, self._app)
-                    await hypercorn.trio.serve(app, self._config(), task_status=task_status)
-            finally:
-                done.set()
-
-        binds: list[str] = await self._nursery.start(serve)
-        if self.port == 0:
-            self.port = int(binds[0].rsplit(":", 1)[1])
-        self._serving = (scope, done)
-
-    async def _stop_listening(self) -> None:
-        serving, self._serving = self._serving, None
-        if serving is None:
-            return
-        scope, done = serving
-        scope.cancel()
-        await done.wait()
+    def _hypercorn_config(self) -> hypercorn.config.Config:
+        return _TLSConfig(self._tls)
