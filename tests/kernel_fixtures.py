@@ -16,7 +16,6 @@ device whose space past its first GiB loop disks may use (see ScratchDisk).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -34,8 +33,11 @@ from diskguard.lab import (
     KubeletRoot,
     LoopDisk,
     ScratchDisk,
+    fio_argv,
+    parse_fio_output,
     prepare_fio_file,
     remove_cgroup_tree,
+    spawn_in_cgroup,
 )
 from diskguard.lab import loop_disk as lab_loop_disk
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
@@ -152,20 +154,13 @@ def spawned() -> Iterator[Spawned]:
 
 RunInCgroup = Callable[..., "subprocess.Popen[bytes]"]
 
-# The shell joins the cgroup itself before exec'ing the command, so not a single
-# instruction of the command runs outside it.
-_JOIN_AND_EXEC = 'echo $$ > "$1" && shift && exec "$@"'
-
 
 @pytest.fixture
 def run_in_cgroup(spawned: Spawned) -> RunInCgroup:
     """`run_in_cgroup(cgroup_dir, argv, **popen_kwargs) -> Popen`, already inside the cgroup."""
 
-    def run(cgroup_dir: Path, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        procs = Path(cgroup_dir) / "cgroup.procs"
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            ["sh", "-c", _JOIN_AND_EXEC, "sh", str(procs), *argv], **kwargs
-        )
+    def run(cgroup_dir: Path, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = spawn_in_cgroup(cgroup_dir, argv, **kwargs)
         spawned.procs.append(proc)
         return proc
 
@@ -262,7 +257,7 @@ def make_loop_disk(
             count += 1
             workdir = tmp_path / f"loopdisk{count}"
             return stack.enter_context(
-                loop_disk_ctx(workdir, scratch=scratch_disk, **kwargs)  # type: ignore[arg-type]
+                loop_disk_ctx(workdir, scratch=scratch_disk, **kwargs)
             )
 
         yield make
@@ -306,22 +301,17 @@ def fio_iops(run_in_cgroup: RunInCgroup) -> FioIops:
         extra: Sequence[str] = (),
     ) -> FioResult:
         path = prepare_fio_file(Path(directory), size_mib)
-        argv = [
-            "fio",
-            "--name=diskguard",
-            f"--filename={path}",
-            f"--size={size_mib}M",
-            f"--rw={rw}",
-            f"--bs={bs}",
-            "--direct=1",
-            f"--ioengine={ioengine}",
-            f"--iodepth={iodepth}",
-            f"--runtime={runtime}",
-            "--time_based",
-            "--thread",
-            "--output-format=json",
-            *extra,
-        ]
+        argv = fio_argv(
+            path,
+            rw,
+            bs,
+            runtime,
+            size_mib=size_mib,
+            ioengine=ioengine,
+            iodepth=iodepth,
+            extra=extra,
+        )
+        # Started through run_in_cgroup so teardown kills it whatever happens.
         proc = run_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = proc.communicate(timeout=runtime + 60)
@@ -331,8 +321,6 @@ def fio_iops(run_in_cgroup: RunInCgroup) -> FioIops:
             raise RuntimeError(f"fio ran past {runtime + 60} s: {' '.join(argv)}") from None
         if proc.returncode != 0:
             raise RuntimeError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
-        # fio may print notes before the JSON document.
-        text = out.decode()
-        return FioResult.from_json(json.loads(text[text.index("{") :]))
+        return parse_fio_output(out)
 
     return run
