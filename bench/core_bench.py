@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
+from benchlib import cpu_seconds, interpreter, sigterm_as_interrupt
 
 from diskguard.fakeapi import FakeAPIServer
 from diskguard.fakeapi.objects import make_pod
@@ -58,7 +59,6 @@ NODE = "bench-node"
 PREFIX = "iops-limit"
 DEFAULT_LIMITS = IOLimits(riops=500, wiops=500)  # the agent's defaults (CONTAINER_IOPS_LIMIT)
 QOS_CYCLE = (QoSClass.BURSTABLE, QoSClass.BESTEFFORT, QoSClass.GUARANTEED)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -249,10 +249,7 @@ class AgentProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def cpu_seconds(self) -> float:
-        # /proc/PID/stat: fields after the ")" that closes comm; utime, stime are 14, 15.
-        raw = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.pid)
 
     def memory_kib(self) -> dict[str, int]:
         out = {}
@@ -599,26 +596,6 @@ def print_report(
 # ---------------------------------------------------------------- main
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every cleanup callback still runs."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interpreter() -> str:
-    """How to name this interpreter in the quoted command: relative if it is the repo's."""
-    repo = Path(__file__).resolve().parent.parent
-    exe = Path(sys.executable)
-    return str(exe.relative_to(repo)) if exe.is_relative_to(repo) else "python3"
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true",
@@ -662,7 +639,7 @@ def main(argv: Sequence[str]) -> int:
         repeats=args.repeats or plan.repeats,
         window=args.idle_seconds or plan.window,
     )
-    command = shlex.join([_interpreter(), "bench/core_bench.py", *argv])
+    command = shlex.join([interpreter(), "bench/core_bench.py", *argv])
 
     if os.geteuid() != 0:
         print("core_bench: needs root (cgroups, loop device)", file=sys.stderr)

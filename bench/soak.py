@@ -45,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
+from benchlib import cpu_seconds, interpreter, sigterm_as_interrupt
 from prometheus_client.parser import text_string_to_metric_families
 
 from diskguard.fakeapi import FakeAPIServer
@@ -65,7 +66,6 @@ NODE = "soak-node"
 PREFIX = "iops-limit"
 DEFAULT = IOLimits(riops=500, wiops=500)  # the agent's env defaults (CONTAINER_IOPS_LIMIT)
 QOS = (QoSClass.BURSTABLE, QoSClass.BESTEFFORT, QoSClass.GUARANTEED)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROBE_TIMEOUT = 10.0
 
 
@@ -274,9 +274,7 @@ class Agent:
         return ""
 
     def cpu_seconds(self) -> float:
-        raw = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = raw[raw.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -603,24 +601,6 @@ def print_report(r: Result, command: str, load: tuple[float, float, float]) -> N
 # ---------------------------------------------------------------- main
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interpreter() -> str:
-    repo = Path(__file__).resolve().parent.parent
-    exe = Path(sys.executable)
-    return str(exe.relative_to(repo)) if exe.is_relative_to(repo) else "python3"
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="100 pods for 60 s (CI-sized)")
@@ -642,7 +622,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     settings = Settings(pods, duration, args.rate, args.checkpoint, args.settle,
                         probe_rate=min(2.0, args.rate / 10), seed=args.seed)
-    command = shlex.join([_interpreter(), "bench/soak.py", *argv])
+    command = shlex.join([interpreter(), "bench/soak.py", *argv])
     if os.geteuid() != 0:
         print("soak: needs root (cgroups, loop device)", file=sys.stderr)
         return 2
