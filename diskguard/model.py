@@ -121,6 +121,21 @@ class PodInfo:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def container_ref(self, container: ContainerInfo) -> ContainerRef | None:
+        """The container instance to find a cgroup for, or None before the runtime made it."""
+        if not (container.container_id and container.runtime):
+            return None
+        return ContainerRef(
+            namespace=self.namespace,
+            pod=self.name,
+            pod_uid=self.uid,
+            container=container.name,
+            container_id=container.container_id,
+            runtime=container.runtime,
+            qos=self.qos,
+            cgroup_uid=self.cgroup_uid,
+        )
+
 
 @attrs.frozen
 class ContainerKey:

@@ -62,18 +62,9 @@ def plan_pod(
     )
     plans = []
     for container in pod.containers:
-        if not (container.running and container.container_id and container.runtime):
+        ref = pod.container_ref(container)
+        if ref is None or not container.running:
             continue
-        ref = ContainerRef(
-            namespace=pod.namespace,
-            pod=pod.name,
-            pod_uid=pod.uid,
-            container=container.name,
-            container_id=container.container_id,
-            runtime=container.runtime,
-            qos=pod.qos,
-            cgroup_uid=pod.cgroup_uid,
-        )
         reason = exclusion.container_exclusion(pod, container)
         plans.append(
             ContainerPlan(ref, None if reason else resolution, excluded_because=reason or "")

@@ -19,7 +19,7 @@ import trio
 from diskguard.annotations import LIMIT_KEYS
 from diskguard.applier import Applier, ApplyResult
 from diskguard.filters import ExclusionFilter
-from diskguard.kube.events import EventRequest
+from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import ContainerKey, IOLimits, PodInfo, Runtime
@@ -280,7 +280,7 @@ class Reconciler:
             return  # e.g. a container restart: same limits on a new cgroup
         if not res.annotation_driven and not (previous and previous[1]):
             return  # env defaults on a new pod: no Event per pod on the node
-        self._emit(_pod_event(plan.pod, "IOLimitApplied", f"IO limits in force: {res.describe()}"))
+        self._emit(pod_event(plan.pod, "IOLimitApplied", f"IO limits in force: {res.describe()}"))
 
     def _warn_invalid(self, plan: PodPlan) -> None:
         """One Warning Event per distinct bad value, saying what stays in force instead."""
@@ -301,7 +301,7 @@ class Reconciler:
                 for field in LIMIT_KEYS[suffix][1]
             )
             self._emit(
-                _pod_event(
+                pod_event(
                     plan.pod,
                     "InvalidIOLimit",
                     f"annotation {b.key}={b.value!r} ignored: {b.reason}; {in_force}",
@@ -324,7 +324,7 @@ class Reconciler:
             f"({plan.resolution.sources[c.field]})"
             for c in clamps
         )
-        self._emit(_pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
+        self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
 
 
 def _outcome(result: ApplyResult) -> str:
@@ -337,15 +337,3 @@ def _outcome(result: ApplyResult) -> str:
 
 def _show(value: int) -> str:
     return str(value) if value else "unlimited"
-
-
-def _pod_event(pod: PodInfo, reason: str, message: str, *, warning: bool = False) -> EventRequest:
-    return EventRequest(
-        kind="Pod",
-        namespace=pod.namespace,
-        name=pod.name,
-        uid=pod.uid,
-        reason=reason,
-        message=message,
-        type="Warning" if warning else "Normal",
-    )

@@ -24,7 +24,7 @@ from diskguard.annotations import (
     SMART_LIMIT,
     parse_smart_annotations,
 )
-from diskguard.kube.events import EventRequest
+from diskguard.kube.events import pod_event
 from diskguard.model import ContainerKey, PodInfo
 from diskguard.reconciler import Reconciler
 from diskguard.smartlimit import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
@@ -152,7 +152,7 @@ class SmartLimiter:
             parts.append(f"{decision.auto.bps} B/s")
         message = f"automatic limit {' and '.join(parts)}: {decision.reason}"
         if await self._patch(pod, annotations, "apply", message):
-            self._emit(_event(pod, "SmartLimitApplied", message))
+            self._emit(pod_event(pod, "SmartLimitApplied", message))
 
     async def _lift(self, pod: PodInfo, reason: str) -> None:
         annotations: dict[str, str | None] = {
@@ -160,7 +160,7 @@ class SmartLimiter:
         }
         message = f"automatic limit removed: {reason}"
         if await self._patch(pod, annotations, "lift", message):
-            self._emit(_event(pod, "SmartLimitRemoved", message))
+            self._emit(pod_event(pod, "SmartLimitRemoved", message))
 
     async def _patch(
         self, pod: PodInfo, annotations: dict[str, str | None], action: str, message: str
@@ -206,15 +206,3 @@ class SmartLimiter:
         self.patches[action] += 1
         log.info("smart limit %s on %s: %s", action, pod.key, message)
         return True
-
-
-def _event(pod: PodInfo, reason: str, message: str) -> EventRequest:
-    return EventRequest(
-        kind="Pod",
-        namespace=pod.namespace,
-        name=pod.name,
-        uid=pod.uid,
-        reason=reason,
-        message=message,
-        type="Normal",
-    )

@@ -21,7 +21,7 @@ import structlog
 
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
-from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits, Rates
+from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, Rates
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
 from diskguard.reset import container_cgroups, kubepods_dirs
@@ -74,18 +74,9 @@ def pod_names(
         except PodParseError:
             continue
         for c in pod.containers:
-            if not (c.container_id and c.runtime):
+            ref = pod.container_ref(c)
+            if ref is None:
                 continue
-            ref = ContainerRef(
-                pod.namespace,
-                pod.name,
-                pod.uid,
-                c.name,
-                c.container_id,
-                c.runtime,
-                pod.qos,
-                pod.cgroup_uid,
-            )
             path = resolve_container_cgroup(hierarchy, ref, driver, kubelet_root)
             if path is not None:
                 names[path] = (pod.namespace, pod.name, c.name)

@@ -16,6 +16,8 @@ import trio
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from diskguard.model import PodInfo
+
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1000
@@ -30,6 +32,18 @@ class EventRequest:
     reason: str
     message: str
     type: str = "Normal"  # Normal | Warning
+
+
+def pod_event(pod: PodInfo, reason: str, message: str, *, warning: bool = False) -> EventRequest:
+    return EventRequest(
+        kind="Pod",
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        reason=reason,
+        message=message,
+        type="Warning" if warning else "Normal",
+    )
 
 
 def event_body(req: EventRequest, node_name: str, now: dt.datetime) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from diskguard.model import (
     MAX_IOPS,
     CgroupDriver,
     CgroupVersion,
-    ContainerRef,
     IOLimits,
     PodInfo,
 )
@@ -340,18 +339,9 @@ def test_pod_ids_never_build_a_path_outside_the_kubelet_root(
         assert str(exc)
         return
     for c in pod.containers:
-        if c.container_id is None or c.runtime is None:
+        ref = pod.container_ref(c)
+        if ref is None:
             continue
-        ref = ContainerRef(
-            pod.namespace,
-            pod.name,
-            pod.uid,
-            c.name,
-            c.container_id,
-            c.runtime,
-            pod.qos,
-            pod.cgroup_uid,
-        )
         for rel in container_cgroup_candidates(ref, None, kubelet_root):
             _assert_safe(rel, kubelet_root)
 
