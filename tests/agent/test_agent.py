@@ -213,6 +213,11 @@ async def test_watch_survives_compaction_and_dropped_connections(
     # The agent's resourceVersion goes stale for certain: an edit it cannot see (the API
     # server is down for it), then compaction drops that history. Its watch gets 410.
     cluster.api.go_down()
+    # Only once the agent has failed to reconnect is its stream surely gone (a slow stream
+    # could otherwise still carry the edit below).
+    with trio.fail_after(scaled(10)):
+        while running.agent.pod_watcher.health.failing_since is None:
+            await trio.sleep(0.02)
     cluster.set_annotations("default", "survivor", {f"{P}/iops": "140"})
     cluster.api.compact()
     cluster.api.come_back()
