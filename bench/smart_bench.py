@@ -78,13 +78,19 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
     """Seconds from fio start to the automatic limit held by the kernel."""
     from diskguard.agent import Agent, NodeSetup
     from diskguard.config import load_config
-    from diskguard.fakeapi import FakeAPIServer
-    from diskguard.fakeapi.objects import make_pod
     from diskguard.kube.client import make_api_client
-    from diskguard.lab import KubeletRoot, fio_argv, loop_disk, prepare_fio_file, spawn_in_cgroup
     from diskguard.model import CgroupDriver, ContainerRef, QoSClass, Runtime
     from diskguard.node.cgroups import detect_cgroup
     from diskguard.node.limits import backend_for
+    from diskguard.testing.fakeapi import FakeAPIServer
+    from diskguard.testing.fakeapi.objects import make_pod
+    from diskguard.testing.lab import (
+        KubeletRoot,
+        fio_argv,
+        loop_disk,
+        prepare_fio_file,
+        spawn_in_cgroup,
+    )
 
     hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
     backend = backend_for(hierarchy.version)

@@ -48,9 +48,6 @@ import attrs
 from benchlib import cpu_seconds, interpreter, sigterm_as_interrupt
 from prometheus_client.parser import text_string_to_metric_families
 
-from diskguard.fakeapi import FakeAPIServer
-from diskguard.fakeapi.objects import make_pod
-from diskguard.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk
 from diskguard.model import (
     UNLIMITED,
     CgroupDriver,
@@ -61,6 +58,9 @@ from diskguard.model import (
 )
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup, parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
+from diskguard.testing.fakeapi import FakeAPIServer
+from diskguard.testing.fakeapi.objects import make_pod
+from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk
 
 NODE = "soak-node"
 PREFIX = "iops-limit"

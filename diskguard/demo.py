@@ -23,10 +23,7 @@ import trio
 
 from diskguard.agent import Agent, NodeSetup
 from diskguard.config import load_config
-from diskguard.fakeapi import FakeAPIServer
-from diskguard.fakeapi.objects import make_pod
 from diskguard.kube.client import make_api_client
-from diskguard.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk, run_fio
 from diskguard.model import (
     UNLIMITED,
     CgroupDriver,
@@ -38,6 +35,9 @@ from diskguard.model import (
 )
 from diskguard.node.cgroups import detect_cgroup
 from diskguard.node.limits import backend_for
+from diskguard.testing.fakeapi import FakeAPIServer
+from diskguard.testing.fakeapi.objects import make_pod
+from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk, run_fio
 
 NODE = "demo-node"
 NAMESPACE = "demo"

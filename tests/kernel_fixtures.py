@@ -27,8 +27,16 @@ from typing import Any
 import attrs
 import pytest
 
+from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
+from diskguard.node.cgroups import (
+    CgroupError,
+    CgroupHierarchy,
+    detect_cgroup,
+)
+from diskguard.node.devices import whole_disk
+
 # Re-exported for the test modules that import them from here.
-from diskguard.lab import (
+from diskguard.testing.lab import (
     FioResult,
     KubeletRoot,
     LoopDisk,
@@ -39,14 +47,7 @@ from diskguard.lab import (
     remove_cgroup_tree,
     spawn_in_cgroup,
 )
-from diskguard.lab import loop_disk as lab_loop_disk
-from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device, QoSClass, Runtime
-from diskguard.node.cgroups import (
-    CgroupError,
-    CgroupHierarchy,
-    detect_cgroup,
-)
-from diskguard.node.devices import whole_disk
+from diskguard.testing.lab import loop_disk as lab_loop_disk
 
 CGROUP_ROOT = os.environ.get("DISKGUARD_TEST_CGROUP_ROOT", "/sys/fs/cgroup")
 
@@ -216,7 +217,7 @@ def container_cgroup(kubelet_root: KubeletRoot) -> Path:
 
 @contextlib.contextmanager
 def loop_disk_ctx(workdir: Path, **kwargs: Any) -> Iterator[LoopDisk]:
-    """`diskguard.lab.loop_disk`, skipping the test where the tools are missing."""
+    """`diskguard.testing.lab.loop_disk`, skipping the test where the tools are missing."""
     if shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
         pytest.skip("needs losetup and mkfs.ext4")
     with lab_loop_disk(workdir, **kwargs) as disk:

@@ -17,10 +17,7 @@ import trio
 
 from diskguard.agent import Agent, NodeSetup
 from diskguard.config import load_config
-from diskguard.fakeapi import FakeAPIServer
-from diskguard.fakeapi.objects import make_pod
 from diskguard.kube.client import make_api_client
-from diskguard.lab import KubeletRoot
 from diskguard.model import (
     UNLIMITED,
     CgroupDriver,
@@ -30,6 +27,9 @@ from diskguard.model import (
 )
 from diskguard.node.cgroups import CgroupHierarchy, parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
+from diskguard.testing.fakeapi import FakeAPIServer
+from diskguard.testing.fakeapi.objects import make_pod
+from diskguard.testing.lab import KubeletRoot
 
 NODE = "node-1"
 P = "iops-limit"

@@ -13,8 +13,8 @@ import attrs
 import pytest
 import trio
 
-from diskguard.lab import run_fio
 from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
+from diskguard.testing.lab import run_fio
 
 from .conftest import Cluster, P, agent_output, agent_subprocess, scaled
 

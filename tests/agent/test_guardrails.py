@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import trio
 
-from diskguard.fakeapi.objects import make_namespace
 from diskguard.model import IOLimits
+from diskguard.testing.fakeapi.objects import make_namespace
 
 from .conftest import Cluster, P
 

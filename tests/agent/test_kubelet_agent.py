@@ -11,8 +11,8 @@ import pytest
 import trio
 import trustme
 
-from diskguard.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.model import IOLimits
+from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
 
 from .conftest import Cluster, P, scaled
 

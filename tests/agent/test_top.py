@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from diskguard.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 from diskguard.model import IOLimits
+from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 
 from .conftest import Cluster, P
 

@@ -22,17 +22,17 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from diskguard.fakeapi import (
+from diskguard.testing.fakeapi import (
     FakeAPIServer,
     make_event,
     make_namespace,
     make_pod,
 )
-from diskguard.fakeapi.control import Fault
-from diskguard.fakeapi.objects import container_ids
-from diskguard.fakeapi.patching import merge_patch, strategic_merge_patch
-from diskguard.fakeapi.resources import PODS
-from diskguard.fakeapi.selectors import parse_field_selector, parse_label_selector
+from diskguard.testing.fakeapi.control import Fault
+from diskguard.testing.fakeapi.objects import container_ids
+from diskguard.testing.fakeapi.patching import merge_patch, strategic_merge_patch
+from diskguard.testing.fakeapi.resources import PODS
+from diskguard.testing.fakeapi.selectors import parse_field_selector, parse_label_selector
 
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
@@ -678,7 +678,7 @@ def test_standalone_process_with_seed(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "diskguard.fakeapi",
+            "diskguard.testing.fakeapi",
             "--port",
             "0",
             "--seed",
@@ -708,7 +708,13 @@ def test_standalone_process_with_seed(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     bad = subprocess.run(
-        [sys.executable, "-m", "diskguard.fakeapi", "--seed", str(tmp_path / "missing.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "diskguard.testing.fakeapi",
+            "--seed",
+            str(tmp_path / "missing.yaml"),
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -842,7 +848,7 @@ def test_strategic_merge_patch_directives() -> None:
 
 
 def test_selector_parsing_errors_are_clear() -> None:
-    from diskguard.fakeapi.errors import ApiError
+    from diskguard.testing.fakeapi.errors import ApiError
 
     for text in ("nope", "spec.nodeName"):
         with pytest.raises(ApiError) as err:

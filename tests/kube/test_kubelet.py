@@ -26,8 +26,6 @@ import trio
 import trustme
 from kubernetes import client, config
 
-from diskguard.fakeapi import FakeAPIServer, make_pod
-from diskguard.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.kube.cadvisor import (
     CadvisorParseError,
     CadvisorRateTracker,
@@ -54,6 +52,8 @@ from diskguard.kube.kubelet_source import (
 )
 from diskguard.kube.watch import Changed, ListWatcher, Relisted, WatchEvent
 from diskguard.model import Counters, Rates
+from diskguard.testing.fakeapi import FakeAPIServer, make_pod
+from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
 
 NODE = "node-1"
 TOKEN = "kubelet-token-1"

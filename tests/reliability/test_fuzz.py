@@ -525,7 +525,7 @@ def attrs_values(obj: Any) -> list[int]:
 
 @pytest.fixture(scope="module")
 def fake_kubelet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, KubeletSettings]]:
-    from diskguard.fakekubelet import FakeKubelet, server_tls_context
+    from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
 
     ca = trustme.CA()
     ca_path = tmp_path_factory.mktemp("kubelet") / "ca.pem"

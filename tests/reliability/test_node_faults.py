@@ -23,9 +23,9 @@ import pytest
 import trio
 import trustme
 
-from diskguard.fakekubelet import FakeKubelet, server_tls_context
-from diskguard.lab import LabError, device_of, run
 from diskguard.model import Device, IOLimits
+from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
+from diskguard.testing.lab import LabError, device_of, run
 
 from .conftest import (
     DEFAULT,

@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from diskguard.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 from diskguard.model import IOLimits
+from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 
 from .conftest import (
     Cluster,

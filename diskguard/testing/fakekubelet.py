@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from diskguard.threadserver import ThreadedServer
+from diskguard.testing.threadserver import ThreadedServer
 
 if TYPE_CHECKING:
     import trustme

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import trio
 import yaml
 
-from diskguard.threadserver import ThreadedServer
+from diskguard.testing.threadserver import ThreadedServer
 
 from .app import FakeAPIState, build_app
 from .control import Fault, RecordedRequest
@@ -65,7 +65,7 @@ class FakeAPIServer(ThreadedServer):
     async def serve_forever(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve on the current trio loop until cancelled (for `python -m diskguard.fakeapi`).
+        """Serve on the current trio loop until cancelled (`python -m diskguard.testing.fakeapi`).
 
         The blocking control methods (`go_down`, ...) are for the threaded mode only; here the
         HTTP controls under `/_fake/` steer the server.

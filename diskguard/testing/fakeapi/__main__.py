@@ -1,4 +1,4 @@
-"""`python -m diskguard.fakeapi`: run the fake API server standalone until interrupted."""
+"""`python -m diskguard.testing.fakeapi`: run the fake API server standalone until interrupted."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def _load_seed(path: str) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diskguard.fakeapi", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m diskguard.testing.fakeapi", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--seed", help="YAML list of objects to create at start")
