@@ -1,0 +1,1 @@
+"""diskguard: per-container disk IO limits for Kubernetes nodes."""

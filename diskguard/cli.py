@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from diskguard.agent import NodeSetup
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diskguard", prog_name="diskguard")
 def main() -> None:
     """diskguard: per-container disk IO limits for Kubernetes nodes."""
 

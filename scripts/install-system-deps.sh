@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# System packages diskguard needs, shared by .ci/run, the demo and the Dockerfile.
+# System packages diskguard needs, shared by .ci/run, the demo and the Dockerfile. Run as root.
 # Usage: scripts/install-system-deps.sh [runtime|demo|dev]
-#   runtime: what the agent needs on a node (BCC, tools it reads with).
-#   demo:    runtime + fio (the no-cluster demo runs real IO).
-#   dev:     runtime + what the test lanes need (fio, qemu lane, prometheus).
+#   runtime: what the agent needs on a node (Debian's python3 and BCC, bpftool).
+#   demo:    runtime + what the no-cluster demo uses (fio for real IO, e2fsprogs for its loop
+#            disk's filesystem, venv/pip to install diskguard).
+#   dev:     demo + what the test lanes need (kernel headers, the qemu v2 lane, prometheus,
+#            the image lane's docker and mmdebstrap).
 set -euo pipefail
 kind="${1:-dev}"
 export DEBIAN_FRONTEND=noninteractive
 
-runtime_pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool util-linux e2fsprogs)
-dev_pkgs=(fio linux-headers-amd64 qemu-system-x86 busybox-static kmod cpio zstd procps prometheus)
+runtime_pkgs=(python3 python3-bpfcc bpftool util-linux)
+demo_pkgs=(python3-venv python3-pip fio e2fsprogs)
+dev_pkgs=(linux-headers-amd64 bpfcc-tools qemu-system-x86 busybox-static kmod cpio zstd procps
+  prometheus)
 
 pkgs=("${runtime_pkgs[@]}")
 case "$kind" in
   runtime) ;;
-  demo) pkgs+=(fio) ;;
-  dev) pkgs+=("${dev_pkgs[@]}") ;;
+  demo) pkgs+=("${demo_pkgs[@]}") ;;
+  dev) pkgs+=("${demo_pkgs[@]}" "${dev_pkgs[@]}") ;;
   *) echo "usage: $0 [runtime|demo|dev]" >&2; exit 2 ;;
 esac
 
@@ -24,6 +28,17 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "install-system-deps: installing ${missing[*]}"
+  apt-get update -q
+  # policy-rc.d: a package's daemon (Debian's prometheus starts one) must not be started here.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+  fi
+  status=0
+  apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+  [ "$created_policy" = 1 ] && rm -f "$policy"
+  exit "$status"
 fi
+echo "install-system-deps: all ${#pkgs[@]} $kind packages present"

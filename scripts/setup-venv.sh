@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# Creates .venv from Debian's python3 (which imports bcc from python3-bpfcc) and installs diskguard.
-# Usage: scripts/setup-venv.sh [runtime|dev]
+# Creates a virtualenv from Debian's python3 with --system-site-packages (so it imports bcc
+# from python3-bpfcc, which PyPI does not have) and installs diskguard into it, with the
+# versions pinned in scripts/constraints.txt (the same ones CI tests and the image ships).
+# Usage: scripts/setup-venv.sh [runtime|demo|dev]
+#   runtime: `pip install .` (a real, non-editable install) with runtime dependencies only:
+#            exactly what the image and a node get.
+#   demo:    runtime + the `demo` extra (the bundled fake API server's dependencies).
+#   dev:     an editable install with the `test` extra (tests, linters, benchmarks).
+# The venv is $DISKGUARD_VENV, default .venv in the checkout.
 set -euo pipefail
 kind="${1:-dev}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${DISKGUARD_VENV:-$here/.venv}"
+case "$kind" in
+  runtime) target=("$here") ;;
+  demo) target=("$here[demo]") ;;
+  dev) target=(-e "$here[test]") ;;
+  *) echo "usage: $0 [runtime|demo|dev]" >&2; exit 2 ;;
+esac
 if [ ! -x "$venv/bin/python" ]; then
+  echo "setup-venv: creating $venv (Debian's python3, system site-packages for bcc)"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-extra=""
-[ "$kind" = dev ] && extra="[test]"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$here$extra"
+echo "setup-venv: installing diskguard ($kind) into $venv"
+# pip's own output (one line per package) is the progress; no progress bars in CI logs.
+"$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+  -c "$here/scripts/constraints.txt" "${target[@]}"

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import importlib.resources
 import os
 import struct
 import sys
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,11 @@ _VAL = struct.Struct("<QQ")  # struct dg_val
 _DIR_READ, _DIR_WRITE = 0, 1
 
 
-def default_source() -> Path:
-    """bpf/diskguard_io.c of the source tree this package runs from."""
-    return Path(__file__).resolve().parents[2] / "bpf" / "diskguard_io.c"
+def default_source() -> Traversable:
+    """The program's C source, shipped as package data of `diskguard.bpf` (the top-level
+    bpf/ folder, mapped into the package by pyproject.toml): found the same way in a
+    checkout, an editable install and a wheel."""
+    return importlib.resources.files("diskguard.bpf").joinpath("diskguard_io.c")
 
 
 @attrs.frozen
@@ -69,7 +73,7 @@ class BpfOptions:
     header_search: tuple[Path, ...] = DEFAULT_SEARCH
     cache_dir: Path = Path("/var/cache/diskguard")
     tracefs: tuple[Path, ...] = DEFAULT_TRACEFS
-    source: Path = attrs.field(factory=default_source)
+    source: Traversable = attrs.field(factory=default_source)
     max_entries: int = 32768
     release: str = attrs.field(factory=lambda: os.uname().release)
 

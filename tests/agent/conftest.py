@@ -22,11 +22,13 @@ from diskguard.model import (
     UNLIMITED,
     CgroupDriver,
     ContainerRef,
+    Counters,
     IOLimits,
     QoSClass,
 )
 from diskguard.node.cgroups import CgroupHierarchy, parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
+from diskguard.sampler.cgroupfs import V1_BYTES, V1_IOS, V2_STAT, parse_io_stat, parse_v1_stats
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot
@@ -158,6 +160,30 @@ class Cluster:
                 await trio.sleep(0.01)
         raise AssertionError(
             f"kernel holds {self.kernel(cgroup)} in {cgroup}, want {want} after {timeout}s"
+        )
+
+    def io_counters(self, cgroup: Path) -> Counters:
+        """The kernel's own IO counters of a cgroup on the data disk (v2 io.stat; v1 counts
+        only once a throttle rule exists for the device, which the agent's limits are)."""
+        if (cgroup / V2_STAT).exists():
+            stats = parse_io_stat((cgroup / V2_STAT).read_text())
+        else:
+            stats = parse_v1_stats((cgroup / V1_IOS).read_text(), (cgroup / V1_BYTES).read_text())
+        return stats.get((self.device.major, self.device.minor), Counters())
+
+    async def wait_io(self, cgroup: Path, *, writes: int = 0, reads: int = 0) -> None:
+        """Wait (lane-scaled) until the kernel has counted this many IOs in the cgroup: a
+        load started in it is really running, not merely spawned."""
+        deadline = scaled(30.0)
+        with trio.move_on_after(deadline):
+            while True:
+                now = self.io_counters(cgroup)
+                if now.wios >= writes and now.rios >= reads:
+                    return
+                await trio.sleep(0.05)
+        raise AssertionError(
+            f"{cgroup}: kernel counted {self.io_counters(cgroup)} after {deadline}s, "
+            f"want {writes} writes and {reads} reads"
         )
 
     # -- events ----------------------------------------------------------------------------

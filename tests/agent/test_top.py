@@ -13,7 +13,7 @@ import pytest
 from diskguard.model import IOLimits
 from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 
-from .conftest import Cluster, P
+from .conftest import Cluster, P, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -25,7 +25,7 @@ def top_json(cluster: Cluster, **env: str) -> dict[str, Any]:
         env=full,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -43,9 +43,14 @@ async def test_top_shows_rates_names_and_limits(
     await cluster.wait_kernel(busy_cg, IOLimits(500, 300))
     running.stop()
     path = prepare_fio_file(cluster.mount, 32)
-    argv = fio_argv(path, "randwrite", "4k", 30, size_mib=32, extra=["--rate_iops=100"])
+    # Runs until killed below: `top` may spend long compiling BPF under emulation first.
+    argv = fio_argv(path, "randwrite", "4k", 600, size_mib=32, extra=["--rate_iops=100"])
     load = spawn_in_cgroup(busy_cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # fio spawned is not fio writing: wait until the kernel has counted its writes, so
+        # the snapshot measures a steady load (0.0 was read here when it had not started).
+        start = cluster.io_counters(busy_cg).wios
+        await cluster.wait_io(busy_cg, writes=start + 20)
         snap = top_json(cluster, SAMPLER=sampler, SAMPLE_INTERVAL="2")
     finally:
         load.kill()

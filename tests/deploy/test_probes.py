@@ -13,7 +13,7 @@ from agent.conftest import Cluster, agent_output, agent_subprocess
 
 from .manifests import agent_container, load_manifests, one
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 
 
 def _free_port() -> int:

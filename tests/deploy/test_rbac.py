@@ -133,6 +133,7 @@ def test_doctor_checks_exactly_the_agents_permissions() -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.host_only
 async def test_cluster_role_grants_exactly_what_the_agent_uses(
     cluster: Cluster, start_agent: Any
 ) -> None:

@@ -15,7 +15,7 @@ from diskguard.model import IOLimits
 
 from .conftest import DEFAULT, Cluster, P, expected_limits, http_get, wait_all, wait_until
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 
 
 def _pods(cluster: Cluster, n: int, prefix: str = "p") -> dict[str, list[Any]]:

@@ -40,7 +40,7 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 
 
 def _restart_container(cluster: Cluster, pod: str, index: int, new_id: str) -> Path:

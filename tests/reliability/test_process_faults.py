@@ -28,7 +28,7 @@ from .conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 
 SMART_ENV = {
     "SMART_LIMIT_ENABLED": "true",

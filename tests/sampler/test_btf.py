@@ -121,6 +121,7 @@ def bpftool_types() -> dict[int, _RawType]:
     return _parse_bpftool_raw(raw)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize(("struct_name", "path"), MEMBERS)
 def test_offsets_match_bpftool(
     vmlinux: BTF, bpftool_types: dict[int, _RawType], struct_name: str, path: str
@@ -130,6 +131,7 @@ def test_offsets_match_bpftool(
     )
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_nested_path_through_embedded_struct(
     vmlinux: BTF, bpftool_types: dict[int, _RawType]
 ) -> None:
@@ -141,6 +143,7 @@ def test_nested_path_through_embedded_struct(
     assert nested.kind == KIND_PTR and nested.size == 8
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_member_sizes_and_kinds(vmlinux: BTF) -> None:
     assert vmlinux.member("request", "bio").kind == KIND_PTR
     assert vmlinux.member("request", "__data_len").size == 4
@@ -148,17 +151,20 @@ def test_member_sizes_and_kinds(vmlinux: BTF) -> None:
     assert (kn_id.kind, kn_id.size) == (KIND_INT, 8)
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_raw_tracepoint_args(vmlinux: BTF) -> None:
     # 5.11+ passes just the request; older kernels pass (request_queue, request).
     assert vmlinux.raw_tracepoint_args("block_rq_issue")[-1] == "struct request *"
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_enum_values(vmlinux: BTF) -> None:
     assert vmlinux.enum_value("req_op", "REQ_OP_READ") == 0
     assert vmlinux.enum_value("req_op", "REQ_OP_WRITE") == 1
     assert vmlinux.has_enumerator("bpf_func_id", "BPF_FUNC_probe_read_kernel")
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_blkcg_layout_covers_every_macro_of_the_program(vmlinux: BTF) -> None:
     layout = blkcg_layout(vmlinux)
     source = (Path(__file__).parents[2] / "bpf" / "diskguard_io.c").read_text()
@@ -170,6 +176,7 @@ def test_blkcg_layout_covers_every_macro_of_the_program(vmlinux: BTF) -> None:
     assert {"DG_OFF_RQ_Q", "DG_OFF_Q_DISK"} <= defined or "DG_OFF_RQ_DISK" in defined
 
 
+@pytest.mark.kernel  # the running kernel's BTF
 def test_missing_things_raise(vmlinux: BTF) -> None:
     with pytest.raises(BTFError, match="no struct/union named 'no_such_struct'"):
         vmlinux.member("no_such_struct", "x")

@@ -111,6 +111,7 @@ def test_version_ordering() -> None:
     assert version_key("5.10.0-9-amd64") < version_key("6.1.0-1-amd64")
 
 
+@pytest.mark.kernel  # this host's kernel headers
 def test_host_headers_build_a_tree_bcc_can_use(tmp_path: Path) -> None:
     try:
         headers = find_kernel_headers(os.uname().release, tmp_path, DEFAULT_SEARCH)
