@@ -21,7 +21,7 @@ from diskguard import web
 from diskguard.applier import Applier
 from diskguard.config import Config
 from diskguard.kube.client import make_api_client
-from diskguard.kube.events import QUEUE_SIZE, EventRequest, EventSink, post_events
+from diskguard.kube.events import QUEUE_SIZE, EventRequest, EventSink, Posting, post_events
 from diskguard.kube.kubelet import KubeletClient
 from diskguard.kube.kubelet_source import (
     KubeletSourceHealth,
@@ -83,6 +83,7 @@ class Agent:
         )
         self._event_send, self._event_receive = trio.open_memory_channel[EventRequest](QUEUE_SIZE)
         self.events = EventSink(self._event_send)
+        self._events_unfinished: list[Posting] = []
         self.reconciler = Reconciler(
             ReconcileSettings(
                 node_name=config.node_name,
@@ -219,7 +220,12 @@ class Agent:
             with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
                 self._event_send.close()
                 await post_events(
-                    self._event_receive, self.api, self.config.node_name, rate=50.0, attempts=1
+                    self._event_receive,
+                    self.api,
+                    self.config.node_name,
+                    rate=50.0,
+                    attempts=1,
+                    first=self._events_unfinished,  # the one cut off mid-post, if any
                 )
 
     def _start_enforcement(self, nursery: trio.Nursery) -> None:
@@ -242,7 +248,13 @@ class Agent:
         nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
         nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
         nursery.start_soon(
-            functools.partial(post_events, self._event_receive, self.api, self.config.node_name),
+            functools.partial(
+                post_events,
+                self._event_receive,
+                self.api,
+                self.config.node_name,
+                unfinished=self._events_unfinished,
+            ),
             name="events",
         )
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 import trio
@@ -44,7 +45,21 @@ def run() -> None:
         problem = "; ".join(str(e) for e in _leaves(group))
     if problem:
         click.echo(f"diskguard: cannot start: {problem}", err=True)
-        sys.exit(1)
+    _leave(1 if problem else 0)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit without interpreter finalization.
+
+    Shutdown abandons worker threads blocked on a hung API server (an Event post, a PATCH):
+    they hold no state worth saving, but when one wakes while the interpreter finalizes,
+    CPython ends it with pthread_exit, which aborts the process (exit status -6 seen after
+    SIGTERM). Everything the agent owns is closed by now, so flush the output and go.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

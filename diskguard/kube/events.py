@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
@@ -91,6 +92,9 @@ class EventSink:
             )
 
 
+Posting = tuple[EventRequest, dict[str, Any]]  # a request and its body (name fixed)
+
+
 async def post_events(
     receive: trio.MemoryReceiveChannel[EventRequest],
     api: CoreV1Api,
@@ -98,41 +102,64 @@ async def post_events(
     *,
     rate: float = 10.0,
     attempts: int = 5,
+    unfinished: list[Posting] | None = None,
+    first: Sequence[Posting] = (),
 ) -> None:
-    """Post queued Events at most `rate` per second, retrying transient failures."""
-    interval = 1.0 / rate
-    async for req in receive:
-        body = event_body(req, node_name, dt.datetime.now(dt.UTC))
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
-            try:
-                # Abandoned on cancel (shutdown must not wait on a hung API server); a
-                # retried Event keeps its name, so a late original makes no duplicate.
-                await trio.to_thread.run_sync(
-                    lambda b=body: api.create_namespaced_event(  # type: ignore[misc]
-                        b["metadata"]["namespace"], b, _request_timeout=(5, 10)
-                    ),
-                    abandon_on_cancel=True,
-                )
-                break
-            except ApiException as exc:
-                # 4xx other than throttling will not get better by retrying.
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+    """Post queued Events at most `rate` per second, retrying transient failures.
+
+    Cancelled in the middle of one (shutdown), that Event goes to `unfinished` so that the
+    shutdown flush can post it again (pass it as `first`): its body keeps its name, so an
+    original that did reach the API server makes no duplicate."""
+
+    async def postings() -> AsyncIterator[Posting]:
+        for posting in first:
+            yield posting
+        async for req in receive:
+            yield req, event_body(req, node_name, dt.datetime.now(dt.UTC))
+
+    async for req, body in postings():
+        try:
+            await _post(api, req, body, attempts)
+        except trio.Cancelled:
+            if unfinished is not None:
+                unfinished.append((req, body))
+            raise
+        await trio.sleep(1.0 / rate)
+
+
+async def _post(api: CoreV1Api, req: EventRequest, body: dict[str, Any], attempts: int) -> None:
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            # Abandoned on cancel (shutdown must not wait on a hung API server); a retried
+            # Event keeps its name, so a late original makes no duplicate.
+            await trio.to_thread.run_sync(
+                lambda: api.create_namespaced_event(
+                    body["metadata"]["namespace"],
+                    body,  # type: ignore[arg-type]  # the client serialises dicts as they are
+                    _request_timeout=(5, 10),
+                ),
+                abandon_on_cancel=True,
+            )
+            return
+        except ApiException as exc:
+            # 4xx other than throttling will not get better by retrying.
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                if exc.status != 409:  # 409: a retried Event whose original arrived
                     log.warning("event %s rejected: HTTP %s", req.reason, exc.status)
-                    break
-                err: str = f"HTTP {exc.status}"
-            except Exception as exc:  # connection errors of many types
-                err = type(exc).__name__
-            if attempt == attempts:
-                log.warning(
-                    "event %s for %s/%s not posted after %d attempts (%s)",
-                    req.reason,
-                    req.namespace,
-                    req.name,
-                    attempts,
-                    err,
-                )
-            else:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        await trio.sleep(interval)
+                return
+            err: str = f"HTTP {exc.status}"
+        except Exception as exc:  # connection errors of many types
+            err = type(exc).__name__
+        if attempt == attempts:
+            log.warning(
+                "event %s for %s/%s not posted after %d attempts (%s)",
+                req.reason,
+                req.namespace,
+                req.name,
+                attempts,
+                err,
+            )
+        else:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)

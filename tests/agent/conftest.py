@@ -189,10 +189,14 @@ class Cluster:
     # -- events ----------------------------------------------------------------------------
 
     def events(self, reason: str | None = None) -> list[dict[str, Any]]:
-        bodies = [
-            r.body for r in self.api.requests() if r.method == "POST" and r.path.endswith("/events")
-        ]
-        return [b for b in bodies if reason is None or b.get("reason") == reason]
+        """Events posted, in order; a repeated post of the same Event (same name: a retry
+        whose original arrived, which the API server refuses with 409) counts once."""
+        bodies = {
+            r.body["metadata"]["name"]: r.body
+            for r in self.api.requests()
+            if r.method == "POST" and r.path.endswith("/events")
+        }
+        return [b for b in bodies.values() if reason is None or b.get("reason") == reason]
 
     async def wait_events(self, reason: str, count: int, timeout: float = 5.0) -> list[Any]:
         """Events are posted asynchronously: wait until `count` with `reason` arrived, and
@@ -264,7 +268,13 @@ def agent_subprocess(env: dict[str, str], **kwargs: Any) -> subprocess.Popen[byt
 
     Its output goes to a temporary file (read it with `agent_output(proc)`): a pipe nobody
     reads would fill up and block the agent mid-log."""
-    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LOG_LEVEL": "debug", **env}
+    # faulthandler: a crash of the agent leaves every thread's stack in its output.
+    full = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LOG_LEVEL": "debug",
+        "PYTHONFAULTHANDLER": "1",
+        **env,
+    }
     out = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "diskguard", "run"],

@@ -263,7 +263,7 @@ async def test_agent_restart_applies_annotations_changed_while_down(
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(scaled(10)):
             code = await trio.to_thread.run_sync(proc.wait)
-        assert code == 0
+        assert code == 0, agent_output(proc).decode()[-3000:]
         assert cluster.kernel(cg) == IOLimits(100, 100)  # SIGTERM leaves limits in place
         cluster.set_annotations("default", "restart", {f"{P}/iops": "55"})
         proc = agent_subprocess(env)
