@@ -100,7 +100,14 @@ def ensure_base_image() -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = tarball.with_suffix(".partial")
         done = subprocess.run(
-            ["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(partial)],
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--format=tar",
+                "--quiet",
+                "bookworm",
+                str(partial),
+            ],
             capture_output=True,
             text=True,
             timeout=900,
