@@ -7,9 +7,14 @@
 FROM debian:bookworm-slim AS builder
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
-    PIP_PROGRESS_BAR=off
+    PIP_PROGRESS_BAR=off PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN apt-get update -q \
-    && apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip
+    && apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip \
+        ca-certificates
+# Building behind a TLS-intercepting proxy: its CA, if put in deploy/build-ca/, is trusted
+# here (the builder stage only).
+COPY deploy/build-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
 
 # Dependencies first (pinned by the constraints file CI tests with), so a source edit does
 # not reinstall them. The venv sees system site-packages: `import bcc` comes from Debian.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from docker_lab import docker, docker_engine, ensure_base_image
 
 VERSION = "0.0.0+imagelane"
 TAG = "diskguard:image-lane"
+HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 
 
 @attrs.frozen
@@ -37,6 +39,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def image(engine: None, fresh_clone: Path) -> BuiltImage:
     ensure_base_image()
+    # Like a user behind a TLS-intercepting proxy: the machine's own extra CAs go where the
+    # builder stage trusts them (deploy/build-ca/README.md).
+    for crt in HOST_EXTRA_CAS.glob("*.crt"):
+        shutil.copy(crt, fresh_clone / "deploy" / "build-ca" / crt.name)
     started = time.monotonic()
     # --network host: the build's apt and pip reach the archive and PyPI through the VM's
     # network (the engine here runs without a bridge).
