@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -116,6 +117,9 @@ def running(
             ref, CgroupDriver.CGROUPFS, kubelet_root.prefix
         )
         api.create("pods", pod)
+        # HostToContainer (rslave) needs a shared source mount, as a systemd host's are;
+        # this VM's mounts are private, so make the data disk's mount shared.
+        subprocess.run(["mount", "--make-shared", str(loop_disk.mount)], check=True)
         port = free_port()
         name = f"diskguard-lane-{uuid.uuid4().hex[:8]}"
         options = docker_run_args(
