@@ -185,10 +185,8 @@ def test_the_image_limits_a_container_like_the_daemonset(running: dict[str, Any]
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
     top = docker("exec", running["name"], "diskguard", "top", "--once", "--json", timeout=300)
-    rows = json.loads(top.stdout)
-    rows = rows if isinstance(rows, list) else rows.get("rows", rows)
-    assert rows, top.stdout
-    mine = [r for r in rows if r.get("pod") == "web" and r.get("container") == "app"]
-    assert mine, top.stdout
-    assert {r["sampler"] for r in mine} == {"bpf"}, top.stdout
+    report = json.loads(top.stdout)
+    assert report["sampler"] == "bpf" and not report["sampler_degraded"], top.stdout
+    mine = [c for c in report["containers"] if (c["pod"], c["container"]) == ("web", "app")]
+    assert len(mine) == 1, top.stdout
     assert mine[0]["limits"]["wiops"] == 123, top.stdout
