@@ -3,10 +3,12 @@
 # runs the static checks, then the lanes (pytest markers, see tests/conftest.py):
 #   host     every pure and kernel test on this machine's cgroup hierarchy (v1 here)
 #   install  a fresh clone of HEAD: the README's first command, `pip install .` runtime-only
+#   image    the image built from the Dockerfile (of that clone), run like the DaemonSet
 #   v2       the kernel tests (not host_only) in a qemu guest booted cgroup-v2-only
 # Run as root. Lanes alone:
 #   DISKGUARD_LANE=host .venv/bin/pytest -m "not install and not image"   host lane
 #   .venv/bin/pytest -m install                                            install lane
+#   .venv/bin/pytest -m image                                              image lane
 #   tests/vm/run-v2-lane.sh -m "kernel and not host_only"                  v2 lane
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +33,13 @@ lap_start=$SECONDS
 DISKGUARD_LANE=host .venv/bin/pytest -m "not install and not image"
 lap "host lane"
 
-echo "== install lane (fresh clone of HEAD, runtime-only install, README's first command)"
+echo "== install and image lanes (a fresh clone of HEAD: the README's first command, a"
+echo "   runtime-only install, the image built from its Dockerfile and run like the DaemonSet)"
 lap_start=$SECONDS
-.venv/bin/pytest -m install
-lap "install lane"
+# One session: both lanes share the clone. The image lane starts dockerd if none runs and
+# stops it afterwards; the base image is cached in /var/cache/diskguard-image.
+.venv/bin/pytest -m "install or image" --durations=5
+lap "install and image lanes"
 
 echo "== soak (short; the full one: .venv/bin/python bench/soak.py)"
 lap_start=$SECONDS
