@@ -8,25 +8,30 @@ Assertions read back the kernel's limit files, and end with the agent still taki
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 import trustme
 from agent.conftest import (
     NODE,
     Cluster,
     P,
     cluster,
+    scaled,
     start_agent,
 )
 
-from diskguard.model import ContainerRef, IOLimits, QoSClass
+from diskguard.metrics import exposition
+from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
 from diskguard.node.cgroups import parse_container_id
 from diskguard.status import containers_json
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
+from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]
@@ -172,6 +177,53 @@ async def test_keyword_named_sidecar_and_debug_image_are_held_to_the_ceiling(
     for name in ("app", "istio-proxy", "dbg"):
         await cluster.wait_kernel(cgroups[name], IOLimits(1000, 800))
     await assert_alive(cluster)
+
+
+async def test_ephemeral_container_io_is_measured_and_shown(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    """The sampler, /status and /metrics list the new kinds like any container: IO done in
+    a debug container is measured in its own cgroup."""
+    pod, cgroups = add(
+        cluster,
+        "debugged",
+        annotations={f"{P}/write-iops": "300"},
+        ephemeral=(("debugger", "busybox:1.36"),),
+    )
+    running = await start_agent(SAMPLE_INTERVAL="0.2")
+    await cluster.wait_kernel(cgroups["debugger"], IOLimits(500, 300))
+    key = ContainerKey(pod["metadata"]["uid"], "debugger")
+    path = prepare_fio_file(cluster.mount, 16)
+    argv = fio_argv(path, "randwrite", "4k", 600, size_mib=16, extra=["--rate_iops=100"])
+    load = spawn_in_cgroup(
+        cgroups["debugger"], argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        await cluster.wait_io(cgroups["debugger"], writes=20)
+        sampling = running.agent.sampling
+        assert sampling is not None
+        with trio.fail_after(scaled(10)):
+            while not any(r.wiops > 20 for r in sampling.rates.get(key, {}).values()):
+                await trio.sleep(0.05)
+    finally:
+        load.kill()
+        load.wait()
+    [shown] = [
+        c
+        for c in containers_json(running.agent.reconciler, sampling.rates, P)
+        if c["container"] == "debugger"
+    ]
+    assert shown["kind"] == "ephemeral" and shown["in_sync"]
+    assert shown["rates"] and any(r["wiops"] > 0 for r in shown["rates"].values())
+    limit_lines = [
+        line
+        for line in exposition(running.agent).decode().splitlines()
+        if line.startswith("diskguard_container_limit{")
+        and 'container="debugger"' in line
+        and 'direction="write"' in line
+        and 'unit="iops"' in line
+    ]
+    assert limit_lines and limit_lines[0].endswith(" 300.0"), limit_lines
 
 
 TOKEN = "kubelet-test-token"
