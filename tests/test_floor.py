@@ -275,3 +275,24 @@ def test_parse_pod_ephemeral_status_without_spec_is_ignored() -> None:
         {"name": "ghost", "state": {"running": {}}, "containerID": "containerd://" + "a" * 64}
     ]
     assert [c.name for c in parse_pod(obj).containers] == ["app"]
+
+
+def test_make_pod_running_init_is_validated() -> None:
+    with pytest.raises(ValueError, match="running_init"):
+        make_pod("p", init_containers=(("a", "x"),), running_init="a")  # not Pending
+    with pytest.raises(ValueError, match="running_init"):
+        make_pod("p", phase="Pending", init_containers=(("a", "x"),), running_init="b")
+    with pytest.raises(ValueError, match="unique"):
+        make_pod("p", sidecars=(("app", "x"),))
+
+
+def test_make_pod_shapes_sidecars_and_ephemeral_containers_like_the_api() -> None:
+    obj = make_pod("p", sidecars=(("mesh", "envoy:1"),), ephemeral=(("dbg", "busybox"),))
+    [mesh] = obj["spec"]["initContainers"]
+    assert mesh["restartPolicy"] == "Always"
+    [dbg] = obj["spec"]["ephemeralContainers"]
+    assert dbg["targetContainerName"] == "app" and "resources" not in dbg
+    [dbg_status] = obj["status"]["ephemeralContainerStatuses"]
+    assert "running" in dbg_status["state"] and dbg_status["containerID"].startswith(
+        "containerd://"
+    )
