@@ -23,6 +23,8 @@ def source_kind(source: str) -> str:
         return "smart"
     if "clamped" in source:
         return "ceiling"
+    if source.startswith("excluded by"):
+        return "excluded"  # an excluded container's field that no ceiling holds
     if source.startswith("kept from the kernel"):
         return "kernel"
     if source.startswith("namespace"):

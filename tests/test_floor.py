@@ -112,6 +112,7 @@ def test_tenant_named_exclusion_gets_the_ceilings(
         f"excluded by {rule.value}, clamped to the env ceiling LIMIT_CEILING_WRITE_IOPS=800"
     )
     assert c.resolution.sources["rbps"] == f"excluded by {rule.value}, no ceiling"
+    assert source_kind(c.resolution.sources["rbps"]) == "excluded"
 
 
 def test_regex_exclusion_gets_the_ceilings() -> None:
