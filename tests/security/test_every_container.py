@@ -32,6 +32,7 @@ from diskguard.status import containers_json
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
+from diskguard.top import pod_names
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]
@@ -224,6 +225,25 @@ async def test_ephemeral_container_io_is_measured_and_shown(
         and 'unit="iops"' in line
     ]
     assert limit_lines and limit_lines[0].endswith(" 300.0"), limit_lines
+
+
+def test_top_names_every_running_container(cluster: Cluster) -> None:
+    """`diskguard top` names cgroups from the pod list: the new kinds included."""
+    pod = make_pod(
+        "named",
+        "default",
+        NODE,
+        sidecars=(("mesh", "envoy:1"),),
+        init_containers=(("setup", "busybox"),),
+        ephemeral=(("debugger", "busybox"),),
+    )
+    cgroups = make_cgroups(cluster, pod)
+    names = pod_names([pod], cluster.hierarchy, cluster.driver, cluster.kubelet.prefix)
+    assert {names[cg] for cg in cgroups.values()} == {
+        ("default", "named", "app"),
+        ("default", "named", "mesh"),
+        ("default", "named", "debugger"),
+    }
 
 
 TOKEN = "kubelet-test-token"
