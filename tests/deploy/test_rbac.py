@@ -38,6 +38,8 @@ from .rbac import (
     permissions_granted,
     permissions_used,
 )
+from .test_admission_policy import agent_request
+from .test_admission_policy import decide as admitted
 
 
 def cluster_role(*components: str) -> dict[str, Any]:
@@ -205,6 +207,7 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     assert await cluster.wait_events("IOLimitApplied", 1)
     if smart:
         # smart limit: a container busy for a whole window gets its pod patched
+        before = cluster.api.get("pods", "default", "annotated")
         load = background_fio(cluster, cg, 20)
         try:
             await wait_annotations(cluster, "annotated", present=True, timeout=15)
@@ -212,6 +215,10 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
             load.kill()
             load.wait()
         assert running.agent.ready(), running.agent.readiness_problem()
+        # ...and that patch is one components/admission-policy lets through
+        after = cluster.api.get("pods", "default", "annotated")
+        decision = admitted(agent_request(before, after, cluster.env()["NODE_NAME"]))
+        assert decision.applies and decision.allowed, decision.messages
     running.stop()
     found = await _doctor(cluster, **(SMART_ENV if smart else {}))
     assert found["RBAC"]["status"] == "ok", found["RBAC"]
