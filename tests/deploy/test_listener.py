@@ -98,7 +98,10 @@ _DUAL_STACK = textwrap.dedent(
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("ip")),
+    reason="needs root, unshare and ip for a network namespace",
+)
 def test_every_address_is_one_dual_stack_socket() -> None:
     script = f"ip link set lo up && exec {sys.executable} -c '{_DUAL_STACK}'"
     done = subprocess.run(
