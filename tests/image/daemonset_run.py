@@ -28,12 +28,14 @@ def docker_run_args(
     daemonset: Mapping[str, Any],
     *,
     node_name: str,
+    config_maps: Mapping[str, Mapping[str, str]] = {},
     host_paths: Mapping[str, str] = {},
     env: Mapping[str, str] = {},
     extra_mounts: Mapping[str, str] = {},
 ) -> list[str]:
     """Options for `docker run` (before the image name) and, after it, the arguments.
 
+    config_maps: ConfigMap name -> data, for `configMapKeyRef` variables.
     host_paths: volume name -> host path replacing that hostPath volume's path.
     env: variables set or replaced after the DaemonSet's own.
     extra_mounts: host path -> container path, read-only (e.g. a kubeconfig).
@@ -67,6 +69,8 @@ def docker_run_args(
             values[var["name"]] = str(var["value"])
         elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
             values[var["name"]] = node_name
+        elif ref := var.get("valueFrom", {}).get("configMapKeyRef"):
+            values[var["name"]] = str(config_maps[ref["name"]][ref["key"]])
         else:
             raise ValueError(f"env {var['name']}: no mapping for {var.get('valueFrom')}")
     values.update(env)

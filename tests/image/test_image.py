@@ -37,6 +37,12 @@ def daemonset() -> dict[str, Any]:
     return dict(yaml.safe_load((REPO / "deploy" / "daemonset.yaml").read_text()))
 
 
+def config_maps() -> dict[str, dict[str, str]]:
+    """The base's ConfigMaps (deploy/config.yaml), which the DaemonSet's env refers to."""
+    docs = yaml.safe_load_all((REPO / "deploy" / "config.yaml").read_text())
+    return {d["metadata"]["name"]: d["data"] for d in docs if d and d["kind"] == "ConfigMap"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,6 +131,7 @@ def running(
         options = docker_run_args(
             daemonset(),
             node_name=NODE,
+            config_maps=config_maps(),
             host_paths={"data": str(loop_disk.mount)},
             env={
                 "KUBELET_CGROUP_ROOT": kubelet_root.prefix,
