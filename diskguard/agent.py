@@ -288,6 +288,7 @@ class Agent:
                 self.config.annotation_prefix,
                 dry_run=smart.dry_run,
                 patches_per_minute=smart.patches_per_minute,
+                fresh_resource_version=self.config.kubelet.pod_source,
             )
             rate_source.listeners.append(self.smart.on_samples)
             nursery.start_soon(self.smart.run, name="smart-limit")
