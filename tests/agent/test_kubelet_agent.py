@@ -227,3 +227,25 @@ async def test_kubelet_pod_source_smart_limit_skips_a_pod_changed_since_the_deci
     ann = cluster.api.get("pods", "default", "busy")["metadata"]["annotations"]
     assert f"{P}/smart-limit" not in ann
     assert cluster.kernel(cg) == IOLimits(500, 200)
+
+
+async def test_readiness_reports_a_kubelet_pod_source_that_stops_answering(
+    cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
+) -> None:
+    kubelet, env = kubelet_env
+    pod = cluster.add_pod("web", annotations={f"{P}/iops": "100"})
+    kubelet.set_pods([cluster.api.get("pods", "default", "web")])
+    running = await start_agent(KUBELET_POD_SOURCE="true", READINESS_WATCH_GRACE="0.5", **env)
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=3)
+    assert running.agent.readiness_problem() == ""
+    # one poll held 4 s (inside the client's 10 s timeout: not a failure, no fallback)
+    kubelet.fail_next(1, status=None, delay=4.0)
+    with trio.fail_after(scaled(5)):
+        while "no answer from the kubelet pod source" not in running.agent.readiness_problem():
+            await trio.sleep(0.05)
+    assert running.agent.pod_source.active.value == "kubelet"
+    with trio.fail_after(scaled(10)):
+        while running.agent.readiness_problem():
+            await trio.sleep(0.05)
+    assert cluster.kernel(cg) == IOLimits(100, 100)

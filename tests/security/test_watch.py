@@ -7,23 +7,36 @@ server's state through the relists; every test ends with the agent alive and rea
 from __future__ import annotations
 
 import itertools
+import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 from reliability import conftest as fixtures
 from reliability.conftest import Cluster, P, http_get, wait_until
 
+from diskguard.kube.watch import FIRST_PROGRESS_WAIT, WatchHealth, relist_reason
 from diskguard.model import IOLimits
-from diskguard.testing.fakeapi import RecordedRequest
+from diskguard.testing.fakeapi import FakeAPIServer, Fault, RecordedRequest
+from diskguard.testing.fakeapi.errors import too_large
 
-pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
+
+def agent_test(fn: Any) -> Any:
+    """The whole agent on real cgroups; fault timing means nothing under emulation."""
+    return pytest.mark.kernel(pytest.mark.host_only(fn))
+
 
 # The whole-agent fixtures, shared without a conftest of our own in tests/security/.
 cluster = fixtures.cluster
 start_agent = fixtures.start_agent
 
 PODS = r"^/api/v1/pods$"
+FUTURE = "required revision is a future revision"
 TOO_LARGE = "Timeout: Too large resource version: 999999, current: 42"
 
 
@@ -73,6 +86,7 @@ async def _alive_and_ready(cluster: Cluster, running: Any) -> None:
         (500, "etcdserver: mvcc: required revision is a future revision", ""),  # from etcd
     ],
 )
+@agent_test
 async def test_too_large_resource_version_in_stream_relists_backs_off_and_shows_in_readiness(
     cluster: Cluster, start_agent: Any, code: int, message: str, cause: str
 ) -> None:
@@ -112,6 +126,7 @@ async def test_too_large_resource_version_in_stream_relists_backs_off_and_shows_
 
 
 @pytest.mark.parametrize("where", ["http", "stream"])
+@agent_test
 async def test_410_on_the_watch_request_or_in_stream_relists(
     cluster: Cluster, start_agent: Any, where: str
 ) -> None:
@@ -138,6 +153,7 @@ async def test_410_on_the_watch_request_or_in_stream_relists(
 
 
 @pytest.mark.parametrize("answer", ["empty stream", "in-stream 500"])
+@agent_test
 async def test_backoff_does_not_reset_on_a_200_that_delivers_nothing(
     cluster: Cluster, start_agent: Any, answer: str
 ) -> None:
@@ -170,3 +186,132 @@ async def test_backoff_does_not_reset_on_a_200_that_delivers_nothing(
     await _alive_and_ready(cluster, running)
     cluster.set_annotations("default", "web", {f"{P}/iops": "170"})
     await cluster.wait_kernel(cg, IOLimits(170, 170), timeout=5)
+
+
+# -- the decisions, no kernel -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "relist"),
+    [
+        ({"code": 410, "reason": "Expired", "message": "too old resource version: 1 (5)"}, True),
+        ({"code": 410, "reason": "Gone"}, True),
+        (too_large(99, 42).status(), True),
+        ({"code": 504, "reason": "Timeout", "message": TOO_LARGE}, True),
+        (
+            {
+                "code": 504,
+                "message": "Timeout",
+                "details": {"causes": [{"reason": "ResourceVersionTooLarge"}]},
+            },
+            True,
+        ),
+        ({"code": 500, "message": f"etcdserver: mvcc: {FUTURE}"}, True),
+        ({"code": 500, "message": "etcdserver: leader changed"}, False),
+        ({"code": 504, "reason": "Timeout", "message": "request timed out"}, False),
+        # a 4xx saying "too large" is not the server's resourceVersion answer
+        ({"code": 400, "message": "Too large resource version"}, False),
+        ({"code": "504", "message": TOO_LARGE}, False),
+        ("not a status", False),
+        (None, False),
+    ],
+)
+def test_relist_reason(status: Any, relist: bool) -> None:
+    assert bool(relist_reason(status)) is relist
+
+
+def test_a_huge_status_message_is_bounded_in_the_reason() -> None:
+    reason = relist_reason({"code": 410, "message": "x" * 300_000})
+    assert 0 < len(reason) < 1100
+
+
+def test_watch_health_problem_needs_the_grace_and_spares_a_fresh_reconnect_once() -> None:
+    failing = WatchHealth(failing_since=100.0, last_error="boom", failed_attempts=1)
+    assert failing.problem("pods", 100.4, grace=0.5) == ""
+    assert "no progress for 1s (boom)" in failing.problem("pods", 101.0, grace=0.5)
+    # one failure, reconnected: may be waiting for the first bookmark
+    reconnected = WatchHealth(failing_since=100.0, connected_since=100.2, failed_attempts=1)
+    assert reconnected.problem("pods", 110.0, grace=0.5) == ""
+    assert reconnected.problem("pods", 100.3 + FIRST_PROGRESS_WAIT, grace=0.5) != ""
+    # failing again and again: no benefit, even while briefly connected
+    cycling = WatchHealth(failing_since=100.0, connected_since=109.9, failed_attempts=5)
+    assert cycling.problem("pods", 110.0, grace=0.5) != ""
+    assert WatchHealth().problem("pods", 1e9, grace=0.5) == ""
+
+
+def test_stream_faults_are_validated_and_round_trip() -> None:
+    with pytest.raises(ValueError, match="at most one"):
+        Fault(status=500, stream_error=504)
+    with pytest.raises(ValueError, match="stream_error"):
+        Fault(stream_error=200)
+    with pytest.raises(ValueError, match="body_regex"):
+        Fault(body_regex="(")
+    fault = Fault("GET", PODS, None, watch=True, stream_error=504, message=TOO_LARGE, cause="X")
+    assert Fault.from_json(fault.to_json()) == fault
+    assert fault.matches("GET", "/api/v1/pods", watch=True)
+    assert not fault.matches("GET", "/api/v1/pods", watch=False)
+    victim = Fault("POST", "/events$", 500, body_regex='"name": "victim"')
+    assert victim.matches("POST", "/api/v1/namespaces/d/events", body='{"name": "victim"}')
+    assert not victim.matches("POST", "/api/v1/namespaces/d/events", body='{"name": "other"}')
+
+
+# -- the fake API server's watch faults, as a client sees them ----------------------------
+
+
+@pytest.fixture
+def api() -> Iterator[FakeAPIServer]:
+    with FakeAPIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[client.CoreV1Api]:
+    cfg = client.Configuration()
+    config.load_kube_config(
+        config_file=api.write_kubeconfig(tmp_path / "kubeconfig"), client_configuration=cfg
+    )
+    cfg.retries = False
+    core = client.CoreV1Api(client.ApiClient(cfg))
+    yield core
+    core.api_client.close()
+
+
+def _raw_watch(v1: client.CoreV1Api, rv: str) -> list[dict[str, Any]]:
+    response = v1.list_pod_for_all_namespaces(
+        watch=True,
+        resource_version=rv,
+        timeout_seconds=2,
+        _preload_content=False,
+        _request_timeout=(5, 5),
+    )
+    try:
+        return [json.loads(line) for line in iter_resp_lines(response)]
+    finally:
+        response.close()
+
+
+def test_a_watch_from_a_future_resource_version_gets_an_in_stream_too_large(
+    api: FakeAPIServer, v1: client.CoreV1Api
+) -> None:
+    future = str(int(api.resource_version) + 1000)
+    events = _raw_watch(v1, future)
+    assert [e["type"] for e in events] == ["ERROR"]
+    status = events[0]["object"]
+    assert status["code"] == 504 and status["reason"] == "Timeout"
+    assert status["message"].startswith("Timeout: Too large resource version: ")
+    assert status["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
+    assert relist_reason(status)
+
+
+def test_injected_watch_faults_hit_watches_only(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+    rv = api.resource_version
+    api.inject_watch_error(PODS, 500, "etcdserver: leader changed", count=1)
+    events = _raw_watch(v1, rv)
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 500)]
+    api.inject_fault("GET", PODS, status=None, watch=True, stream_end=True, count=1)
+    assert _raw_watch(v1, rv) == []
+    api.inject_fault("GET", PODS, status=410, watch=True)
+    v1.list_pod_for_all_namespaces()  # a LIST is not a watch: served
+    with pytest.raises(ApiException) as caught:
+        _raw_watch(v1, rv)
+    assert caught.value.status == 410
