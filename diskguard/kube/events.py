@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 1000
 # Posts in flight at once: one slow or failing Event holds one slot, the others go on.
 CONCURRENCY = 4
-# Overall rate after a burst (client-go's Event spam filter allows a burst of 25 too).
-RATE = 10.0
-BURST = 25
+# Overall rate after a burst: the kubelet's defaults for its own Events (--event-qps 50,
+# --event-burst 100), so a whole node's worth of decisions at once (a ceiling change that
+# clamps 100 pods) still arrives within about a second.
+RATE = 50.0
+BURST = 100
 
 
 @attrs.frozen
