@@ -229,6 +229,7 @@ async def test_kubelet_pod_source_smart_limit_skips_a_pod_changed_since_the_deci
     assert cluster.kernel(cg) == IOLimits(500, 200)
 
 
+@pytest.mark.host_only  # readiness timing against a 0.5 s grace means nothing under emulation
 async def test_readiness_reports_a_kubelet_pod_source_that_stops_answering(
     cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
 ) -> None:
