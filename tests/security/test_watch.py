@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from reliability import conftest as fixtures
 from reliability.conftest import Cluster, P, http_get, wait_until
 
-from diskguard.kube.watch import FIRST_PROGRESS_WAIT, WatchHealth, relist_reason
+from diskguard.kube.watch import (
+    FIRST_PROGRESS_WAIT,
+    ListWatcher,
+    WatchEvent,
+    WatchHealth,
+    relist_reason,
+)
 from diskguard.model import IOLimits
 from diskguard.testing.fakeapi import FakeAPIServer, Fault, RecordedRequest
 from diskguard.testing.fakeapi.errors import too_large
@@ -315,3 +322,39 @@ def test_injected_watch_faults_hit_watches_only(api: FakeAPIServer, v1: client.C
     with pytest.raises(ApiException) as caught:
         _raw_watch(v1, rv)
     assert caught.value.status == 410
+
+
+async def test_a_quiet_stream_ending_at_the_servers_timeout_is_progress(tmp_path: Path) -> None:
+    """No event and no bookmark (a quiet cluster, a server that sends none): a stream that
+    lasted the timeout asked for ended cleanly, which resets the backoff; two streams
+    that ended at once, empty, before it did not."""
+    with FakeAPIServer(bookmark_interval=1000) as server:
+        cfg = client.Configuration()
+        config.load_kube_config(
+            config_file=server.write_kubeconfig(tmp_path / "kubeconfig"),
+            client_configuration=cfg,
+        )
+        cfg.retries = False
+        core = client.CoreV1Api(client.ApiClient(cfg))
+        send, receive = trio.open_memory_channel[WatchEvent](100)
+        watcher = ListWatcher("pods", core.list_pod_for_all_namespaces, send, timeout_range=(1, 1))
+        server.inject_fault("GET", PODS, status=None, watch=True, stream_end=True, count=2)
+        seen: list[WatchHealth] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.run)
+            await receive.receive()  # the list
+            with trio.fail_after(10):
+                while watcher.health.failed_attempts < 2:
+                    await trio.sleep(0.01)
+                seen.append(watcher.health)
+                while watcher.health.failing_since is not None:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        core.api_client.close()
+    assert seen[0].backoff > 0 and "without an event" in seen[0].last_error
+    assert watcher.health.backoff == 0 and watcher.health.failed_attempts == 0
+    assert watcher.health.last_progress is not None
+    # progress came from a watch that lasted its timeout, not from a relist
+    assert watcher.health.relists == 1
+    watches = [r for r in server.requests() if _is_watch(r)]
+    assert len(watches) >= 3 and all(w.query.get("timeoutSeconds") == "1" for w in watches)
