@@ -1,39 +1,62 @@
-# syntax=docker/dockerfile:1
-# The diskguard node agent. Build from the repository root:
-#   docker build -t ghcr.io/example/diskguard:0.1.0 .
-# Layers go from what changes least (Debian packages) to what changes most (our source).
+# The diskguard node agent. Build from the repository root (classic builder or BuildKit):
+#   docker build --build-arg VERSION=0.2.0 -t registry.example.com/diskguard:0.2.0 .
+# Two stages: the builder makes a wheel install into a virtualenv; the final stage holds
+# Debian's python3 and BCC (python3-bpfcc, not on PyPI) plus that virtualenv, copied to the
+# same path - no pip, compilers, test fixtures' dependencies or build tools.
+# (No "# syntax=" line: it would make BuildKit fetch a frontend image from a registry.)
+FROM debian:bookworm-slim AS builder
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    PIP_PROGRESS_BAR=off PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip \
+        ca-certificates
+# Building behind a TLS-intercepting proxy: its CA, if put in deploy/build-ca/, is trusted
+# here (the builder stage only).
+COPY deploy/build-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+
+# Dependencies first (pinned by the constraints file CI tests with), so a source edit does
+# not reinstall them. The venv sees system site-packages: `import bcc` comes from Debian.
+COPY scripts/constraints.txt /src/scripts/constraints.txt
+COPY pyproject.toml /src/
+RUN python3 -m venv --system-site-packages /opt/diskguard/venv \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        >/tmp/requirements.txt \
+    && /opt/diskguard/venv/bin/pip install -q -c /src/scripts/constraints.txt -r /tmp/requirements.txt
+
+# The package itself, non-editable, with the BPF program as package data. VERSION (a build
+# argument) is what `diskguard --version` reports.
+ARG VERSION=0.2.0.dev0
+COPY README.md /src/
+COPY bpf/ /src/bpf/
+COPY diskguard/ /src/diskguard/
+RUN printf '__version__ = "%s"\n' "$VERSION" >/src/diskguard/_version.py \
+    && /opt/diskguard/venv/bin/pip install -q --no-deps -c /src/scripts/constraints.txt /src \
+    && /opt/diskguard/venv/bin/pip uninstall -q -y pip \
+    && /opt/diskguard/venv/bin/diskguard --version
+
 FROM debian:bookworm-slim
 
-WORKDIR /opt/diskguard
-
-# Debian packages, from the same script CI and the demo run, so every CI run exercises
-# this step's package list. python3-bpfcc provides the `bcc` module.
-COPY scripts/install-system-deps.sh scripts/
-RUN bash scripts/install-system-deps.sh runtime \
+# Runtime packages only, from the same script CI and the demo run (python3, python3-bpfcc).
+COPY scripts/install-system-deps.sh /tmp/
+RUN bash /tmp/install-system-deps.sh runtime \
     && apt-get clean \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* /tmp/install-system-deps.sh
 
-# The virtualenv and Python dependencies, rebuilt only when pyproject.toml changes.
-# setup-venv.sh uses Debian's python3 with --system-site-packages (so `import bcc` works)
-# and installs diskguard editable, so this layer needs only stubs: an empty package (the
-# editable finder maps `diskguard` to /opt/diskguard/diskguard, where the real source
-# lands below) and an empty README.md (pyproject's readme, only the long description).
-COPY pyproject.toml ./
-COPY scripts/setup-venv.sh scripts/
-RUN mkdir diskguard \
-    && touch diskguard/__init__.py README.md \
-    && bash scripts/setup-venv.sh runtime \
-    && rm -rf /root/.cache/pip
+COPY --from=builder /opt/diskguard/venv /opt/diskguard/venv
 
-# The eBPF program, found beside the package (diskguard/sampler/bpf.py: default_source).
-COPY bpf/ bpf/
-COPY diskguard/ diskguard/
-RUN .venv/bin/python -m compileall -q diskguard
+ARG VERSION=0.2.0.dev0
+LABEL org.opencontainers.image.title="diskguard" \
+      org.opencontainers.image.description="Kubernetes node agent: per-container disk IOPS and bytes/s limits in the kernel (cgroup v1 blkio / v2 io.max), eBPF IO measurement" \
+      org.opencontainers.image.version="$VERSION" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="debian:bookworm-slim"
 
 # Root, privileged in the DaemonSet: the agent writes other containers' cgroup files.
 USER root
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 \
+    PATH=/opt/diskguard/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # So `kubectl exec ds/diskguard -n diskguard-system -- diskguard doctor` finds the command.
-ENV PATH=/opt/diskguard/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-ENTRYPOINT ["/opt/diskguard/.venv/bin/diskguard"]
+ENTRYPOINT ["/opt/diskguard/venv/bin/diskguard"]
 CMD ["run"]

@@ -19,7 +19,8 @@ from kubernetes import client as k8s
 
 from diskguard import web
 from diskguard.applier import Applier
-from diskguard.config import Config
+from diskguard.config import Config, startup_warnings
+from diskguard.kube.access import SMART_LIMIT_ACCESS, AccessGate, denied_access
 from diskguard.kube.client import make_api_client
 from diskguard.kube.events import EventSink, Posting, post_events
 from diskguard.kube.kubelet import KubeletClient
@@ -51,6 +52,9 @@ NAMESPACE_WAIT = 10.0
 APPLY_STUCK_AFTER = 120.0
 # On shutdown, queued Kubernetes Events get this long to be posted.
 EVENT_FLUSH_SECONDS = 3.0
+# With smart limit on and its RBAC grant missing, ask again this often (a SelfSubjectAccess-
+# Review per permission): installing deploy/components/smart-limit then needs no restart.
+SMART_ACCESS_RECHECK = 60.0
 
 
 @attrs.frozen
@@ -123,6 +127,16 @@ class Agent:
         self.namespace_watcher = ListWatcher(
             "namespaces", self.api.list_namespace, self._watch_send.clone()
         )
+        # Smart limit patches pods only where RBAC grants it (deploy/components/smart-limit).
+        self.smart_access: AccessGate | None = None
+        if config.smart.enabled and not config.smart.dry_run:
+            self.smart_access = AccessGate(
+                "smart limit",
+                SMART_LIMIT_ACCESS,
+                functools.partial(denied_access, api_client),
+                interval=SMART_ACCESS_RECHECK,
+            )
+        self.config_warnings = startup_warnings(config)
 
     # -- health ----------------------------------------------------------------------------
 
@@ -136,7 +150,12 @@ class Agent:
     def readiness_problem(self) -> str:
         if not self.reconciler.synced.is_set():
             return "initial reconcile not done yet"
-        return self._pod_source_problem()
+        problem = self._pod_source_problem()
+        if problem:
+            return problem
+        if self.smart_access is not None and self.smart_access.problem():
+            return self.smart_access.problem()
+        return ""
 
     def _pod_source_problem(self) -> str:
         """The pod source (kubelet, or the API watch) making no progress for the grace."""
@@ -170,6 +189,7 @@ class Agent:
             "window_seconds": smart.settings.window,
             "monitor_interval_seconds": smart.monitor_interval,
             "patches": dict(self.smart.patches) if self.smart else {},
+            "access": self.smart_access.as_json() if self.smart_access else None,
         }
 
     async def _open_sampler(self) -> Sampler | None:
@@ -201,9 +221,13 @@ class Agent:
             ", ".join(f"{d.name or '?'}={d}" for d in self.node.devices),
             self.config.defaults,
         )
+        for warning in self.config_warnings:
+            log.warning("%s", warning)
         try:
             async with trio.open_nursery() as nursery:
                 self._start_enforcement(nursery)
+                if self.smart_access is not None:
+                    nursery.start_soon(self.smart_access.run, name="smart-limit-access")
                 self.http_binds = await nursery.start(
                     functools.partial(web.serve, self, self.config.http_addr), name="http"
                 )
@@ -259,6 +283,16 @@ class Agent:
             name="events",
         )
 
+    async def _run_smart(
+        self, smart: SmartLimiter, rate_source: SamplingTask | KubeletRateTask
+    ) -> None:
+        """Smart limit, once RBAC lets it patch pods (at once in dry run)."""
+        if self.smart_access is not None:
+            await self.smart_access.granted.wait()
+        self.smart = smart
+        rate_source.listeners.append(smart.on_samples)
+        await smart.run()
+
     async def _start_measuring(self, nursery: trio.Nursery) -> None:
         """Open the sampler (BPF compiles in a thread), then start the tasks that use it."""
         self._sampler = sampler = await self._open_sampler()
@@ -279,7 +313,7 @@ class Agent:
         rate_source = self.kubelet_rates or self.sampling
         if self.config.smart.enabled and rate_source is not None:
             smart = self.config.smart
-            self.smart = SmartLimiter(
+            smart_limiter = SmartLimiter(
                 smart.settings,
                 smart.monitor_interval,
                 self.reconciler,
@@ -290,8 +324,7 @@ class Agent:
                 patches_per_minute=smart.patches_per_minute,
                 fresh_resource_version=self.config.kubelet.pod_source,
             )
-            rate_source.listeners.append(self.smart.on_samples)
-            nursery.start_soon(self.smart.run, name="smart-limit")
+            nursery.start_soon(self._run_smart, smart_limiter, rate_source, name="smart-limit")
         if self.sampling is not None:
             nursery.start_soon(self.sampling.run, name="sampler")
         if self.kubelet_rates is not None:

@@ -119,6 +119,31 @@ def doctor(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--namespace", default=None, help="Only this namespace's containers.")
+@click.option("--pod", default=None, help="Only this pod's containers.")
+@click.option("--json", "as_json", is_flag=True, help="The whole /status document as JSON.")
+def status(namespace: str | None, pod: str | None, as_json: bool) -> None:
+    """Show the running agent's /status (run it in the agent's pod: with
+    STATUS_LOCALHOST_ONLY, /status answers only on the pod's loopback)."""
+    import json
+
+    from diskguard.statuscmd import StatusUnavailable, fetch_status, render
+
+    env = dict(os.environ)
+    env.setdefault("NODE_NAME", socket.gethostname().lower())
+    config = _config_or_exit(env)
+    try:
+        document = fetch_status(config, namespace, pod)
+    except StatusUnavailable as exc:
+        click.echo(f"diskguard: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        render(document, click.echo)
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per interval).")
 @click.option(

@@ -44,6 +44,23 @@ class SmartConfig:
 
 
 @attrs.frozen
+class ListenAddress:
+    """Where the HTTP endpoints listen. An empty host is every address: IPv6 and IPv4 on one
+    dual-stack socket, or IPv4 alone where the node has no IPv6."""
+
+    host: str  # "" = every address; else an IP address or name, IPv6 without brackets
+    port: int
+
+    @property
+    def every_address(self) -> bool:
+        return self.host in ("", "::", "0.0.0.0")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@attrs.frozen
 class Config:
     node_name: str
     cgroup_root: str = "/sys/fs/cgroup"
@@ -62,7 +79,8 @@ class Config:
     sample_interval: float = 1.0
     smart: SmartConfig = attrs.field(factory=lambda: SmartConfig())
     kubelet: KubeletSettings = attrs.field(factory=KubeletSettings)
-    http_addr: str = "0.0.0.0:2112"
+    http_addr: ListenAddress = ListenAddress("", 2112)
+    status_localhost_only: bool = True
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
     log_format: str = "text"
@@ -161,14 +179,20 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
     )
 
 
-def _http_addr(value: str) -> str:
-    """`:2112` (all interfaces), `127.0.0.1:2112`, `[::1]:2112` -> a hypercorn bind."""
+def _http_addr(value: str) -> ListenAddress:
+    """`:2112` (every address, dual-stack), `127.0.0.1:2112`, `[::1]:2112`."""
     host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError
     if host.startswith("[") != host.endswith("]") or " " in host:
         raise ValueError
-    return f"{host or '0.0.0.0'}:{int(port)}"
+    if host.startswith("["):
+        host = host[1:-1]
+        if not host or "[" in host or "]" in host:
+            raise ValueError
+    elif ":" in host:
+        raise ValueError  # an IPv6 address needs brackets: [::1]:2112
+    return ListenAddress(host, int(port))
 
 
 _NO_NAMESPACES: tuple[str, ...] = ()
@@ -301,8 +325,12 @@ def load_config(env: Mapping[str, str]) -> Config:
         ),
         smart=_smart(get, iops_form, bps_form),
         http_addr=get(
-            "HTTP_ADDR", _http_addr, "[host]:port such as :2112 or 127.0.0.1:2112", "0.0.0.0:2112"
+            "HTTP_ADDR",
+            _http_addr,
+            "[host]:port such as :2112 (every address), 127.0.0.1:2112 or [::1]:2112",
+            ListenAddress("", 2112),
         ),
+        status_localhost_only=get("STATUS_LOCALHOST_ONLY", _bool, "true or false", True),
         readiness_watch_grace=get(
             "READINESS_WATCH_GRACE", _seconds, "a positive number of seconds, such as 60", 60.0
         ),
@@ -345,6 +373,27 @@ def _exclusion(env: Mapping[str, str]) -> ExclusionFilter:
 
 def default_exclusion() -> ExclusionFilter:
     return _exclusion({})
+
+
+_CEILING_VARIABLES = {
+    "riops": "LIMIT_CEILING_READ_IOPS",
+    "wiops": "LIMIT_CEILING_WRITE_IOPS",
+    "rbps": "LIMIT_CEILING_READ_BPS",
+    "wbps": "LIMIT_CEILING_WRITE_BPS",
+}
+
+
+def startup_warnings(config: Config) -> tuple[str, ...]:
+    """What is allowed but unsafe in this configuration, said at start-up and in /status."""
+    ceilings = config.guardrails.ceilings
+    missing = [var for field, var in _CEILING_VARIABLES.items() if not getattr(ceilings, field)]
+    if not missing:
+        return ()
+    return (
+        f"no ceiling configured ({', '.join(missing)} unset or 0): any tenant who may "
+        f"annotate a pod can lift its own limits there (an annotation of 0 means unlimited); "
+        f"deploy/ ships ceilings for all four",
+    )
 
 
 class _RecordingEnv(dict[str, str]):

@@ -17,20 +17,18 @@ from typing import Any
 import attrs
 
 from diskguard.config import Config, ConfigError, load_config
+from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, Access, denied_access
 from diskguard.model import CgroupVersion
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.devices import DeviceError, resolve_data_devices
 from diskguard.reset import container_cgroups, kubepods_dirs
 
-# (verb, resource, API group) the agent needs; deploy/clusterrole.yaml grants exactly these.
-REQUIRED_ACCESS = (
-    ("list", "pods", ""),
-    ("watch", "pods", ""),
-    ("patch", "pods", ""),
-    ("create", "events", ""),
-    ("list", "namespaces", ""),
-    ("watch", "namespaces", ""),
-)
+
+def required_access(config: Config) -> tuple[Access, ...]:
+    """The permissions the agent uses with this configuration: the base ClusterRole's
+    (deploy/), plus deploy/components/smart-limit's when smart limit patches pods."""
+    smart = config.smart.enabled and not config.smart.dry_run
+    return BASE_ACCESS + (SMART_LIMIT_ACCESS if smart else ())
 
 
 class Status(enum.Enum):
@@ -160,7 +158,7 @@ class Doctor:
                 Status.OK,
                 f"{api_client.configuration.host} answers, version {info.git_version}",
             )
-            self._rbac(api_client)
+            self._rbac(api_client, config)
         except Exception as exc:  # any failure to talk to it is the finding
             self.add(
                 "API server",
@@ -170,34 +168,30 @@ class Doctor:
         finally:
             api_client.close()
 
-    def _rbac(self, api_client: Any) -> None:
-        from kubernetes import client as k8s
-
-        authz = k8s.AuthorizationV1Api(api_client)
-        denied = []
-        for verb, resource, group in REQUIRED_ACCESS:
-            body = k8s.V1SelfSubjectAccessReview(
-                spec=k8s.V1SelfSubjectAccessReviewSpec(
-                    resource_attributes=k8s.V1ResourceAttributes(
-                        verb=verb, resource=resource, group=group
-                    )
-                )
-            )
-            review = authz.create_self_subject_access_review(body, _request_timeout=(5, 10))
-            if review.status is None or not review.status.allowed:
-                denied.append(f"{verb} {resource}")
+    def _rbac(self, api_client: Any, config: Config) -> None:
+        denied = denied_access(api_client, BASE_ACCESS)
         if denied:
             self.add(
                 "RBAC",
                 Status.FAIL,
-                f"not allowed: {', '.join(denied)} (apply deploy/clusterrole.yaml)",
+                f"not allowed: {', '.join(map(str, denied))} (apply deploy/clusterrole.yaml)",
             )
         else:
+            self.add("RBAC", Status.OK, "allowed: " + ", ".join(map(str, BASE_ACCESS)))
+        wanted = required_access(config)[len(BASE_ACCESS) :]
+        if not wanted:
+            return
+        denied = denied_access(api_client, wanted)
+        if denied:
             self.add(
-                "RBAC",
-                Status.OK,
-                "allowed: " + ", ".join(f"{v} {r}" for v, r, _ in REQUIRED_ACCESS),
+                "RBAC (smart limit)",
+                Status.FAIL,
+                f"SMART_LIMIT_ENABLED=true but not allowed: {', '.join(map(str, denied))}; "
+                f"the agent runs without smart limit until deploy/components/smart-limit is "
+                f"installed",
             )
+        else:
+            self.add("RBAC (smart limit)", Status.OK, "allowed: " + ", ".join(map(str, wanted)))
 
 
 def run_doctor(env: Mapping[str, str], echo: Callable[[str], None], *, as_json: bool) -> int:

@@ -1,12 +1,14 @@
-"""Which pods and containers diskguard leaves alone.
+"""Which pods and containers the exclusion rules match.
 
 Pure decisions over the parsed pod model; the defaults live in the config module. Every
-decision comes with a short human reason so logs and status can say why a container was
-skipped.
+decision is an `Exclusion`: the rule that matched (typed, so the planner can tell the
+administrator's rules from the ones a tenant can satisfy) and a short human reason for
+logs and status.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Literal
 
@@ -29,6 +31,28 @@ class FilterConfigError(ValueError):
     def __init__(self, field: FilterField, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field: FilterField = field
+
+
+class ExclusionRule(enum.Enum):
+    """Which configured rule excluded a container."""
+
+    NAMESPACE = "namespace"  # EXCLUDE_NAMESPACES
+    LABEL_SELECTOR = "label_selector"  # EXCLUDE_LABEL_SELECTOR, on the pod's labels
+    KEYWORD = "keyword"  # EXCLUDE_KEYWORDS, in the container's name or image
+    REGEX = "regex"  # EXCLUDE_REGEX, on namespace/pod/container
+
+    @property
+    def tenant_controlled(self) -> bool:
+        """Whether whoever creates the pod decides if the rule matches. Pod labels, pod and
+        container names and images are the tenant's; the namespace a pod runs in is the
+        administrator's (tenants cannot create or rename namespaces)."""
+        return self is not ExclusionRule.NAMESPACE
+
+
+@attrs.frozen
+class Exclusion:
+    rule: ExclusionRule
+    reason: str
 
 
 def _split_list(text: str) -> list[str]:
@@ -94,26 +118,38 @@ class ExclusionFilter:
             regex=pattern,
         )
 
-    def pod_exclusion(self, pod: PodInfo) -> str | None:
-        """Why the whole pod is excluded, or None."""
+    def pod_exclusion(self, pod: PodInfo) -> Exclusion | None:
+        """Why the whole pod is excluded, or None. The namespace rule is checked first, so
+        a pod in an excluded namespace is always reported as excluded by the administrator."""
         if pod.namespace in self.namespaces:
-            return f"namespace {pod.namespace} is excluded"
+            return Exclusion(ExclusionRule.NAMESPACE, f"namespace {pod.namespace} is excluded")
         if self.label_selector is not None and self.label_selector.matches(pod.labels):
-            return f"pod labels match exclusion selector '{self.label_selector}'"
+            return Exclusion(
+                ExclusionRule.LABEL_SELECTOR,
+                f"pod labels match exclusion selector '{self.label_selector}'",
+            )
         return None
 
-    def container_exclusion(self, pod: PodInfo, container: ContainerInfo) -> str | None:
+    def container_exclusion(self, pod: PodInfo, container: ContainerInfo) -> Exclusion | None:
         """Why this container is excluded (pod-level reasons included), or None."""
-        reason = self.pod_exclusion(pod)
-        if reason is not None:
-            return reason
+        exclusion = self.pod_exclusion(pod)
+        if exclusion is not None:
+            return exclusion
         for keyword in self.keywords:
             if keyword in container.name:
-                return f"container name {container.name} contains excluded keyword '{keyword}'"
+                return Exclusion(
+                    ExclusionRule.KEYWORD,
+                    f"container name {container.name} contains excluded keyword '{keyword}'",
+                )
             if keyword in container.image:
-                return f"image {container.image} contains excluded keyword '{keyword}'"
+                return Exclusion(
+                    ExclusionRule.KEYWORD,
+                    f"image {container.image} contains excluded keyword '{keyword}'",
+                )
         if self.regex is not None:
             path = f"{pod.namespace}/{pod.name}/{container.name}"
             if self.regex.search(path):
-                return f"{path} matches exclusion regex '{self.regex.pattern}'"
+                return Exclusion(
+                    ExclusionRule.REGEX, f"{path} matches exclusion regex '{self.regex.pattern}'"
+                )
         return None

@@ -67,7 +67,7 @@ class AgentCollector(Collector):
         states = {"limited": 0, "excluded": 0, "waiting_for_cgroup": 0, "error": 0}
         for plan in rec.plans.values():
             for cplan in plan.containers:
-                ref, res = cplan.ref, cplan.resolution
+                ref, res = cplan.ref, (None if cplan.left_alone else cplan.resolution)
                 result = rec.results.get(ref.key)
                 if res is None:
                     states["excluded"] += 1

@@ -87,9 +87,19 @@ class IOLimits:
 UNLIMITED = IOLimits()
 
 
+class ContainerKind(enum.Enum):
+    """Which list of the pod spec a container comes from. Every kind runs in its own cgroup
+    under the pod's and does IO on the node's disks, so every kind is limited while it runs."""
+
+    REGULAR = "container"  # spec.containers
+    INIT = "init"  # spec.initContainers: runs to completion before the regular ones start
+    SIDECAR = "sidecar"  # spec.initContainers with restartPolicy Always: runs for the pod's life
+    EPHEMERAL = "ephemeral"  # spec.ephemeralContainers (kubectl debug)
+
+
 @attrs.frozen
 class ContainerInfo:
-    """A regular container of a pod as the API server reports it."""
+    """A container of a pod (any kind) as the API server reports it."""
 
     name: str
     image: str
@@ -98,6 +108,7 @@ class ContainerInfo:
     runtime: Runtime | None = None
     # Only a running container has a cgroup worth limiting; a terminated one's is gone.
     running: bool = False
+    kind: ContainerKind = ContainerKind.REGULAR
 
 
 @attrs.frozen

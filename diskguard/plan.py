@@ -6,27 +6,66 @@ the applier takes the resulting ContainerPlans to the kernel.
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from diskguard.annotations import AUTO_BPS, AUTO_IOPS, AnnotationLimits, parse_smart_annotations
-from diskguard.filters import ExclusionFilter
-from diskguard.model import ContainerRef, IOLimits, PodInfo, Runtime
+from diskguard.filters import Exclusion, ExclusionFilter
+from diskguard.model import ContainerKind, ContainerRef, IOLimits, PodInfo, Runtime
 from diskguard.policy import (
     Guardrails,
     KeyMemory,
     NamespacePolicy,
     Resolution,
+    held_to_ceilings,
     key_set,
     resolve_limits,
 )
 
 
+class Enforcement(enum.Enum):
+    """Why a container gets the limits it gets."""
+
+    # Not excluded: the pod's limits (annotations, namespace and env defaults, smart
+    # limit), clamped by the ceilings.
+    POD_LIMITS = "pod_limits"
+    # Excluded by a rule a tenant can satisfy (keyword in a name or image, pod labels,
+    # regex on names): none of the pod's limits, but held to the ceilings.
+    CEILINGS = "ceilings"
+    # Excluded by EXCLUDE_NAMESPACES (the administrator's): no limit at all.
+    EXEMPT = "exempt"
+
+
+def enforcement_for(exclusion: Exclusion | None) -> Enforcement:
+    """Only the administrator's rules lift the floor; a tenant-controlled match cannot."""
+    if exclusion is None:
+        return Enforcement.POD_LIMITS
+    if exclusion.rule.tenant_controlled:
+        return Enforcement.CEILINGS
+    return Enforcement.EXEMPT
+
+
 @attrs.frozen
 class ContainerPlan:
     ref: ContainerRef
-    # None: the container is excluded, so any limit on the data devices is cleared.
+    # None exactly when `enforcement` is EXEMPT: any limit on the data devices is cleared.
     resolution: Resolution | None
-    excluded_because: str = ""
+    enforcement: Enforcement = Enforcement.POD_LIMITS
+    exclusion: Exclusion | None = None
+    kind: ContainerKind = ContainerKind.REGULAR
+
+    @property
+    def excluded_because(self) -> str:
+        return self.exclusion.reason if self.exclusion is not None else ""
+
+    @property
+    def left_alone(self) -> bool:
+        """Excluded with no limit to hold it to (exempt, or held to ceilings that are all
+        unlimited): what /metrics counts as `excluded`."""
+        if self.enforcement is Enforcement.POD_LIMITS:
+            return False
+        return self.resolution is None or self.resolution.limits.is_unlimited()
 
 
 @attrs.frozen
@@ -61,13 +100,26 @@ def plan_pod(
         auto_source=f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
     )
     plans = []
+    # Every kind of container that runs (regular, sidecar, init while it runs, ephemeral)
+    # has its own cgroup and gets the pod's limits in it.
     for container in pod.containers:
         ref = pod.container_ref(container)
         if ref is None or not container.running:
             continue
-        reason = exclusion.container_exclusion(pod, container)
+        excluded = exclusion.container_exclusion(pod, container)
+        enforcement = enforcement_for(excluded)
+        container_resolution: Resolution | None
+        if enforcement is Enforcement.POD_LIMITS:
+            container_resolution = resolution
+        elif enforcement is Enforcement.CEILINGS:
+            assert excluded is not None
+            container_resolution = held_to_ceilings(
+                resolution, f"excluded by {excluded.rule.value}"
+            )
+        else:
+            container_resolution = None
         plans.append(
-            ContainerPlan(ref, None if reason else resolution, excluded_because=reason or "")
+            ContainerPlan(ref, container_resolution, enforcement, excluded, container.kind)
         )
     return PodPlan(pod, parsed, resolution, tuple(plans))
 

@@ -59,6 +59,8 @@ class Resolution:
     sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     memory: KeyMemory = attrs.field(factory=dict, hash=False)
     ceilings: IOLimits = IOLimits()
+    # Per field with a ceiling, which setting it comes from (env or namespace).
+    ceiling_sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     clamps: tuple[Clamp, ...] = ()
     # The limits without the smart limit: the reference smart limit judges IO against.
     static: IOLimits = IOLimits()
@@ -193,6 +195,7 @@ def resolve_limits(
     keep: set[str] = set()
     sources: dict[str, str] = {}
     ceilings: dict[str, int] = {}
+    ceiling_sources: dict[str, str] = {}
     clamps: list[Clamp] = []
     env_ceilings_apply = pod_namespace not in guardrails.allow_unlimited_namespaces
     for field in LIMIT_FIELDS:
@@ -210,6 +213,8 @@ def resolve_limits(
 
         ceiling, ceiling_source = _ceiling(field, namespace, guardrails, env_ceilings_apply)
         ceilings[field] = ceiling
+        if ceiling:
+            ceiling_sources[field] = ceiling_source
         if ceiling and (value == 0 or value > ceiling):
             if chosen.key and chosen.source.startswith("annotation"):
                 clamps.append(Clamp(field, chosen.key, value, ceiling))
@@ -230,7 +235,36 @@ def resolve_limits(
         sources=sources,
         memory=pod.memory,
         ceilings=IOLimits(**ceilings),
+        ceiling_sources=ceiling_sources,
         clamps=tuple(clamps),
+    )
+
+
+def held_to_ceilings(resolution: Resolution, why: str) -> Resolution:
+    """The limits of a container that an exclusion rule a tenant can satisfy (a keyword in
+    its name or image, its pod's labels, a regex on its names) exempts from the pod's
+    limits: none of the defaults, none of the pod's annotations, no smart limit - but never
+    more than the ceilings, which only the administrator's namespace settings lift (see
+    `resolve_limits`: `ALLOW_UNLIMITED_NAMESPACES` drops the env ceilings).
+
+    `why` starts every field's source; keep tenant-chosen text out of it (the source is
+    classified by its wording, see status.source_kind)."""
+    ceilings = resolution.ceilings
+    sources = {
+        field: (
+            f"{why}, clamped to the {resolution.ceiling_sources.get(field, 'ceiling')}"
+            if getattr(ceilings, field)
+            else f"{why}, no ceiling"
+        )
+        for field in LIMIT_FIELDS
+    }
+    return Resolution(
+        limits=ceilings,
+        static=ceilings,
+        sources=sources,
+        memory=resolution.memory,
+        ceilings=ceilings,
+        ceiling_sources=resolution.ceiling_sources,
     )
 
 

@@ -34,6 +34,7 @@ from diskguard.annotations import (
 )
 from diskguard.kube.events import pod_event
 from diskguard.model import ContainerKey, PodInfo
+from diskguard.plan import Enforcement
 from diskguard.reconciler import Reconciler
 from diskguard.smartlimit import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
 from diskguard.smartlimit import pod_decision as combine_decisions
@@ -118,7 +119,7 @@ class SmartLimiter:
                 continue
             per_container = {}
             for cplan in plan.containers:
-                if cplan.resolution is None:
+                if cplan.enforcement is not Enforcement.POD_LIMITS or cplan.resolution is None:
                     continue  # excluded containers are not judged
                 history = self._history.get(cplan.ref.key)
                 if not history:

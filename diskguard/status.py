@@ -23,6 +23,8 @@ def source_kind(source: str) -> str:
         return "smart"
     if "clamped" in source:
         return "ceiling"
+    if source.startswith("excluded by"):
+        return "excluded"  # an excluded container's field that no ceiling holds
     if source.startswith("kept from the kernel"):
         return "kernel"
     if source.startswith("namespace"):
@@ -82,7 +84,9 @@ def container_json(
         "container_id": ref.container_id,
         "runtime": ref.runtime.value,
         "qos": ref.qos.value,
+        "kind": cplan.kind.value,
         "excluded": cplan.excluded_because or None,
+        "enforcement": cplan.enforcement.value,
         "cgroup": str(result.cgroup) if result and result.cgroup else None,
         "desired": desired,
         "kernel": kernel,

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh demo
-bash scripts/setup-venv.sh runtime
-exec .venv/bin/diskguard demo "$@"
+bash scripts/setup-venv.sh demo
+exec "${DISKGUARD_VENV:-.venv}/bin/diskguard" demo "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages diskguard needs, shared by .ci/run, the demo and the Dockerfile. Run as root.
 # Usage: scripts/install-system-deps.sh [runtime|demo|dev]
-#   runtime: what the agent needs on a node (Debian's python3 and BCC, bpftool).
+#   runtime: what the agent needs on a node (Debian's python3 and BCC).
 #   demo:    runtime + what the no-cluster demo uses (fio for real IO, e2fsprogs for its loop
 #            disk's filesystem, venv/pip to install diskguard).
 #   dev:     demo + what the test lanes need (kernel headers, the qemu v2 lane, prometheus,
@@ -10,10 +10,10 @@ set -euo pipefail
 kind="${1:-dev}"
 export DEBIAN_FRONTEND=noninteractive
 
-runtime_pkgs=(python3 python3-bpfcc bpftool util-linux)
+runtime_pkgs=(python3 python3-bpfcc)
 demo_pkgs=(python3-venv python3-pip fio e2fsprogs)
-dev_pkgs=(linux-headers-amd64 bpfcc-tools qemu-system-x86 busybox-static kmod cpio zstd procps
-  prometheus)
+dev_pkgs=(linux-headers-amd64 bpfcc-tools bpftool qemu-system-x86 busybox-static kmod cpio zstd procps
+  prometheus docker.io mmdebstrap)
 
 pkgs=("${runtime_pkgs[@]}")
 case "$kind" in

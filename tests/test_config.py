@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.config import ConfigError, load_config
+from diskguard.config import ConfigError, load_config, startup_warnings
 from diskguard.model import IOLimits
 
 
@@ -101,3 +101,53 @@ def test_any_env_either_loads_or_raises_config_error(env: dict[str, str]) -> Non
         load_config({"NODE_NAME": "n", **env})
     except ConfigError as exc:
         assert exc.variable in env
+
+
+# -- HTTP listener and secure defaults (issue #11, deploy hardening) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port", "every"),
+    [
+        (None, "", 2112, True),  # the default: every IPv6 and IPv4 address
+        (":2112", "", 2112, True),
+        ("0.0.0.0:9000", "0.0.0.0", 9000, True),
+        ("[::]:9000", "::", 9000, True),
+        ("127.0.0.1:0", "127.0.0.1", 0, False),
+        ("[::1]:2112", "::1", 2112, False),
+        (" [fd00::17]:80 ", "fd00::17", 80, False),
+    ],
+)
+def test_http_addr_forms(value: str | None, host: str, port: int, every: bool) -> None:
+    env = {"NODE_NAME": "n"} if value is None else {"NODE_NAME": "n", "HTTP_ADDR": value}
+    address = load_config(env).http_addr
+    assert (address.host, address.port, address.every_address) == (host, port, every)
+    assert str(address).endswith(f":{port}")
+
+
+@pytest.mark.parametrize("value", ["2112", "::1:2112", "[::1:2112", "[]:2112", ":99999", "a b:1"])
+def test_bad_http_addr_names_the_accepted_form(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"HTTP_ADDR=.*\[::1\]:2112"):
+        load_config({"NODE_NAME": "n", "HTTP_ADDR": value})
+
+
+def test_status_localhost_only_defaults_to_true() -> None:
+    assert load_config({"NODE_NAME": "n"}).status_localhost_only is True
+    off = load_config({"NODE_NAME": "n", "STATUS_LOCALHOST_ONLY": "false"})
+    assert off.status_localhost_only is False
+    with pytest.raises(ConfigError, match=r"STATUS_LOCALHOST_ONLY='maybe'.*true or false"):
+        load_config({"NODE_NAME": "n", "STATUS_LOCALHOST_ONLY": "maybe"})
+
+
+def test_a_missing_ceiling_is_warned_about() -> None:
+    (warning,) = startup_warnings(load_config({"NODE_NAME": "n"}))
+    assert "LIMIT_CEILING_READ_IOPS" in warning and "LIMIT_CEILING_WRITE_BPS" in warning
+    ceilings = {
+        "LIMIT_CEILING_READ_IOPS": "4000",
+        "LIMIT_CEILING_WRITE_IOPS": "4000",
+        "LIMIT_CEILING_READ_BPS": "400Mi",
+    }
+    (warning,) = startup_warnings(load_config({"NODE_NAME": "n", **ceilings}))
+    assert "LIMIT_CEILING_WRITE_BPS" in warning and "READ_IOPS" not in warning
+    full = {**ceilings, "LIMIT_CEILING_WRITE_BPS": "1Gi"}
+    assert startup_warnings(load_config({"NODE_NAME": "n", **full})) == ()

@@ -8,9 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.filters import ExclusionFilter, FilterConfigError
+from diskguard.filters import Exclusion, ExclusionFilter, ExclusionRule, FilterConfigError
 from diskguard.model import ContainerInfo, PodInfo, QoSClass
 from diskguard.selector import parse_selector
+
+NS = ExclusionRule.NAMESPACE
+LABELS = ExclusionRule.LABEL_SELECTOR
+KW = ExclusionRule.KEYWORD
 
 
 def pod(
@@ -140,43 +144,45 @@ DEFAULTISH = ExclusionFilter.from_strings(
     ("p", "container", "expected"),
     [
         (pod(), APP, None),
-        (pod(namespace="kube-system"), APP, "namespace kube-system is excluded"),
-        (pod(namespace="monitoring"), APP, "namespace monitoring is excluded"),
+        (pod(namespace="kube-system"), APP, Exclusion(NS, "namespace kube-system is excluded")),
+        (pod(namespace="monitoring"), APP, Exclusion(NS, "namespace monitoring is excluded")),
         (pod(namespace="kube-system-2"), APP, None),  # namespaces match exactly
         (pod(namespace="system"), APP, None),
         (
             pod(labels={"diskguard.io/exclude": "true"}),
             APP,
-            "pod labels match exclusion selector 'diskguard.io/exclude=true'",
+            Exclusion(LABELS, "pod labels match exclusion selector 'diskguard.io/exclude=true'"),
         ),
         (pod(labels={"diskguard.io/exclude": "false"}), APP, None),
         (
             pod(),
             SIDECAR,
-            "container name istio-proxy contains excluded keyword 'istio-proxy'",
+            Exclusion(KW, "container name istio-proxy contains excluded keyword 'istio-proxy'"),
         ),
         (
             pod(),
             PAUSE_IMAGE,
-            "image registry.k8s.io/pause:3.9 contains excluded keyword 'pause'",
+            Exclusion(KW, "image registry.k8s.io/pause:3.9 contains excluded keyword 'pause'"),
         ),
         (
             pod(),
             ContainerInfo(name="mongo", image="percona/percona-server-psmdb:7"),
-            "image percona/percona-server-psmdb:7 contains excluded keyword 'psmdb'",
+            Exclusion(KW, "image percona/percona-server-psmdb:7 contains excluded keyword 'psmdb'"),
         ),
         (pod(), ContainerInfo(name="mongo", image="mongo:7"), None),
         (
             pod(),
             ContainerInfo(name="psmdb-backup", image="x"),
-            "container name psmdb-backup contains excluded keyword 'psmdb'",
+            Exclusion(KW, "container name psmdb-backup contains excluded keyword 'psmdb'"),
         ),
         (pod(), ContainerInfo(name="Pause", image="x"), None),  # keywords are case-sensitive
         # A pod-level reason wins over a container-level one.
-        (pod(namespace="kube-system"), SIDECAR, "namespace kube-system is excluded"),
+        (pod(namespace="kube-system"), SIDECAR, Exclusion(NS, "namespace kube-system is excluded")),
     ],
 )
-def test_container_exclusion(p: PodInfo, container: ContainerInfo, expected: str | None) -> None:
+def test_container_exclusion(
+    p: PodInfo, container: ContainerInfo, expected: Exclusion | None
+) -> None:
     assert DEFAULTISH.container_exclusion(p, container) == expected
 
 
@@ -233,7 +239,10 @@ def test_regex_exclusion(
     reason = f.container_exclusion(p, ContainerInfo(name=container, image="img"))
     assert (reason is not None) is excluded
     if excluded:
-        assert reason == f"{namespace}/{pod_name}/{container} matches exclusion regex '{regex}'"
+        assert reason == Exclusion(
+            ExclusionRule.REGEX,
+            f"{namespace}/{pod_name}/{container} matches exclusion regex '{regex}'",
+        )
     assert f.pod_exclusion(p) is None
 
 
@@ -245,10 +254,28 @@ def test_direct_construction() -> None:
         regex=re.compile("/db-"),
     )
     assert f.container_exclusion(pod(), APP) is None
-    assert f.container_exclusion(pod(namespace="infra"), APP) == "namespace infra is excluded"
+    assert f.container_exclusion(pod(namespace="infra"), APP) == Exclusion(
+        NS, "namespace infra is excluded"
+    )
     assert f.container_exclusion(pod(labels={"skip": ""}), APP) is not None
     assert f.container_exclusion(pod(), ContainerInfo("c", "envoyproxy/envoy:v1")) is not None
     assert f.container_exclusion(pod(name="db-0"), APP) is not None
+
+
+def test_only_the_namespace_rule_is_the_administrators() -> None:
+    assert [r for r in ExclusionRule if not r.tenant_controlled] == [NS]
+
+
+def test_namespace_rule_wins_over_tenant_rules() -> None:
+    """A pod in an excluded namespace that also matches tenant rules is reported as
+    excluded by its namespace: the planner lifts limits only for that rule."""
+    f = ExclusionFilter.from_strings("app", "infra", "x", "app")
+    p = pod(namespace="infra", labels={"x": ""})
+    exclusion = f.container_exclusion(p, APP)
+    assert exclusion is not None and exclusion.rule is NS
+    assert f.container_exclusion(pod(labels={"x": ""}), APP) == Exclusion(
+        LABELS, "pod labels match exclusion selector 'x'"
+    )
 
 
 def test_filter_is_immutable_and_hashable() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diskguard.model import ContainerInfo, PodInfo, QoSClass, Runtime
+from diskguard.model import ContainerInfo, ContainerKind, PodInfo, QoSClass, Runtime
 from diskguard.node.cgroups import parse_container_id, validate_pod_uid
 
 # Mirror pods of static pods carry the config hash kubelet uses as the pod's UID locally.
@@ -57,12 +57,68 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
     labels = _strings(meta.get("labels"), f"{where}: labels")
     annotations = _strings(meta.get("annotations"), f"{where}: annotations")
 
+    containers = [
+        *_containers(spec, status, where, "containers", "containerStatuses", forced_runtime),
+        *_containers(
+            spec, status, where, "initContainers", "initContainerStatuses", forced_runtime
+        ),
+        *_containers(
+            spec,
+            status,
+            where,
+            "ephemeralContainers",
+            "ephemeralContainerStatuses",
+            forced_runtime,
+        ),
+    ]
+
+    mirror = annotations.get(MIRROR_ANNOTATION, "")
+    if mirror:
+        try:
+            validate_pod_uid(mirror)
+        except ValueError as exc:
+            raise PodParseError(f"{where}: static pod hash: {exc}") from None
+    return PodInfo(
+        uid=uid,
+        cgroup_uid=mirror,
+        namespace=namespace,
+        name=name,
+        node_name=str(spec.get("nodeName", "")),
+        qos=_qos_class(status.get("qosClass"), spec),
+        labels=labels,
+        annotations=annotations,
+        containers=tuple(containers),
+        resource_version=str(meta.get("resourceVersion", "")),
+    )
+
+
+def _kind(spec_list: str, container: Mapping[str, Any]) -> ContainerKind:
+    if spec_list == "containers":
+        return ContainerKind.REGULAR
+    if spec_list == "ephemeralContainers":
+        return ContainerKind.EPHEMERAL
+    # An init container with restartPolicy Always is a sidecar: it keeps running beside
+    # the regular containers for the pod's life (Kubernetes >= 1.29 by default).
+    return (
+        ContainerKind.SIDECAR if container.get("restartPolicy") == "Always" else ContainerKind.INIT
+    )
+
+
+def _containers(
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    where: str,
+    spec_list: str,
+    status_list: str,
+    forced_runtime: Runtime | None,
+) -> list[ContainerInfo]:
+    """One spec list (`containers`, `initContainers`, `ephemeralContainers`) joined with its
+    status list by container name."""
     statuses = {
-        str(s.get("name")): s
-        for s in _objects(status.get("containerStatuses"), f"{where}: containerStatuses")
+        str(s.get("name")): s for s in _objects(status.get(status_list), f"{where}: {status_list}")
     }
     containers = []
-    for c in _objects(spec.get("containers"), f"{where}: containers"):
+    for c in _objects(spec.get(spec_list), f"{where}: {spec_list}"):
         cname = str(c.get("name", ""))
         cstatus = statuses.get(cname) or {}
         raw_id = cstatus.get("containerID") or ""
@@ -83,27 +139,10 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
                 container_id=container_id,
                 runtime=runtime,
                 running=state.get("running") is not None,
+                kind=_kind(spec_list, c),
             )
         )
-
-    mirror = annotations.get(MIRROR_ANNOTATION, "")
-    if mirror:
-        try:
-            validate_pod_uid(mirror)
-        except ValueError as exc:
-            raise PodParseError(f"{where}: static pod hash: {exc}") from None
-    return PodInfo(
-        uid=uid,
-        cgroup_uid=mirror,
-        namespace=namespace,
-        name=name,
-        node_name=str(spec.get("nodeName", "")),
-        qos=_qos_class(status.get("qosClass"), spec),
-        labels=labels,
-        annotations=annotations,
-        containers=tuple(containers),
-        resource_version=str(meta.get("resourceVersion", "")),
-    )
+    return containers
 
 
 def _qos_class(reported: object, spec: Mapping[str, Any]) -> QoSClass:

@@ -16,14 +16,28 @@ import attrs
 import kubernetes_validate
 import yaml
 
+from .kustomize import KINDS as KUSTOMIZE_KINDS
+from .kustomize import build
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+COMPONENTS_DIR = DEPLOY / "components"
+# Every optional component, by its directory name.
+COMPONENTS = {p.name: p for p in sorted(COMPONENTS_DIR.iterdir()) if p.is_dir()}
 KUSTOMIZATION = "kustomization.yaml"
 
 # Validated against the oldest and the newest Kubernetes the schemas cover that we claim
 # to run on: a field that only exists in newer releases fails the old one.
 OLDEST_KUBERNETES = "1.27"
 KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, kubernetes_validate.latest_version())
+# components/admission-policy: admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy and
+# the node-name user extra of bound ServiceAccount tokens.
+ADMISSION_POLICY_KUBERNETES = "1.30"
+
+
+def built(*components: str) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize` makes of deploy/ plus the named components."""
+    return build(DEPLOY, [COMPONENTS[name] for name in components])
 
 
 class ManifestError(AssertionError):
@@ -128,12 +142,14 @@ def check_paths_mounted(container: Mapping[str, Any], paths: Iterable[str]) -> N
 
 
 def check_kustomization(directory: Path = DEPLOY) -> None:
-    """kustomization.yaml lists every manifest in `directory` once, and nothing else."""
+    """kustomization.yaml lists every manifest in `directory` once, and nothing else (a
+    Kustomization in deploy/, a Component in each of deploy/components/*)."""
     kustomization = yaml.safe_load((directory / KUSTOMIZATION).read_text())
-    if kustomization.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or (
-        kustomization.get("kind") != "Kustomization"
+    kind = "Component" if directory.parent == COMPONENTS_DIR else "Kustomization"
+    if kustomization.get("apiVersion") != KUSTOMIZE_KINDS[kind] or (
+        kustomization.get("kind") != kind
     ):
-        raise ManifestError(f"{KUSTOMIZATION}: not a kustomize.config.k8s.io/v1beta1 Kustomization")
+        raise ManifestError(f"{KUSTOMIZATION}: not a {KUSTOMIZE_KINDS[kind]} {kind}")
     listed = list(kustomization.get("resources") or [])
     duplicates = sorted({r for r in listed if listed.count(r) > 1})
     if duplicates:

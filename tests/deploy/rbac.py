@@ -1,9 +1,10 @@
 """Which RBAC permission an API request needs, and which a ClusterRole grants.
 
 `permission_for` follows the API server's own request-info rules (apiserver's
-RequestInfoFactory): the path names the API group, resource and subresource; the HTTP
-method, whether a name is given and the `watch` query give the verb. Paths outside
-/api/<v>/… and /apis/<g>/<v>/… are non-resource URLs, whose verb is the HTTP method.
+RequestInfoFactory, implemented in diskguard.testing.fakeapi.authz): the path names the API
+group, resource and subresource; the HTTP method, whether a name is given and the `watch`
+query give the verb. Paths outside /api/<v>/… and /apis/<g>/<v>/… are non-resource URLs,
+whose verb is the HTTP method.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 
 import attrs
 
-# /api/v1/namespaces/<name>/<these> are subresources of the namespace, not resources in it.
-_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+from diskguard.testing.fakeapi.authz import NonResourceAttributes, request_attributes
+
+# What permission_for raises, for the tests.
+from diskguard.testing.fakeapi.authz import NotAResourceRequest as NotAResourceRequest
 
 
 @attrs.frozen(order=True)
@@ -43,44 +46,13 @@ class NonResourcePermission:
 AnyPermission = Permission | NonResourcePermission
 
 
-class NotAResourceRequest(ValueError):
-    """A path the API server would not serve as a resource request."""
-
-
 def permission_for(method: str, path: str, query: Mapping[str, str]) -> AnyPermission:
-    parts = [p for p in path.split("/") if p]
-    if len(parts) >= 3 and parts[0] == "api":
-        group, rest = "", parts[2:]
-    elif len(parts) >= 4 and parts[0] == "apis":
-        group, rest = parts[1], parts[3:]
-    else:
-        return NonResourcePermission(path, method.lower())
-
-    watch_path = rest[0] == "watch"  # the deprecated /watch/ path prefix
-    if watch_path:
-        rest = rest[1:]
-    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in _NAMESPACE_SUBRESOURCES:
-        rest = rest[2:]  # namespaces/<ns>/<resource>...: the namespace is not the resource
-    if not rest or len(rest) > 3:
-        raise NotAResourceRequest(f"{method} {path}: cannot tell the resource")
-    resource = rest[0] if len(rest) < 3 else f"{rest[0]}/{rest[2]}"
-    named = len(rest) >= 2
-
-    watch_query = query.get("watch", "").lower() not in ("", "0", "false")
-    method = method.upper()
-    if method in ("GET", "HEAD"):
-        verb = "watch" if watch_path or watch_query else "get" if named else "list"
-    elif method == "POST":
-        verb = "create"
-    elif method == "PUT":
-        verb = "update"
-    elif method == "PATCH":
-        verb = "patch"
-    elif method == "DELETE":
-        verb = "delete" if named else "deletecollection"
-    else:
-        raise NotAResourceRequest(f"{method} {path}: no RBAC verb for this method")
-    return Permission(group, resource, verb)
+    """The permission the API server checks for this request (the fake API server's
+    request-info rules, which also authorize its requests)."""
+    attributes = request_attributes(method, path, query)
+    if isinstance(attributes, NonResourceAttributes):
+        return NonResourcePermission(attributes.path, attributes.verb)
+    return Permission(attributes.group, attributes.full_resource, attributes.verb)
 
 
 def permissions_used(requests: Iterable[Any]) -> set[AnyPermission]:

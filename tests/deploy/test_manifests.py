@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from diskguard.config import known_variables, load_config
+from diskguard.config import known_variables, load_config, startup_warnings
 from diskguard.sampler.bpf import BpfOptions
 
 from .manifests import (
@@ -36,7 +36,13 @@ MANIFESTS = load_manifests()
 OBJECTS = kubernetes_objects(MANIFESTS)
 
 # Env entries that deliberately differ from the code's default (each says why in the YAML).
-NOT_DEFAULT = {"EXCLUDE_NAMESPACES"}
+CEILINGS = {
+    "LIMIT_CEILING_READ_IOPS",
+    "LIMIT_CEILING_WRITE_IOPS",
+    "LIMIT_CEILING_READ_BPS",
+    "LIMIT_CEILING_WRITE_BPS",
+}
+NOT_DEFAULT = {"EXCLUDE_NAMESPACES", *CEILINGS}
 
 
 def daemonset() -> dict[str, Any]:
@@ -49,7 +55,8 @@ def daemonset() -> dict[str, Any]:
 def test_deploy_holds_the_expected_objects() -> None:
     kinds = sorted(m.kind for m in OBJECTS)
     assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+         "DaemonSet"]
     )
 
 
@@ -139,6 +146,29 @@ def test_daemonset_env_is_accepted_and_spells_out_the_defaults() -> None:
     ), "an env entry presented as a default differs from the code's default"
 
 
+def test_every_ceiling_is_set_so_no_tenant_gets_unlimited_out_of_the_box() -> None:
+    env = literal_env(agent_container(daemonset()))
+    config = load_config({"NODE_NAME": "node-1", **env})
+    assert set(env) >= CEILINGS
+    ceilings = config.guardrails.ceilings
+    assert all(getattr(ceilings, f) > 0 for f in ("riops", "wiops", "rbps", "wbps")), ceilings
+    # the defaults fit under the ceilings (a default above its ceiling would be clamped)
+    for field in ("riops", "wiops", "rbps", "wbps"):
+        default = getattr(config.defaults, field)
+        assert default <= getattr(ceilings, field), field
+    assert not startup_warnings(config)
+
+
+def test_the_annotation_prefix_comes_from_the_shared_configmap() -> None:
+    env = {e["name"]: e for e in agent_container(daemonset())["env"]}
+    ref = env["SMART_LIMIT_ANNOTATION_PREFIX"]["valueFrom"]["configMapKeyRef"]
+    configmap = one(OBJECTS, "ConfigMap")
+    assert ref["name"] == configmap.name
+    assert configmap.doc["metadata"]["namespace"] == daemonset()["metadata"]["namespace"]
+    prefix = configmap.doc["data"][ref["key"]]
+    assert load_config({"NODE_NAME": "n", ref["key"]: prefix}).annotation_prefix == prefix
+
+
 def test_the_agents_own_namespace_is_excluded() -> None:
     env = literal_env(agent_container(daemonset()))
     config = load_config({"NODE_NAME": "node-1", **env})
@@ -183,7 +213,8 @@ def test_host_paths_keep_their_paths_in_the_container() -> None:
 def test_probes_and_metrics_use_the_port_the_agent_listens_on() -> None:
     container = agent_container(daemonset())
     config = load_config({"NODE_NAME": "node-1", **literal_env(container)})
-    listen_port = int(config.http_addr.rpartition(":")[2])
+    listen_port = config.http_addr.port
+    assert config.http_addr.every_address  # dual-stack: every IPv6 and IPv4 address
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": listen_port}
     scrape = daemonset()["spec"]["template"]["metadata"]["annotations"]
@@ -210,7 +241,7 @@ def test_objects_refer_to_each_other_by_the_right_names() -> None:
     ds = daemonset()
 
     for m in OBJECTS:
-        if m.kind in ("ServiceAccount", "DaemonSet"):
+        if m.kind in ("ServiceAccount", "DaemonSet", "ConfigMap"):
             assert m.doc["metadata"]["namespace"] == namespace, m
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == account.name
     assert binding["roleRef"] == {

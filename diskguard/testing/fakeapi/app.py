@@ -27,6 +27,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors
+from .authz import (
+    Grants,
+    NotAResourceRequest,
+    ResourceAttributes,
+    request_attributes,
+    review_attributes,
+)
 from .control import Fault, FaultPlan, RecordedRequest, RequestLog
 from .errors import ApiError
 from .resources import ResourceType
@@ -58,8 +65,11 @@ class FakeAPIState:
     bookmark_interval: float = 1.0
     # Set by a server that can stop listening: schedules an outage of that many seconds.
     outage: Callable[[float], None] | None = None
-    # (verb, resource) pairs a SelfSubjectAccessReview answers "not allowed" for; the rest
-    # is allowed (the fake authenticates nobody, so it authorizes by this list alone).
+    # What the one user the fake serves may do: every request and SelfSubjectAccessReview
+    # is decided by these rules (by default, everything is allowed).
+    grants: Grants = attrs.Factory(Grants.everything)
+    # (verb, resource) pairs a SelfSubjectAccessReview answers "not allowed" for, on top of
+    # the grants (requests themselves are not refused for them).
     denied: set[tuple[str, str]] = attrs.Factory(set)
 
 
@@ -152,6 +162,11 @@ class _Harness:
                 await _stream_fault(fault, path, send)
                 return
 
+        forbidden = self._forbidden(method, path, scope)
+        if forbidden is not None:
+            await _status_response(forbidden)(scope, receive, send)
+            return
+
         replayed = False
 
         async def replay() -> Any:
@@ -162,6 +177,23 @@ class _Harness:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _forbidden(self, method: str, path: str, scope: Scope) -> ApiError | None:
+        """The 403 the API server's authorizer answers a request the grants do not allow."""
+        grants = self.state.grants
+        if grants.rules is None:
+            return None
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        try:
+            attributes = request_attributes(method, path, query)
+        except NotAResourceRequest:
+            return None  # routing answers it (404/405), as the real server's handler chain does
+        if grants.allows(attributes):
+            return None
+        details = None
+        if isinstance(attributes, ResourceAttributes):
+            details = {"name": attributes.name, "kind": attributes.resource}
+        return ApiError(403, "Forbidden", grants.forbidden_message(attributes), details=details)
 
     async def _hang(self, receive: Receive) -> bool:
         """Hold the request until the faults are cleared (True) or the client leaves (False)."""
@@ -309,14 +341,24 @@ async def _version(_: Request) -> Response:
 
 async def _access_review(state: FakeAPIState, request: Request) -> Response:
     review = await request.json()
-    attributes = (review.get("spec") or {}).get("resourceAttributes") or {}
-    verb, resource = str(attributes.get("verb", "")), str(attributes.get("resource", ""))
-    allowed = (verb, resource) not in state.denied
+    if not isinstance(review, dict) or not isinstance(review.get("spec"), dict):
+        raise errors.bad_request("a SelfSubjectAccessReview needs a spec")
+    try:
+        attributes = review_attributes(review["spec"])
+    except ValueError as exc:
+        raise errors.invalid("SelfSubjectAccessReview", "", str(exc)) from None
+    allowed = state.grants.allows(attributes)
+    if isinstance(attributes, ResourceAttributes) and (
+        (attributes.verb, attributes.resource) in state.denied
+    ):
+        allowed = False
+    # As the RBAC authorizer answers: a reason when allowed, none when no rule matched.
     review["status"] = {"allowed": allowed}
-    if not allowed:
-        review["status"]["reason"] = f"denied by the fake API server's policy: {verb} {resource}"
+    if allowed:
+        review["status"]["reason"] = "RBAC: allowed by the fake API server's grants"
     review.setdefault("apiVersion", "authorization.k8s.io/v1")
     review.setdefault("kind", "SelfSubjectAccessReview")
+    review.setdefault("metadata", {"creationTimestamp": None})
     return JSONResponse(review, status_code=201)
 
 
@@ -675,6 +717,21 @@ def _control_routes(state: FakeAPIState) -> list[BaseRoute]:
         state.outage(seconds)
         return JSONResponse({"down_for": seconds}, status_code=202)
 
+    async def grants(request: Request) -> Response:
+        if request.method == "PUT":
+            try:
+                body = json.loads(await request.body())
+                rules = body.get("rules")
+                state.grants = (
+                    Grants.everything() if rules is None
+                    else Grants.from_rules(rules, body.get("user") or state.grants.user)
+                )
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise errors.bad_request(f'expected {{"rules": [...] | null}}: {exc}') from None
+        rules = state.grants.rules
+        rules_json = None if rules is None else [attrs.asdict(r) for r in rules]
+        return JSONResponse({"user": state.grants.user, "rules": rules_json})
+
     async def status(_: Request) -> Response:
         return JSONResponse(
             {
@@ -690,4 +747,5 @@ def _control_routes(state: FakeAPIState) -> list[BaseRoute]:
         Route("/_fake/requests", requests, methods=["GET", "DELETE"]),
         Route("/_fake/outage", outage, methods=["POST"]),
         Route("/_fake/status", status, methods=["GET"]),
+        Route("/_fake/grants", grants, methods=["GET", "PUT"]),
     ]

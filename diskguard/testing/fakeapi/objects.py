@@ -57,6 +57,27 @@ def _status_for(
     *,
     init: bool,
 ) -> dict[str, Any]:
+    if init or phase in ("Succeeded", "Failed"):
+        # Init containers of a running pod have run to completion.
+        code = 1 if phase == "Failed" and not init else 0
+        return _status(name, image, container_id, scheme, started, "terminated", code=code)
+    if phase == "Running":
+        return _status(name, image, container_id, scheme, started, "running")
+    return _status(name, image, container_id, scheme, started, "waiting")
+
+
+def _status(
+    name: str,
+    image: str,
+    container_id: str,
+    scheme: str,
+    started: str,
+    state: str,
+    *,
+    code: int = 0,
+    waiting_reason: str = "ContainerCreating",
+) -> dict[str, Any]:
+    """One container status in `state` (`running`, `terminated` or `waiting`)."""
     status: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -64,9 +85,7 @@ def _status_for(
         "ready": False,
         "restartCount": 0,
     }
-    if init or phase in ("Succeeded", "Failed"):
-        # Init containers of a running pod have run to completion.
-        code = 1 if phase == "Failed" and not init else 0
+    if state == "terminated":
         status["state"] = {
             "terminated": {
                 "exitCode": code,
@@ -76,12 +95,12 @@ def _status_for(
                 "containerID": f"{scheme}://{container_id}",
             }
         }
-    elif phase == "Running":
+    elif state == "running":
         status["state"] = {"running": {"startedAt": started}}
         status["ready"] = True
         status["started"] = True
     else:
-        status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+        status["state"] = {"waiting": {"reason": waiting_reason}}
         status["started"] = False
         return status
     status["imageID"] = _image_id(image)
@@ -103,11 +122,19 @@ def make_pod(
     container_ids: Mapping[str, str] | None = None,
     init_containers: Containers = (),
     phase: str = "Running",
+    sidecars: Containers = (),
+    ephemeral: Containers = (),
+    running_init: str | None = None,
 ) -> dict[str, Any]:
-    """A Pod as a kubelet reports it, with one status entry per (init) container.
+    """A Pod as a kubelet reports it, with one status entry per container of every kind.
 
     `containers`/`init_containers` are (name, image) pairs; `container_ids` maps container
     names to 64-hex runtime IDs (missing ones are random). `node=None` leaves it unscheduled.
+    `sidecars` are init containers with `restartPolicy: Always` (listed first in
+    `initContainers`, running beside the regular containers); `ephemeral` are ephemeral
+    containers (`kubectl debug`), running in a Running pod. `running_init` names the init
+    container that is running now: the pod is then Pending (`phase` must be), the init
+    containers before it have completed, the later ones and the regular containers wait.
     """
     qos = QoSClass(qos)
     scheme = _ID_SCHEME[Runtime(runtime)]
@@ -115,9 +142,15 @@ def make_pod(
         raise ValueError(f"phase must be one of {_PHASES}, got {phase!r}")
     main = [(str(n), str(i)) for n, i in containers]
     init = [(str(n), str(i)) for n, i in init_containers]
+    side = [(str(n), str(i)) for n, i in sidecars]
+    debug = [(str(n), str(i)) for n, i in ephemeral]
     if not main:
         raise ValueError("a pod needs at least one container")
-    names = [n for n, _ in main + init]
+    if running_init is not None and (
+        phase != "Pending" or running_init not in [n for n, _ in init]
+    ):
+        raise ValueError("running_init must name an init container of a Pending pod")
+    names = [n for n, _ in main + init + side + debug]
     if len(set(names)) != len(names):
         raise ValueError(f"container names must be unique within a pod, got {names}")
     ids = dict(container_ids or {})
@@ -171,12 +204,31 @@ def make_pod(
             for t in ("not-ready", "unreachable")
         ],
     }
-    if init:
-        spec["initContainers"] = [spec_container(n, i) for n, i in init]
+    if init or side:
+        spec["initContainers"] = [
+            {**spec_container(n, i), "restartPolicy": "Always"} for n, i in side
+        ] + [spec_container(n, i) for n, i in init]
+    if debug:
+        # Ephemeral containers carry no resources and are never restarted.
+        spec["ephemeralContainers"] = [
+            {
+                "name": n,
+                "image": i,
+                "imagePullPolicy": "IfNotPresent",
+                "targetContainerName": main[0][0],
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "stdin": True,
+                "tty": True,
+            }
+            for n, i in debug
+        ]
     status: dict[str, Any] = {"phase": phase, "qosClass": qos.value}
     if node is not None:
         spec["nodeName"] = node
         running = phase == "Running"
+        # Sidecars start before the ordinary init containers and run for the pod's life.
+        sidecar_state = "running" if running or running_init is not None else "waiting"
         status.update(
             {
                 "hostIP": "192.0.2.10",
@@ -197,7 +249,12 @@ def make_pod(
                     )
                 ],
                 "containerStatuses": [
-                    _status_for(n, i, ids[n], scheme, phase, started, init=False) for n, i in main
+                    _status_for(n, i, ids[n], scheme, phase, started, init=False)
+                    if running_init is None
+                    else _status(
+                        n, i, ids[n], scheme, started, "waiting", waiting_reason="PodInitializing"
+                    )
+                    for n, i in main
                 ],
             }
         )
@@ -205,12 +262,38 @@ def make_pod(
             ip = _ip_for(name, namespace)
             status["podIP"] = ip
             status["podIPs"] = [{"ip": ip}]
-        if init:
+        if init or side:
             status["initContainerStatuses"] = [
-                _status_for(n, i, ids[n], scheme, phase, started, init=phase != "Pending")
-                for n, i in init
+                _status(n, i, ids[n], scheme, started, sidecar_state) for n, i in side
+            ] + _init_statuses(init, ids, scheme, phase, started, running_init)
+        if debug:
+            status["ephemeralContainerStatuses"] = [
+                _status(n, i, ids[n], scheme, started, "running" if running else "waiting")
+                for n, i in debug
             ]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status}
+
+
+def _init_statuses(
+    init: list[tuple[str, str]],
+    ids: Mapping[str, str],
+    scheme: str,
+    phase: str,
+    started: str,
+    running_init: str | None,
+) -> list[dict[str, Any]]:
+    if running_init is None:
+        return [
+            _status_for(n, i, ids[n], scheme, phase, started, init=phase != "Pending")
+            for n, i in init
+        ]
+    order = [n for n, _ in init]
+    now = order.index(running_init)
+    states = ["terminated"] * now + ["running"] + ["waiting"] * (len(order) - now - 1)
+    return [
+        _status(n, i, ids[n], scheme, started, state, waiting_reason="PodInitializing")
+        for (n, i), state in zip(init, states, strict=True)
+    ]
 
 
 def container_ids(pod: Mapping[str, Any]) -> dict[str, str]:
@@ -220,6 +303,7 @@ def container_ids(pod: Mapping[str, Any]) -> dict[str, str]:
     for entry in [
         *(status.get("initContainerStatuses") or []),
         *(status.get("containerStatuses") or []),
+        *(status.get("ephemeralContainerStatuses") or []),
     ]:
         cid = entry.get("containerID")
         if cid:

@@ -10,7 +10,7 @@ import builtins
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -19,6 +19,7 @@ import yaml
 from diskguard.testing.threadserver import ThreadedServer
 
 from .app import FakeAPIState, build_app
+from .authz import DEFAULT_USER, Grants
 from .control import Fault, RecordedRequest
 from .patching import MERGE_PATCH
 from .resources import CORE_V1, Registry
@@ -80,6 +81,12 @@ class FakeAPIServer(ThreadedServer):
     def deny(self, verb: str, resource: str) -> None:
         """Make SelfSubjectAccessReviews answer "not allowed" for this verb on this resource."""
         self.state.denied.add((verb, resource))
+
+    def grant(self, rules: Iterable[Mapping[str, Any]] | None, user: str = DEFAULT_USER) -> None:
+        """Authorize like RBAC with these PolicyRules (a ClusterRole's `rules`): requests
+        they do not allow get 403 Forbidden and SelfSubjectAccessReviews are answered from
+        them. None (the default) allows everything."""
+        self.state.grants = Grants.everything() if rules is None else Grants.from_rules(rules, user)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,299 @@
+"""The administrator's floor, decided in the pure layer: which limits each container gets,
+and why (`Enforcement`), for every kind of container that runs.
+
+Tenant-controlled exclusion rules (keyword in a name or image, pod labels, regex on names)
+exempt a container from its pod's limits but never from the ceilings; only the
+administrator's namespace settings lift those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from diskguard.filters import Exclusion, ExclusionFilter, ExclusionRule
+from diskguard.kube.pods import parse_pod
+from diskguard.model import ContainerKind, IOLimits
+from diskguard.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
+from diskguard.policy import Guardrails, namespace_policy
+from diskguard.status import source_kind
+from diskguard.testing.fakeapi.objects import make_pod
+
+P = "iops-limit"
+DEFAULTS = IOLimits(500, 500)
+CEILINGS = IOLimits(riops=1000, wiops=800, rbps=0, wbps=50 * 2**20)
+# The shipped default keywords: tenants choose container names and images.
+FILTER = ExclusionFilter.from_strings(
+    "pause,istio-proxy,psmdb,kube-system,koordinator,apisix",
+    "kube-system",
+    "diskguard.io/exclude=true",
+    "/batch-[0-9]+/",
+)
+
+
+def plan(
+    obj: dict[str, Any],
+    *,
+    guardrails: Guardrails = Guardrails(CEILINGS),
+    ns_annotations: dict[str, str] | None = None,
+) -> PodPlan:
+    pod = parse_pod(obj)
+    ns = None
+    if ns_annotations is not None:
+        ns = namespace_policy(pod.namespace, ns_annotations, P, None)
+    return plan_pod(
+        pod,
+        prefix=P,
+        defaults=DEFAULTS,
+        exclusion=FILTER,
+        previous=None,
+        namespace=ns,
+        guardrails=guardrails,
+    )
+
+
+def only(p: PodPlan, name: str) -> ContainerPlan:
+    [c] = [c for c in p.containers if c.ref.container == name]
+    return c
+
+
+# -- the typed decision ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (ExclusionRule.KEYWORD, Enforcement.CEILINGS),
+        (ExclusionRule.LABEL_SELECTOR, Enforcement.CEILINGS),
+        (ExclusionRule.REGEX, Enforcement.CEILINGS),
+        (ExclusionRule.NAMESPACE, Enforcement.EXEMPT),
+    ],
+)
+def test_enforcement_by_rule(rule: ExclusionRule, expected: Enforcement) -> None:
+    assert enforcement_for(Exclusion(rule, "why")) is expected
+    assert enforcement_for(None) is Enforcement.POD_LIMITS
+
+
+@pytest.mark.parametrize(
+    ("containers", "labels", "name", "rule"),
+    [
+        ((("app-pause", "busybox:1.36"),), {}, "app-pause", ExclusionRule.KEYWORD),
+        ((("web", "registry.example.com/apisix/evil:1"),), {}, "web", ExclusionRule.KEYWORD),
+        (
+            (("web", "busybox:1.36"),),
+            {"diskguard.io/exclude": "true"},
+            "web",
+            ExclusionRule.LABEL_SELECTOR,
+        ),
+    ],
+)
+def test_tenant_named_exclusion_gets_the_ceilings(
+    containers: tuple[tuple[str, str], ...], labels: dict[str, str], name: str, rule: ExclusionRule
+) -> None:
+    # The pod even asks for unlimited and a low write-iops: neither reaches the container.
+    obj = make_pod(
+        "web-0",
+        containers=containers,
+        labels=labels,
+        annotations={f"{P}/iops": "0", f"{P}/write-iops": "7"},
+    )
+    c = only(plan(obj), name)
+    assert c.enforcement is Enforcement.CEILINGS
+    assert c.exclusion is not None and c.exclusion.rule is rule
+    assert c.resolution is not None
+    assert c.resolution.limits == CEILINGS
+    assert c.resolution.keep == frozenset()
+    assert not c.left_alone
+    assert source_kind(c.resolution.sources["wiops"]) == "ceiling"
+    assert c.resolution.sources["wiops"] == (
+        f"excluded by {rule.value}, clamped to the env ceiling LIMIT_CEILING_WRITE_IOPS=800"
+    )
+    assert c.resolution.sources["rbps"] == f"excluded by {rule.value}, no ceiling"
+    assert source_kind(c.resolution.sources["rbps"]) == "excluded"
+
+
+def test_regex_exclusion_gets_the_ceilings() -> None:
+    c = only(plan(make_pod("batch-17")), "app")
+    assert c.enforcement is Enforcement.CEILINGS
+    assert c.resolution is not None and c.resolution.limits == CEILINGS
+
+
+def test_excluded_container_gets_neither_defaults_nor_pod_limits_without_ceilings() -> None:
+    obj = make_pod(
+        "web-0",
+        containers=(("app", "busybox"), ("istio-proxy", "istio/proxyv2:1.20")),
+        annotations={f"{P}/iops": "100"},
+    )
+    p = plan(obj, guardrails=Guardrails())
+    app, proxy = only(p, "app"), only(p, "istio-proxy")
+    assert app.resolution is not None and app.resolution.limits == IOLimits(100, 100)
+    assert proxy.enforcement is Enforcement.CEILINGS
+    assert proxy.resolution is not None and proxy.resolution.limits.is_unlimited()
+    assert proxy.left_alone and not app.left_alone
+
+
+def test_excluded_namespace_lifts_everything() -> None:
+    obj = make_pod("p", "kube-system", containers=(("app-pause", "pause:3.9"), ("main", "x")))
+    p = plan(obj)
+    for c in p.containers:
+        assert c.enforcement is Enforcement.EXEMPT
+        assert c.resolution is None and c.left_alone
+        assert c.exclusion is not None and c.exclusion.rule is ExclusionRule.NAMESPACE
+
+
+def test_allow_unlimited_namespace_lifts_the_env_ceilings_of_excluded_containers() -> None:
+    obj = make_pod("p", "batch", containers=(("app-pause", "busybox"),))
+    guardrails = Guardrails(CEILINGS, frozenset({"batch"}))
+    c = only(plan(obj, guardrails=guardrails), "app-pause")
+    assert c.enforcement is Enforcement.CEILINGS
+    assert c.resolution is not None and c.resolution.limits.is_unlimited()
+    # ... but the namespace's own ceilings still hold.
+    c = only(
+        plan(obj, guardrails=guardrails, ns_annotations={f"{P}/max-write-iops": "300"}),
+        "app-pause",
+    )
+    assert c.resolution is not None and c.resolution.limits == IOLimits(wiops=300)
+
+
+def test_namespace_ceiling_holds_excluded_containers_below_the_env_ceiling() -> None:
+    obj = make_pod("p", "team", containers=(("koordinator-agent", "busybox"),))
+    c = only(plan(obj, ns_annotations={f"{P}/max-iops": "200"}), "koordinator-agent")
+    assert c.resolution is not None
+    assert c.resolution.limits == IOLimits(200, 200, 0, 50 * 2**20)
+    assert "namespace ceiling iops-limit/max-iops=200" in c.resolution.sources["riops"]
+
+
+def test_smart_limit_does_not_reach_excluded_containers() -> None:
+    obj = make_pod(
+        "p",
+        containers=(("app", "busybox"), ("app-pause", "busybox")),
+        annotations={f"{P}/smart-limit": "true", f"{P}/auto-iops": "50", f"{P}/auto-bps": "0"},
+    )
+    p = plan(obj)
+    app, excluded = only(p, "app"), only(p, "app-pause")
+    assert app.resolution is not None and app.resolution.limits.riops == 50
+    assert excluded.resolution is not None and excluded.resolution.limits == CEILINGS
+
+
+def test_exclusion_never_loosens_beyond_the_ceiling_property() -> None:
+    @given(
+        name=st.sampled_from(["app", "app-pause", "istio-proxy", "apisix-gw", "x-psmdb"]),
+        image=st.sampled_from(["busybox", "reg/apisix/x:1", "pause:3.9"]),
+        labelled=st.booleans(),
+        iops=st.sampled_from(["0", "1", "100", "5000", "bad", None]),
+    )
+    def check(name: str, image: str, labelled: bool, iops: str | None) -> None:
+        annotations = {f"{P}/iops": iops} if iops is not None else {}
+        labels = {"diskguard.io/exclude": "true"} if labelled else {}
+        obj = make_pod("w", containers=((name, image),), annotations=annotations, labels=labels)
+        c = only(plan(obj), name)
+        assert c.resolution is not None
+        for field, ceiling in CEILINGS.as_dict().items():
+            got = getattr(c.resolution.limits, field)
+            if ceiling:
+                assert 0 < got <= ceiling, (field, got)
+
+    check()
+
+
+# -- every container that runs --------------------------------------------------------------
+
+
+def test_every_running_container_kind_is_planned_with_the_pods_limits() -> None:
+    obj = make_pod(
+        "p",
+        containers=(("app", "busybox"),),
+        sidecars=(("mesh", "envoy:1"),),
+        init_containers=(("setup", "busybox"),),
+        ephemeral=(("debugger", "busybox"),),
+        annotations={f"{P}/write-iops": "70"},
+    )
+    p = plan(obj)
+    kinds = {c.ref.container: c.kind for c in p.containers}
+    # The completed init container has no cgroup any more: not planned.
+    assert kinds == {
+        "app": ContainerKind.REGULAR,
+        "mesh": ContainerKind.SIDECAR,
+        "debugger": ContainerKind.EPHEMERAL,
+    }
+    for c in p.containers:
+        assert c.enforcement is Enforcement.POD_LIMITS
+        assert c.resolution is not None
+        assert c.resolution.limits == IOLimits(500, 70, 0, CEILINGS.wbps)
+
+
+def test_a_running_init_container_is_planned_and_the_waiting_ones_are_not() -> None:
+    obj = make_pod(
+        "p",
+        phase="Pending",
+        init_containers=(("fetch", "busybox"), ("migrate", "busybox"), ("warm", "busybox")),
+        sidecars=(("log-shipper", "fluent-bit:3"),),
+        running_init="migrate",
+    )
+    p = plan(obj)
+    assert {c.ref.container: c.kind for c in p.containers} == {
+        "migrate": ContainerKind.INIT,
+        "log-shipper": ContainerKind.SIDECAR,
+    }
+
+
+def test_sidecar_and_ephemeral_containers_are_subject_to_exclusion_rules_too() -> None:
+    obj = make_pod(
+        "p",
+        sidecars=(("istio-proxy", "istio/proxyv2:1.20"),),
+        ephemeral=(("dbg", "reg/apisix/tools:1"),),
+    )
+    p = plan(obj)
+    for name in ("istio-proxy", "dbg"):
+        c = only(p, name)
+        assert c.enforcement is Enforcement.CEILINGS
+        assert c.resolution is not None and c.resolution.limits == CEILINGS
+
+
+def test_parse_pod_reads_every_container_list() -> None:
+    obj = make_pod(
+        "p",
+        sidecars=(("mesh", "envoy:1"),),
+        init_containers=(("setup", "busybox"),),
+        ephemeral=(("debugger", "busybox:1"),),
+    )
+    pod = parse_pod(obj)
+    by_name = {c.name: c for c in pod.containers}
+    assert by_name["mesh"].kind is ContainerKind.SIDECAR and by_name["mesh"].running
+    assert by_name["setup"].kind is ContainerKind.INIT and not by_name["setup"].running
+    assert by_name["debugger"].kind is ContainerKind.EPHEMERAL and by_name["debugger"].running
+    assert by_name["debugger"].image == "busybox:1"
+    assert all(c.container_id for c in pod.containers)
+
+
+def test_parse_pod_ephemeral_status_without_spec_is_ignored() -> None:
+    """A status entry is joined to a spec entry by name; a stray status gives no container."""
+    obj = make_pod("p")
+    obj["status"]["ephemeralContainerStatuses"] = [
+        {"name": "ghost", "state": {"running": {}}, "containerID": "containerd://" + "a" * 64}
+    ]
+    assert [c.name for c in parse_pod(obj).containers] == ["app"]
+
+
+def test_make_pod_running_init_is_validated() -> None:
+    with pytest.raises(ValueError, match="running_init"):
+        make_pod("p", init_containers=(("a", "x"),), running_init="a")  # not Pending
+    with pytest.raises(ValueError, match="running_init"):
+        make_pod("p", phase="Pending", init_containers=(("a", "x"),), running_init="b")
+    with pytest.raises(ValueError, match="unique"):
+        make_pod("p", sidecars=(("app", "x"),))
+
+
+def test_make_pod_shapes_sidecars_and_ephemeral_containers_like_the_api() -> None:
+    obj = make_pod("p", sidecars=(("mesh", "envoy:1"),), ephemeral=(("dbg", "busybox"),))
+    [mesh] = obj["spec"]["initContainers"]
+    assert mesh["restartPolicy"] == "Always"
+    [dbg] = obj["spec"]["ephemeralContainers"]
+    assert dbg["targetContainerName"] == "app" and "resources" not in dbg
+    [dbg_status] = obj["status"]["ephemeralContainerStatuses"]
+    assert "running" in dbg_status["state"] and dbg_status["containerID"].startswith(
+        "containerd://"
+    )
