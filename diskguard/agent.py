@@ -22,10 +22,11 @@ from diskguard.applier import Applier
 from diskguard.config import Config, startup_warnings
 from diskguard.kube.access import SMART_LIMIT_ACCESS, AccessGate, denied_access
 from diskguard.kube.client import make_api_client
-from diskguard.kube.events import QUEUE_SIZE, EventRequest, EventSink, Posting, post_events
+from diskguard.kube.events import EventSink, Posting, post_events
 from diskguard.kube.kubelet import KubeletClient
 from diskguard.kube.kubelet_source import (
     KubeletSourceHealth,
+    Source,
     SourceSelector,
     run_pod_source,
 )
@@ -85,8 +86,7 @@ class Agent:
             driver,
             config.kubelet_cgroup_root,
         )
-        self._event_send, self._event_receive = trio.open_memory_channel[EventRequest](QUEUE_SIZE)
-        self.events = EventSink(self._event_send)
+        self.events = EventSink()
         self._events_unfinished: list[Posting] = []
         self.reconciler = Reconciler(
             ReconcileSettings(
@@ -150,16 +150,20 @@ class Agent:
     def readiness_problem(self) -> str:
         if not self.reconciler.synced.is_set():
             return "initial reconcile not done yet"
-        failing = self.pod_watcher.health.failing_since
-        if failing is not None:
-            down_for = trio.current_time() - failing
-            if down_for > self.config.readiness_watch_grace:
-                return (
-                    f"pod watch failing for {down_for:.0f}s ({self.pod_watcher.health.last_error})"
-                )
+        problem = self._pod_source_problem()
+        if problem:
+            return problem
         if self.smart_access is not None and self.smart_access.problem():
             return self.smart_access.problem()
         return ""
+
+    def _pod_source_problem(self) -> str:
+        """The pod source (kubelet, or the API watch) making no progress for the grace."""
+        now, grace = trio.current_time(), self.config.readiness_watch_grace
+        kubelet_mode = self.kubelet is not None and self.config.kubelet.pod_source
+        if kubelet_mode and self.pod_source.active is Source.KUBELET:
+            return self.kubelet_health.problem(now, grace, self.config.kubelet.poll_interval)
+        return self.pod_watcher.problem(now, grace)
 
     def ready(self) -> bool:
         return not self.readiness_problem()
@@ -239,9 +243,9 @@ class Agent:
             # Events already decided (a limit was applied) are still worth telling: give
             # them a bounded moment on the way out.
             with trio.CancelScope(shield=True), trio.move_on_after(EVENT_FLUSH_SECONDS):
-                self._event_send.close()
+                self.events.close()
                 await post_events(
-                    self._event_receive,
+                    self.events,
                     self.api,
                     self.config.node_name,
                     rate=50.0,
@@ -271,7 +275,7 @@ class Agent:
         nursery.start_soon(
             functools.partial(
                 post_events,
-                self._event_receive,
+                self.events,
                 self.api,
                 self.config.node_name,
                 unfinished=self._events_unfinished,
@@ -318,6 +322,7 @@ class Agent:
                 self.config.annotation_prefix,
                 dry_run=smart.dry_run,
                 patches_per_minute=smart.patches_per_minute,
+                fresh_resource_version=self.config.kubelet.pod_source,
             )
             nursery.start_soon(self._run_smart, smart_limiter, rate_source, name="smart-limit")
         if self.sampling is not None:

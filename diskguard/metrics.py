@@ -138,11 +138,29 @@ class AgentCollector(Collector):
         yield from self._sampling()
         yield from self._smart()
 
+        stats = agent.events.stats
         dropped = CounterMetricFamily(
-            "diskguard_events_dropped", "Kubernetes Events dropped because the queue was full"
+            "diskguard_events_dropped",
+            "Kubernetes Events dropped because the queue was full (the oldest goes first)",
         )
-        dropped.add_metric([], agent.events.dropped)
+        dropped.add_metric([], stats.dropped)
         yield dropped
+        posted = CounterMetricFamily(
+            "diskguard_events_posted", "Kubernetes Events accepted by the API server"
+        )
+        posted.add_metric([], stats.posted)
+        yield posted
+        failed = CounterMetricFamily(
+            "diskguard_events_failed",
+            "Kubernetes Events given up after their retries or refused by the API server",
+        )
+        failed.add_metric([], stats.failed)
+        yield failed
+        queued = GaugeMetricFamily(
+            "diskguard_events_queued", "Kubernetes Events waiting to be posted"
+        )
+        queued.add_metric([], len(agent.events.queue))
+        yield queued
 
     def _sampling(self) -> Iterator[Metric]:
         agent = self._agent

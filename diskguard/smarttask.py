@@ -4,13 +4,21 @@ own smart-limit annotations on its pod.
 The API server stays the single source of truth: this task only patches annotations; the
 pod watch sees them and the apply task enforces them, so a restart loses nothing. History
 lives in memory, so after a restart detection and lifting resume after a fresh window.
+
+Patches carry a resourceVersion precondition. With the kubelet as the pod source the pod's
+resourceVersion is useless for that (the kubelet's `/pods` keeps the first one it saw, so
+the precondition would fail with 409 forever): the pod is read from the API server first,
+and the patch is sent with that resourceVersion only if the API server's copy is the pod the
+decision was made on (same UID, not being deleted, the same diskguard annotations).
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -46,6 +54,7 @@ class SmartLimiter:
         *,
         dry_run: bool = False,
         patches_per_minute: int = 30,
+        fresh_resource_version: bool = False,
     ) -> None:
         self.settings = settings
         self.monitor_interval = monitor_interval
@@ -54,6 +63,8 @@ class SmartLimiter:
         self._emit = emit
         self._prefix = prefix
         self.dry_run = dry_run
+        # The pods come from the kubelet: read the current resourceVersion before patching.
+        self._fresh_resource_version = fresh_resource_version
         self._buckets: dict[ContainerKey, Bucket] = {}
         depth = math.ceil(settings.window / monitor_interval) + 2
         self._history: dict[ContainerKey, collections.deque[Sample]] = {}
@@ -177,8 +188,14 @@ class SmartLimiter:
         # Only diskguard's own keys, guarded by the resourceVersion the decision was made on:
         # a concurrent edit (opt-out, deletion) makes it fail with 409 and the next pass
         # decides again on the new state.
-        body = {"metadata": {"resourceVersion": pod.resource_version, "annotations": annotations}}
         try:
+            resource_version: str | None = pod.resource_version
+            if self._fresh_resource_version:
+                resource_version = await self._current_resource_version(pod)
+                if resource_version is None:
+                    self.patches["stale"] += 1
+                    return False
+            body = {"metadata": {"resourceVersion": resource_version, "annotations": annotations}}
             # Abandoned on cancel: shutdown must not wait on a hung API server; the patch is
             # guarded by resourceVersion, so a late one cannot do harm.
             await trio.to_thread.run_sync(
@@ -207,3 +224,38 @@ class SmartLimiter:
         self.patches[action] += 1
         log.info("smart limit %s on %s: %s", action, pod.key, message)
         return True
+
+    async def _current_resource_version(self, pod: PodInfo) -> str | None:
+        """The API server's resourceVersion of `pod`, or None when its copy is not the pod
+        the decision was made on (another pod of that name, being deleted, or diskguard's
+        annotations changed since: the kubelet will show the change and the next pass
+        decides again). Raises ApiException (404: gone) and connection errors."""
+        # The raw response (not a V1Pod): annotations compared exactly as the API holds them.
+        response: Any = await trio.to_thread.run_sync(
+            lambda: self._api.read_namespaced_pod(
+                pod.name, pod.namespace, _preload_content=False, _request_timeout=(5, 10)
+            ),
+            abandon_on_cancel=True,
+        )
+        current = json.loads(response.data)
+        meta = current.get("metadata") if isinstance(current, Mapping) else None
+        if not isinstance(meta, Mapping):
+            return None
+        why = ""
+        if meta.get("uid") != pod.uid:
+            why = "it is another pod of that name now"
+        elif meta.get("deletionTimestamp"):
+            why = "it is being deleted"
+        elif self._own(meta.get("annotations")) != self._own(pod.annotations):
+            why = "its diskguard annotations changed since the decision"
+        if why or not meta.get("resourceVersion"):
+            log.info("smart limit: not patching %s: %s", pod.key, why or "no resourceVersion")
+            return None
+        return str(meta["resourceVersion"])
+
+    def _own(self, annotations: object) -> dict[str, str]:
+        """diskguard's annotations (the decision's inputs under our prefix)."""
+        if not isinstance(annotations, Mapping):
+            return {}
+        mark = f"{self._prefix}/"
+        return {str(k): str(v) for k, v in annotations.items() if str(k).startswith(mark)}

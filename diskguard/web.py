@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import hypercorn.config
 import hypercorn.trio
 import hypercorn.typing
@@ -139,9 +140,12 @@ def build_app(agent: Agent) -> Starlette:
                     "failures": w.health.restarts,
                     "failing": w.health.failing_since is not None,
                     "last_error": w.health.last_error or None,
+                    "backoff_seconds": round(w.health.backoff, 2),
+                    "connected": w.health.connected_since is not None,
                 }
                 for w in (agent.pod_watcher, agent.namespace_watcher)
             },
+            "events": attrs.asdict(agent.events.stats) | {"queued": len(agent.events.queue)},
             "sampler": agent.sampler_status(),
             "smart_limit": agent.smart_status(),
             "containers": containers_json(

@@ -64,6 +64,19 @@ class KubeletSourceHealth:
         self.last_error = ""
         self.last_success = now
 
+    def problem(self, now: float, grace: float, interval: float) -> str:
+        """Why the kubelet pod source is not healthy for readiness, or "": failing for
+        longer than `grace`, or no answer for longer than `grace` plus one poll interval
+        (a poll that hangs)."""
+        if self.failing_since is not None and now - self.failing_since > grace:
+            return (
+                f"kubelet pod source failing for {now - self.failing_since:.0f}s "
+                f"({self.last_error})"
+            )
+        if self.last_success is not None and now - self.last_success > grace + interval:
+            return f"no answer from the kubelet pod source for {now - self.last_success:.0f}s"
+        return ""
+
     def failed(self, now: float, error: KubeletError) -> None:
         if str(error) != self.last_error:
             log.warning("kubelet pod source: %s", error)

@@ -3,8 +3,17 @@
 The kubernetes client is synchronous, so the blocking HTTP reads run in a thread; each
 event is handed to trio with `trio.from_thread.run`. Semantics follow client-go's
 reflector: list, then watch from the list's resourceVersion with bookmarks; a 410 (Gone /
-Expired) means our resourceVersion is compacted away, so relist; a dropped connection
-resumes the watch from the last resourceVersion seen, with jittered exponential backoff.
+Expired, as the watch request's HTTP status or as an in-stream ERROR) means our
+resourceVersion is compacted away, and "too large resource version" (a 500/504, e.g. after
+an etcd restore moved the server back in time) means it is ahead of the server: both relist.
+A dropped connection resumes the watch from the last resourceVersion seen, with jittered
+exponential backoff.
+
+Health means progress, not a 200: the backoff and the failure clock reset only once a
+stream delivered an event (BOOKMARKs count) or ended cleanly at the server's timeout. A watch
+that connects and then fails at once (an in-stream error, an empty stream) keeps backing off
+and shows in readiness after the grace period.
+
 Cancellation shuts the socket down so the thread ends promptly: no thread is left behind.
 """
 
@@ -15,6 +24,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +42,16 @@ WATCH_TIMEOUT_RANGE = (300, 600)
 READ_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 10.0
 PAGE_SIZE = 500
+# A stream that ends with no event counts as the server's clean timeout only if it lasted
+# about as long as the timeout we asked for; sooner, it made no progress (client-go calls it
+# a "very short watch").
+CLEAN_END_FRACTION = 0.9
+# A real API server sends a bookmark about once a minute: a freshly connected watch that has
+# not delivered anything yet is given this long before readiness counts it as not
+# progressing (a dropped connection that reconnects at once must not flap readiness).
+FIRST_PROGRESS_WAIT = 75.0
+# An error Status body read from a failed watch request is bounded before it is parsed.
+MAX_STATUS_BODY = 65536
 
 
 @attrs.frozen
@@ -55,16 +75,100 @@ WatchEvent = Relisted | Changed
 
 @attrs.frozen
 class WatchHealth:
-    """Counters the operations side reports (relists, restarts, last error)."""
+    """Counters the operations side reports (relists, restarts, last error).
+
+    `failing_since` is the trio time of the first attempt that ended without progress since
+    the watch last made progress; `connected_since` the time the current stream connected
+    (None between streams); `last_progress` the time of the last event or clean end.
+    """
 
     relists: int = 0
     restarts: int = 0
     failing_since: float | None = None
     last_error: str = ""
+    connected_since: float | None = None
+    last_progress: float | None = None
+    backoff: float = 0.0  # the delay before the next attempt, 0 after progress
+    failed_attempts: int = 0  # attempts in a row without progress
+
+    def problem(self, name: str, now: float, grace: float) -> str:
+        """Why this watch is not healthy for readiness, or "".
+
+        Failing for longer than `grace` without progress is a problem. One exception: after
+        a single failure (a dropped connection, a 410), a stream connected for less than
+        FIRST_PROGRESS_WAIT may simply be waiting for its first bookmark. A watch that failed
+        again and again gets no such benefit, so readiness does not flicker while it cycles.
+        """
+        if self.failing_since is None or now - self.failing_since <= grace:
+            return ""
+        waiting_for_first_bookmark = (
+            self.failed_attempts <= 1
+            and self.connected_since is not None
+            and now - self.connected_since <= max(grace, FIRST_PROGRESS_WAIT)
+        )
+        if waiting_for_first_bookmark:
+            return ""
+        return (
+            f"{name} watch has made no progress for {now - self.failing_since:.0f}s "
+            f"({self.last_error or 'no event yet'})"
+        )
 
 
-class _Gone(Exception):
-    """The resourceVersion we hold is too old: relist."""
+class _Relist(Exception):
+    """The resourceVersion we hold is unusable (too old: 410; ahead of the server: too
+    large): list again."""
+
+
+class _NoProgress(Exception):
+    """A stream that ended cleanly but early, without delivering anything."""
+
+
+TOO_LARGE_CAUSE = "ResourceVersionTooLarge"
+# What the watch cache says (apiserver storage.NewTooLargeResourceVersionError), and what
+# etcd says when a watch is served from storage directly.
+_TOO_LARGE_MESSAGES = ("too large resource version", "required revision is a future revision")
+
+
+def relist_reason(status: object) -> str:
+    """Why an error `Status` (HTTP body or in-stream ERROR object) means "relist", or "".
+
+    410 Gone/Expired: our resourceVersion was compacted away. A 5xx saying "too large
+    resource version" (cause ResourceVersionTooLarge, as client-go's reflector checks it, or
+    the message of older servers and of etcd): our resourceVersion is ahead of the server's,
+    and resuming from it would fail forever.
+    """
+    if not isinstance(status, Mapping):
+        return ""
+    code = status.get("code")
+    message = str(status.get("message") or "")[:1024]
+    if code == 410:
+        return f"HTTP 410 {status.get('reason') or 'Gone'}: {message}".strip()
+    if not isinstance(code, int) or not 500 <= code <= 599:
+        return ""
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    too_large = isinstance(causes, list) and any(
+        isinstance(c, Mapping) and c.get("reason") == TOO_LARGE_CAUSE for c in causes
+    )
+    lowered = message.lower()
+    if too_large or any(m in lowered for m in _TOO_LARGE_MESSAGES):
+        return f"HTTP {code} too large resource version: {message}"
+    return ""
+
+
+def _api_exception_status(exc: ApiException) -> dict[str, Any]:
+    """The Status object of a failed request, as far as its (bounded) body tells."""
+    status: dict[str, Any] = {"code": exc.status, "reason": exc.reason}
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body[:MAX_STATUS_BODY].decode("utf-8", errors="replace")
+    if isinstance(body, str) and len(body) <= MAX_STATUS_BODY:
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(body)
+            if isinstance(parsed, dict):
+                status.update(parsed)
+                status["code"] = exc.status  # the HTTP status is what the client saw
+    return status
 
 
 # A list call takes (resource_version, continue token, limit, timeouts) and returns the
@@ -91,56 +195,93 @@ class ListWatcher:
     """Runs list+watch for one resource forever, sending WatchEvents to `send`."""
 
     def __init__(
-        self, name: str, list_fn: ListFn, send: trio.MemorySendChannel[WatchEvent]
+        self,
+        name: str,
+        list_fn: ListFn,
+        send: trio.MemorySendChannel[WatchEvent],
+        *,
+        timeout_range: tuple[int, int] = WATCH_TIMEOUT_RANGE,
     ) -> None:
         self.name = name
         self._list_fn = list_fn
         self._send = send
+        self._timeout_range = timeout_range
         self._response_lock = threading.Lock()
         self._response: Any = None
         self._cancelled = threading.Event()
         self._backoff = Backoff()
         self.health = WatchHealth()
 
+    def problem(self, now: float, grace: float) -> str:
+        return self.health.problem(self.name, now, grace)
+
     async def run(self) -> None:
         backoff = self._backoff
+        backoff.reset()
+        # A fresh start (also a restarted fallback watch): old failures are not ours.
+        self.health = attrs.evolve(
+            self.health, failing_since=None, connected_since=None, backoff=0.0, failed_attempts=0
+        )
         resource_version = ""
         while True:
             try:
                 if not resource_version:
                     resource_version = await self._in_thread(self._list)
                     self.health = attrs.evolve(self.health, relists=self.health.relists + 1)
-                    self._healthy()
                 resource_version = await self._in_thread(self._watch, resource_version)
-            except _Gone:
+                continue  # progressed (an event or the server's clean timeout): go on at once
+            except _Relist as exc:
                 log.info(
-                    "%s watch: resourceVersion %s expired, relisting", self.name, resource_version
+                    "%s watch: resourceVersion %s unusable (%s), relisting",
+                    self.name,
+                    resource_version,
+                    exc,
                 )
                 resource_version = ""
-                self._healthy()
+                error: BaseException = exc
             except trio.Cancelled:
                 raise
             except Exception as exc:  # network errors come in many types; all mean "retry"
-                delay = backoff.next()
-                self._failing(exc)
-                log.warning(
-                    "%s watch failed (%s); retrying in %.1fs", self.name, _brief(exc), delay
-                )
-                await trio.sleep(delay)
+                error = exc
+            finally:
+                self.health = attrs.evolve(self.health, connected_since=None)
+            # No progress this attempt (the stream may still have connected and answered 200).
+            delay = backoff.next()
+            self._failing(error, delay)
+            log.warning(
+                "%s watch made no progress (%s); retrying in %.1fs",
+                self.name,
+                _brief(error),
+                delay,
+            )
+            await trio.sleep(delay)
 
-    def _healthy(self) -> None:
+    def _progressed(self) -> None:
+        """The stream delivered an event or ended at the server's timeout."""
         self._backoff.reset()
         if self.health.failing_since is not None:
             log.info("%s watch recovered", self.name)
-        self.health = attrs.evolve(self.health, failing_since=None, last_error="")
+        self.health = attrs.evolve(
+            self.health,
+            failing_since=None,
+            last_error="",
+            last_progress=trio.current_time(),
+            backoff=0.0,
+            failed_attempts=0,
+        )
 
-    def _failing(self, exc: BaseException) -> None:
+    def _connected(self) -> None:
+        self.health = attrs.evolve(self.health, connected_since=trio.current_time())
+
+    def _failing(self, exc: BaseException, delay: float) -> None:
         since = self.health.failing_since or trio.current_time()
         self.health = attrs.evolve(
             self.health,
             restarts=self.health.restarts + 1,
             failing_since=since,
             last_error=_brief(exc),
+            backoff=delay,
+            failed_attempts=self.health.failed_attempts + 1,
         )
 
     async def _in_thread(self, fn: Callable[..., str], *args: Any) -> str:
@@ -206,18 +347,27 @@ class ListWatcher:
         return resource_version
 
     def _watch(self, resource_version: str) -> str:
-        timeout = random.randint(*WATCH_TIMEOUT_RANGE)
-        response = self._list_fn(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
-        )
+        timeout = random.randint(*self._timeout_range)
+        try:
+            response = self._list_fn(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _preload_content=False,
+                _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+            )
+        except ApiException as exc:
+            # A 410 (or "too large") can come as the watch request's own HTTP status too.
+            reason = relist_reason(_api_exception_status(exc))
+            if reason:
+                raise _Relist(reason) from None
+            raise
+        started = time.monotonic()
         self._set_response(response)
-        # Connected: the API server answers again, whatever the stream brings next.
-        trio.from_thread.run_sync(self._healthy)
+        # Connected: not yet progress (an in-stream error or an empty stream may follow).
+        trio.from_thread.run_sync(self._connected)
+        delivered = False
         try:
             for line in iter_resp_lines(response):
                 if self._cancelled.is_set():
@@ -226,24 +376,41 @@ class ListWatcher:
                 kind = event.get("type")
                 obj = event.get("object") or {}
                 if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
+                    reason = relist_reason(obj)
+                    if reason:
+                        raise _Relist(reason)
                     raise ApiException(status=obj.get("code"), reason=obj.get("message"))
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if rv:
                     resource_version = str(rv)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self._emit(Changed(kind, obj, self.name))
+                    self._emit(Changed(kind, obj, self.name), progress=True)
+                    delivered = True
+                elif kind == "BOOKMARK":
+                    trio.from_thread.run_sync(self._progressed)
+                    delivered = True
         finally:
             with self._response_lock:
                 self._response = None
             # Close, not release to the pool: a watch connection cut mid-stream (cancel,
             # shutdown) must not stay open on the API server holding a watch.
             response.close()
+        lasted = time.monotonic() - started
+        if not delivered and not self._cancelled.is_set():
+            if lasted < timeout * CLEAN_END_FRACTION:
+                raise _NoProgress(
+                    f"the watch ended after {lasted:.1f}s of the {timeout}s asked, without an event"
+                )
+            trio.from_thread.run_sync(self._progressed)  # the server's clean timeout
         return resource_version
 
-    def _emit(self, event: WatchEvent) -> None:
-        trio.from_thread.run(self._send.send, event)
+    def _emit(self, event: WatchEvent, *, progress: bool = False) -> None:
+        trio.from_thread.run(self._deliver, event, progress)
+
+    async def _deliver(self, event: WatchEvent, progress: bool) -> None:
+        await self._send.send(event)
+        if progress:
+            self._progressed()
 
 
 def _brief(exc: BaseException) -> str:

@@ -142,15 +142,24 @@ class _Harness:
                 time=time.monotonic(),
             )
         )
-        fault = self.state.faults.take(method, path)
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        fault = self.state.faults.take(
+            method,
+            path,
+            watch=_is_watch(path, query),
+            body=body.decode("utf-8", errors="replace"),
+        )
         if fault is not None:
             if fault.delay:
                 await trio.sleep(fault.delay)
             if fault.hang and not await self._hang(receive):
                 return
             if fault.status is not None:
-                error = ApiError(fault.status, _reason(fault.status), f"injected fault: {path}")
+                error = _fault_error(fault, fault.status, path)
                 await _status_response(error)(scope, receive, send)
+                return
+            if fault.stream_error is not None or fault.stream_end:
+                await _stream_fault(fault, path, send)
                 return
 
         forbidden = self._forbidden(method, path, scope)
@@ -205,6 +214,29 @@ class _Harness:
                 await released.wait()
                 nursery.cancel_scope.cancel()
         return not client_left
+
+
+def _is_watch(path: str, query: dict[str, str]) -> bool:
+    return "/watch/" in path or query.get("watch", "").lower() in ("true", "1")
+
+
+def _fault_error(fault: Fault, code: int, path: str) -> ApiError:
+    details = None
+    if fault.cause:
+        details = {"causes": [{"reason": fault.cause, "message": fault.message}]}
+    message = fault.message or f"injected fault: {path}"
+    return ApiError(code, _reason(code), message, details=details)
+
+
+async def _stream_fault(fault: Fault, path: str, send: Send) -> None:
+    """A watch that is accepted (200) and then ends: with one ERROR event, or empty."""
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-cache, private")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if fault.stream_error is not None:
+        error = _fault_error(fault, fault.stream_error, path)
+        line = _event_line("ERROR", error.status())
+        await send({"type": "http.response.body", "body": line, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _loose_json(body: bytes) -> Any:
@@ -488,9 +520,9 @@ def _watch(
     try:
         sub = state.store.watch(rt, selection, rv, waker)
     except ApiError as exc:
-        if exc.code != 410:
-            raise
-        # The real server reports a compacted resourceVersion inside a 200 watch stream.
+        # Once the request is accepted and its resourceVersion parsed, the real server
+        # reports a resourceVersion it cannot serve from (410 too old, 504 too large) inside
+        # a 200 watch stream (the watch cache's "errWatcher").
         return _WatchStream(state, rt, None, waker, error=exc)
     return _WatchStream(
         state,

@@ -84,6 +84,15 @@ class Fault:
     `delay` seconds pass first; then `hang` holds the request until the faults are cleared
     (or the server stops); then `status`, if set, is answered as an error `Status` instead of
     serving the request. `count` is how many requests it hits (None: until cleared).
+
+    Narrowing: `watch` True hits only watch requests (`watch=true` or a `/watch/` path),
+    False only the others; `body_regex` is searched in the request body (e.g. one Event).
+
+    Watch streams: `stream_error` answers 200 and then one in-stream ERROR event with that
+    code (what a real server sends once the watch is accepted: e.g. 410, or 500/504 "too
+    large resource version"); `stream_end` answers 200 and ends the stream at once, empty.
+    `message` and `cause` (a StatusCause reason, e.g. "ResourceVersionTooLarge") go into the
+    error `Status` of `status` or `stream_error`.
     """
 
     method: str | None = attrs.field(default=None, converter=_upper_or_none)
@@ -92,25 +101,39 @@ class Fault:
     delay: float = 0.0
     count: int | None = None
     hang: bool = False
+    watch: bool | None = None
+    body_regex: str = attrs.field(default="")
+    stream_error: int | None = None
+    stream_end: bool = False
+    message: str = ""
+    cause: str = ""
 
     @path_regex.validator
-    def _check_regex(self, _: Any, value: str) -> None:
+    @body_regex.validator
+    def _check_regex(self, attribute: Any, value: str) -> None:
         try:
             re.compile(value)
         except re.error as exc:
-            raise ValueError(f"path_regex {value!r} is not a valid regex: {exc}") from exc
+            raise ValueError(f"{attribute.name} {value!r} is not a valid regex: {exc}") from exc
 
     def __attrs_post_init__(self) -> None:
-        if self.status is not None and not 400 <= self.status <= 599:
-            raise ValueError(f"fault status must be an HTTP error code, got {self.status}")
+        for name, code in (("status", self.status), ("stream_error", self.stream_error)):
+            if code is not None and not 400 <= code <= 599:
+                raise ValueError(f"fault {name} must be an HTTP error code, got {code}")
+        answers = [self.status is not None, self.stream_error is not None, self.stream_end]
+        if sum(answers) > 1:
+            raise ValueError("a fault answers with at most one of status, stream_error, stream_end")
         if self.delay < 0:
             raise ValueError(f"fault delay must be >= 0, got {self.delay}")
         if self.count is not None and self.count < 1:
             raise ValueError(f"fault count must be >= 1 or None, got {self.count}")
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and bool(
-            re.search(self.path_regex, path)
+    def matches(self, method: str, path: str, *, watch: bool = False, body: str = "") -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and (self.watch is None or self.watch == watch)
+            and bool(re.search(self.path_regex, path))
+            and (not self.body_regex or bool(re.search(self.body_regex, body)))
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -120,7 +143,7 @@ class Fault:
     def from_json(cls, data: Any) -> Fault:
         if not isinstance(data, dict):
             raise ValueError("a fault must be a JSON object")
-        fields = {"method", "path_regex", "status", "delay", "count", "hang"}
+        fields = {f.name for f in attrs.fields(cls)}
         unknown = set(data) - fields
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}; known: {sorted(fields)}")
@@ -168,11 +191,11 @@ class FaultPlan:
         with self._lock:
             return [armed.fault for armed in self._faults]
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, *, watch: bool = False, body: str = "") -> Fault | None:
         """The first fault matching this request, consuming one of its count."""
         with self._lock:
             for armed in self._faults:
-                if armed.fault.matches(method, path):
+                if armed.fault.matches(method, path, watch=watch, body=body):
                     if armed.remaining is not None:
                         armed.remaining -= 1
                         if armed.remaining <= 0:

@@ -86,8 +86,24 @@ def too_old(requested: int, current: int) -> ApiError:
     return expired(f"too old resource version: {requested} ({current})")
 
 
+# The StatusCause client-go's reflector looks for (metav1.CauseTypeResourceVersionTooLarge).
+RESOURCE_VERSION_TOO_LARGE = "ResourceVersionTooLarge"
+
+
 def too_large(requested: int, current: int) -> ApiError:
-    return ApiError(504, "Timeout", f"Too large resource version: {requested}, current: {current}")
+    # As apiserver's storage.NewTooLargeResourceVersionError builds it: a Timeout whose
+    # message is prefixed "Timeout: ", with the cause and a retry hint.
+    return ApiError(
+        504,
+        "Timeout",
+        f"Timeout: Too large resource version: {requested}, current: {current}",
+        details={
+            "causes": [
+                {"reason": RESOURCE_VERSION_TOO_LARGE, "message": "Too large resource version"}
+            ],
+            "retryAfterSeconds": 1,
+        },
+    )
 
 
 def unsupported_media_type(content_type: str) -> ApiError:

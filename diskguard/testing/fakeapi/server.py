@@ -216,15 +216,59 @@ class FakeAPIServer(ThreadedServer):
         delay: float = 0.0,
         count: int | None = None,
         hang: bool = False,
+        *,
+        watch: bool | None = None,
+        body_regex: str = "",
+        stream_error: int | None = None,
+        stream_end: bool = False,
+        message: str = "",
+        cause: str = "",
     ) -> Fault:
         """Make matching API requests fail (`status`), wait (`delay`) or hang until cleared.
 
         `path_regex` is searched in the URL path (no query); `count` limits how many requests
-        it hits (None: until `clear_faults()`).
+        it hits (None: until `clear_faults()`). `watch` narrows to watch requests (True) or
+        the others (False); `body_regex` to requests whose body matches. `stream_error` /
+        `stream_end`: a watch answered 200 that then carries one ERROR event / ends empty
+        (see `Fault`).
         """
-        fault = Fault(method, path_regex, status, delay, count, hang)
+        fault = Fault(
+            method,
+            path_regex,
+            status,
+            delay,
+            count,
+            hang,
+            watch=watch,
+            body_regex=body_regex,
+            stream_error=stream_error,
+            stream_end=stream_end,
+            message=message,
+            cause=cause,
+        )
         self.state.faults.add(fault)
         return fault
+
+    def inject_watch_error(
+        self,
+        path_regex: str,
+        code: int,
+        message: str = "",
+        *,
+        cause: str = "",
+        count: int | None = None,
+    ) -> Fault:
+        """Watches on matching paths are accepted (200) and then carry one ERROR event."""
+        return self.inject_fault(
+            "GET",
+            path_regex,
+            status=None,
+            count=count,
+            watch=True,
+            stream_error=code,
+            message=message,
+            cause=cause,
+        )
 
     def clear_faults(self) -> None:
         """Remove all faults and release requests held by `hang`."""
