@@ -18,6 +18,10 @@ import httpx
 import pytest
 import trio
 from agent.conftest import Cluster, P, scaled
+from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
+from agent.test_kubelet_agent import (
+    test_kubelet_pod_source_smart_limit_patches_with_the_api_servers_resource_version as scenario,
+)
 from agent.test_smart_limit import SMART_ENV, background_fio, wait_annotations
 
 from diskguard import agent as agent_module
@@ -25,6 +29,7 @@ from diskguard.config import load_config
 from diskguard.doctor import required_access
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, AccessState
 from diskguard.model import IOLimits
+from diskguard.testing.fakekubelet import FakeKubelet
 
 from .kustomize import find
 from .manifests import COMPONENTS, built
@@ -49,11 +54,10 @@ def cluster_role(*components: str) -> dict[str, Any]:
 # Installs whose role differs: the base, and the smart-limit component. Every other
 # component must leave the role as the base has it (test below).
 ROLE_INSTALLS = ((), ("smart-limit",))
-# Granted by components/smart-limit for a use that lands with issue #11 slice 3: in kubelet
-# pod-source mode a smart-limit patch first GETs the pod's current resourceVersion. Until
-# that code exists no exercise can use it; once it does, add a kubelet-mode smart-limit run
-# to the exercise below and empty this set.
-NOT_YET_USED = {Permission("", "pods", "get")}
+# Granted by components/smart-limit for kubelet pod-source mode only: there a smart-limit
+# patch first GETs the pod's current resourceVersion (the kubelet's copy keeps the first
+# one). The API-mode exercise below cannot use it; the kubelet-mode test further down does.
+KUBELET_MODE_ONLY = {Permission("", "pods", "get")}
 
 
 @pytest.mark.parametrize("name", sorted(set(COMPONENTS) - {"smart-limit"}))
@@ -234,8 +238,8 @@ async def test_cluster_role_grants_exactly_what_the_agent_uses(
     assert (Permission("", "pods", "patch") in used) is smart
     assert _doctor_own_permissions() <= used
     granted = permissions_granted(role)
-    assert not (used & NOT_YET_USED), "the code uses it now: empty NOT_YET_USED"
-    problems = compare(used | (granted & NOT_YET_USED), granted)
+    assert not (used & KUBELET_MODE_ONLY), "API mode uses it now: drop it from the set"
+    problems = compare(used | (granted & KUBELET_MODE_ONLY), granted)
     assert not problems, f"the ClusterRole of {components or 'deploy/'} is out of step: {problems}"
 
 
@@ -301,3 +305,20 @@ async def test_doctor_says_when_smart_limit_lacks_its_grant(cluster: Cluster) ->
     # dry run patches nothing, so it needs nothing more
     found = await _doctor(cluster, SMART_LIMIT_ENABLED="true", SMART_LIMIT_DRY_RUN="true")
     assert "RBAC (smart limit)" not in found
+
+
+@pytest.mark.kernel
+@pytest.mark.host_only
+async def test_smart_limit_role_covers_kubelet_pod_source_mode(
+    cluster: Cluster,
+    start_agent: Any,
+    kubelet_env: tuple[FakeKubelet, dict[str, str]],  # noqa: F811 - the imported fixture
+) -> None:
+    """The kubelet-mode smart-limit scenario, under exactly components/smart-limit's role:
+    its GET of the pod before the patch is granted (a 403 would fail the scenario)."""
+    role = cluster_role("smart-limit")
+    cluster.api.grant(role["rules"])
+    await scenario(cluster, start_agent, kubelet_env)
+    used = permissions_used(cluster.api.requests())
+    assert used >= KUBELET_MODE_ONLY
+    assert used <= permissions_granted(role), compare(used, permissions_granted(role))
