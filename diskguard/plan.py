@@ -10,15 +10,19 @@ import attrs
 
 from diskguard.annotations import AUTO_BPS, AUTO_IOPS, AnnotationLimits, parse_smart_annotations
 from diskguard.filters import ExclusionFilter
-from diskguard.model import ContainerRef, IOLimits, PodInfo, Runtime
+from diskguard.model import V2_MIN_LIMIT, CgroupVersion, ContainerRef, IOLimits, PodInfo, Runtime
 from diskguard.policy import (
     Guardrails,
     KeyMemory,
     NamespacePolicy,
     Resolution,
     key_set,
+    raise_to_kernel_minimum,
     resolve_limits,
 )
+
+# The smallest limit each cgroup version's kernel interface accepts.
+KERNEL_MIN_LIMIT = {CgroupVersion.V1: 1, CgroupVersion.V2: V2_MIN_LIMIT}
 
 
 @attrs.frozen
@@ -46,6 +50,7 @@ def plan_pod(
     previous: KeyMemory | None,
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
+    cgroup_version: CgroupVersion = CgroupVersion.V1,
 ) -> PodPlan:
     keys = key_set(pod.annotations, prefix, previous)
     parsed = keys.parsed
@@ -60,6 +65,7 @@ def plan_pod(
         auto=auto,
         auto_source=f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
     )
+    resolution = raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
     plans = []
     for container in pod.containers:
         ref = pod.container_ref(container)

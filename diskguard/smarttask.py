@@ -97,6 +97,8 @@ class SmartLimiter:
 
     async def evaluate(self) -> None:
         now = trio.current_time()
+        for gone in set(self.decisions) - set(self._reconciler.plans):
+            del self.decisions[gone]  # bounded by the pods on the node, not by churn
         for uid, plan in list(self._reconciler.plans.items()):
             pod = plan.pod
             smart = parse_smart_annotations(pod.annotations, self._prefix)
