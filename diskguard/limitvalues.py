@@ -82,7 +82,5 @@ def parse_bps(text: str) -> int:
     if number != number.to_integral_value():
         raise LimitValueError(f"{shown(text)} is not a whole number of bytes/s")
     if number > MAX_BPS:
-        raise LimitValueError(
-            f"{shown(text)} exceeds the kernel's maximum bytes/s limit {MAX_BPS}"
-        )
+        raise LimitValueError(f"{shown(text)} exceeds the kernel's maximum bytes/s limit {MAX_BPS}")
     return int(number)
