@@ -30,8 +30,10 @@ class LimitValueError(ValueError):
     """A limit value that cannot be used; the message says why, for users."""
 
 
-def shown(text: str) -> str:
+def shown(text: object) -> str:
     """`text` for a message: repr'd, and cut short (saying how long it was) when long."""
+    if not isinstance(text, str):
+        text = repr(text)
     if len(text) <= SHOWN_LENGTH:
         return repr(text)
     return f"{text[:SHOWN_LENGTH]!r}... ({len(text)} characters)"

@@ -59,16 +59,13 @@ class NamespacePolicies:
         meta = meta if isinstance(meta, Mapping) else {}
         name = _name(obj)
         annotations = meta.get("annotations") or {}
-        if not isinstance(annotations, Mapping):
+        if not isinstance(annotations, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
             # Malformed (the API server never sends this): keep the last good policy.
-            log.warning("namespace %s: annotations are not an object; ignored", name)
+            log.warning("namespace %s: annotations are not strings; update ignored", name[:253])
             return name
-        policy = namespace_policy(
-            name,
-            {k: v for k, v in annotations.items() if isinstance(k, str)},
-            self._prefix,
-            self._memory.get(name),
-        )
+        policy = namespace_policy(name, annotations, self._prefix, self._memory.get(name))
         self._memory[name] = policy.memory
         if self.policies.get(name) != policy:
             changed.add(name)
