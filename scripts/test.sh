@@ -24,7 +24,7 @@ echo "== soak (short; the full one: .venv/bin/python bench/soak.py)"
 echo "== cgroup v2 lane (qemu)"
 # The pure tests do not depend on the kernel; the guest runs everything that touches it.
 v2_paths=()
-for p in tests/test_lane.py tests/node tests/agent tests/sampler tests/security; do
+for p in tests/test_lane.py tests/node tests/agent tests/sampler; do
   [ -e "$p" ] && v2_paths+=("$p")
 done
 bash tests/vm/run-v2-lane.sh "${v2_paths[@]}"
