@@ -260,7 +260,9 @@ def _check_held(held: IOLimits, minimum: int, where: Path) -> None:
         assert minimum <= value <= ceiling, f"{where}: {field}={value}, ceiling {ceiling}"
 
 
-async def _drive(reconciler: Reconciler, events: list[WatchEvent], expect: int) -> None:
+async def _drive(
+    reconciler: Reconciler, events: list[WatchEvent], expect: int, stable: bool
+) -> None:
     send, receive = trio.open_memory_channel[WatchEvent](len(events) + 1)
     for event in events:
         send.send_nowait(event)
@@ -275,6 +277,14 @@ async def _drive(reconciler: Reconciler, events: list[WatchEvent], expect: int) 
                 or not reconciler.synced.is_set()
             ):
                 await trio.sleep(0.005)
+        if stable:
+            # What the plan says is what the kernel reads back: a full resync writes nothing
+            # (a limit the kernel reads back differently would be rewritten every resync).
+            wrote = reconciler.outcomes["changed"]
+            await reconciler.reconcile(sorted(reconciler.pods))
+            assert reconciler.outcomes["changed"] == wrote, [
+                r.changes for r in reconciler.results.values() if r.changes
+            ]
         nursery.cancel_scope.cancel()
 
 
@@ -347,7 +357,9 @@ def test_the_reconciler_survives_any_input_and_holds_the_node_policy(
         Applier(hierarchy, backend, (device,), CgroupDriver.CGROUPFS, kubelet.prefix),
         events_out.append,
     )
-    trio.run(_drive, reconciler, events, len({(r.pod_uid, r.container) for r in refs}))
+    # Pods sharing a cgroup (a static pod hash or container ID used twice) fight over it.
+    stable = len(set(cgroups.values())) == len(refs)
+    trio.run(_drive, reconciler, events, len({(r.pod_uid, r.container) for r in refs}), stable)
 
     minimum = KERNEL_MIN_LIMIT[hierarchy.version]
     for ref, cgroup in cgroups.items():
