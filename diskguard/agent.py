@@ -98,6 +98,7 @@ class Agent:
                 forced_runtime=runtime_override(config.container_runtime),
                 guardrails=config.guardrails,
                 namespace_wait=NAMESPACE_WAIT,
+                cgroup_version=node.hierarchy.version,
             ),
             self.applier,
             self.events.emit,

@@ -14,12 +14,7 @@ import attrs
 
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
-from diskguard.node.limits import (
-    CgroupGoneError,
-    DeviceRejectedError,
-    LimitBackend,
-    LimitRejectedError,
-)
+from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.plan import ContainerPlan
 from diskguard.policy import limits_to_enforce
 
@@ -35,6 +30,11 @@ class ApplyResult:
     # Human-readable changes made, e.g. "7:0 wiops 500->100".
     changes: tuple[str, ...] = ()
     error: str = ""
+    # The apply stopped at an error before every device was handled (reading the limits
+    # failed, the cgroup has no IO controller, or something unexpected raised); the
+    # container's limits are as the kernel held them. Counted per container in
+    # diskguard_pod_errors_total{stage="apply"}.
+    aborted: bool = False
 
     @property
     def wrote(self) -> bool:
@@ -63,7 +63,25 @@ class Applier:
             self._paths.pop(cid, None)
 
     def apply(self, plans: Sequence[ContainerPlan]) -> list[ApplyResult]:
-        return [self._apply_one(plan) for plan in plans]
+        results = []
+        for plan in plans:
+            try:
+                results.append(self._apply_one(plan))
+            except Exception as exc:
+                # One container's failure must never keep the others from their limits,
+                # nor end the task: it is reported with this container and retried at the
+                # next reconcile of its pod (with a fresh cgroup lookup).
+                log.exception("%s: applying limits raised", plan.ref.display)
+                path = self._paths.pop(plan.ref.container_id, None)
+                results.append(
+                    ApplyResult(
+                        plan.ref,
+                        path,
+                        error=f"unexpected {type(exc).__name__}: {_short(str(exc))}",
+                        aborted=True,
+                    )
+                )
+        return results
 
     def _apply_one(self, plan: ContainerPlan) -> ApplyResult:
         ref = plan.ref
@@ -88,11 +106,16 @@ class Applier:
                 if want != have:
                     try:
                         self._backend.write(path, device, want, have)
-                    except (DeviceRejectedError, LimitRejectedError) as exc:
-                        # One bad device (vanished, refused value) must not keep the
-                        # others from their limits.
+                    except CgroupGoneError:
+                        raise
+                    except LimitError as exc:
+                        # One bad device or field (vanished, refused value, read-only
+                        # file) must not keep the others from their limits; the backend
+                        # wrote what it could, so say what the kernel holds now.
                         errors.append(str(exc))
-                        after.append((device, have))
+                        now = self._reread(path, device, have)
+                        changes.extend(_describe(device, have, now))
+                        after.append((device, now))
                         continue
                     changes.extend(_describe(device, have, want))
                 after.append((device, want))
@@ -100,8 +123,18 @@ class Applier:
         except CgroupGoneError:
             self._paths.pop(ref.container_id, None)
             return ApplyResult(ref, None)
-        except (DeviceRejectedError, LimitRejectedError, OSError) as exc:
-            return ApplyResult(ref, path, error=str(exc))
+        except (LimitError, OSError) as exc:
+            return ApplyResult(ref, path, error=str(exc), aborted=True)
+
+    def _reread(self, path: Path, device: Device, fallback: IOLimits) -> IOLimits:
+        try:
+            return self._backend.read(path).get((device.major, device.minor), UNLIMITED)
+        except (LimitError, OSError):
+            return fallback
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _describe(device: Device, have: IOLimits, want: IOLimits) -> list[str]:

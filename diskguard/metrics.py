@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from diskguard.annotations import parse_smart_annotations
+from diskguard.reconciler import ErrorStage
 from diskguard.status import source_kind
 
 if TYPE_CHECKING:
@@ -71,10 +72,10 @@ class AgentCollector(Collector):
                 result = rec.results.get(ref.key)
                 if res is None:
                     states["excluded"] += 1
+                elif result is not None and result.error:
+                    states["error"] += 1
                 elif result is None or result.cgroup is None:
                     states["waiting_for_cgroup"] += 1
-                elif result.error:
-                    states["error"] += 1
                 else:
                     states["limited"] += 1
                 if result is None or res is None:
@@ -110,6 +111,17 @@ class AgentCollector(Collector):
         for outcome in ("changed", "unchanged", "cgroup_missing", "error"):
             outcomes.add_metric([outcome], rec.outcomes.get(outcome, 0))
         yield outcomes
+
+        pod_errors = CounterMetricFamily(
+            "diskguard_pod_errors",
+            "Unexpected errors contained to one pod or container, by stage (event: taking "
+            "in a watch event; plan: planning a pod, which then gets the node's policy; "
+            "apply: one container's apply stopped at an error)",
+            labels=["stage"],
+        )
+        for stage in ErrorStage:
+            pod_errors.add_metric([stage.value], rec.error_counts.get(stage, 0))
+        yield pod_errors
 
         passes = CounterMetricFamily("diskguard_reconcile_passes", "Reconcile batches run")
         passes.add_metric([], rec.reconciles)

@@ -14,9 +14,12 @@ import attrs
 # What the kernel accepts. blk-throttle keeps IOPS limits as `unsigned int` and BPS limits
 # as u64 where U64_MAX means "no limit"; anything beyond is refused or silently clamped,
 # so we refuse it ourselves and say why.
-# U32_MAX itself reads back as "no limit", so the largest real IOPS limit is one less.
+# U32_MAX itself reads back as "no limit", so the largest real IOPS limit is one less
+# (2**32 - 2 reads back as itself: measured on v1, and io.max prints "max" only for U32_MAX).
 MAX_IOPS = 2**32 - 2
 MAX_BPS = 2**63 - 1
+# io.max takes no limit below 2 (EINVAL for 1, measured on 6.1); v1 takes 1.
+V2_MIN_LIMIT = 2
 
 
 class CgroupVersion(enum.Enum):

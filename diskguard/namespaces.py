@@ -15,6 +15,7 @@ from typing import Any
 
 from diskguard.kube.events import EventRequest
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.limitvalues import shown
 from diskguard.policy import KeyMemory, NamespacePolicy, namespace_policy
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class NamespacePolicies:
                 changed.add(name)
         elif isinstance(event, Changed):
             if event.kind == "DELETED":
-                name = str((event.object.get("metadata") or {}).get("name", ""))
+                name = _name(event.object)
                 self._forget(name)
                 changed.add(name)
             else:
@@ -54,11 +55,17 @@ class NamespacePolicies:
         return changed
 
     def _upsert(self, obj: Mapping[str, Any], changed: set[str]) -> str:
-        meta = obj.get("metadata") or {}
-        name = str(meta.get("name", ""))
-        policy = namespace_policy(
-            name, dict(meta.get("annotations") or {}), self._prefix, self._memory.get(name)
-        )
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        meta = meta if isinstance(meta, Mapping) else {}
+        name = _name(obj)
+        annotations = meta.get("annotations") or {}
+        if not isinstance(annotations, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            # Malformed (the API server never sends this): keep the last good policy.
+            log.warning("namespace %s: annotations are not strings; update ignored", name[:253])
+            return name
+        policy = namespace_policy(name, annotations, self._prefix, self._memory.get(name))
         self._memory[name] = policy.memory
         if self.policies.get(name) != policy:
             changed.add(name)
@@ -85,13 +92,18 @@ class NamespacePolicies:
                     kind="Namespace",
                     namespace="",
                     name=policy.name,
-                    uid=uid,
+                    uid=uid[:64],
                     reason="InvalidIOPolicy",
                     message=(
-                        f"annotation {b.key}={b.value!r} ignored: {b.reason}; the last good "
+                        f"annotation {b.key}={shown(b.value)} ignored: {b.reason}; the last good "
                         "value of this key stays in force (none, if diskguard has not seen one)"
                     ),
                     type="Warning",
                 )
             )
         self._warned[policy.name] = bad
+
+
+def _name(obj: object) -> str:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return str(meta.get("name", "")) if isinstance(meta, Mapping) else ""

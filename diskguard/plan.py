@@ -12,7 +12,15 @@ import attrs
 
 from diskguard.annotations import AUTO_BPS, AUTO_IOPS, AnnotationLimits, parse_smart_annotations
 from diskguard.filters import Exclusion, ExclusionFilter
-from diskguard.model import ContainerKind, ContainerRef, IOLimits, PodInfo, Runtime
+from diskguard.model import (
+    V2_MIN_LIMIT,
+    CgroupVersion,
+    ContainerKind,
+    ContainerRef,
+    IOLimits,
+    PodInfo,
+    Runtime,
+)
 from diskguard.policy import (
     Guardrails,
     KeyMemory,
@@ -20,8 +28,12 @@ from diskguard.policy import (
     Resolution,
     held_to_ceilings,
     key_set,
+    raise_to_kernel_minimum,
     resolve_limits,
 )
+
+# The smallest limit each cgroup version's kernel interface accepts.
+KERNEL_MIN_LIMIT = {CgroupVersion.V1: 1, CgroupVersion.V2: V2_MIN_LIMIT}
 
 
 class Enforcement(enum.Enum):
@@ -85,6 +97,7 @@ def plan_pod(
     previous: KeyMemory | None,
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
+    cgroup_version: CgroupVersion = CgroupVersion.V1,
 ) -> PodPlan:
     keys = key_set(pod.annotations, prefix, previous)
     parsed = keys.parsed
@@ -99,6 +112,7 @@ def plan_pod(
         auto=auto,
         auto_source=f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
     )
+    resolution = raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
     plans = []
     # Every kind of container that runs (regular, sidecar, init while it runs, ephemeral)
     # has its own cgroup and gets the pod's limits in it.

@@ -65,6 +65,8 @@ class Resolution:
     # The limits without the smart limit: the reference smart limit judges IO against.
     static: IOLimits = IOLimits()
     auto: IOLimits = IOLimits()  # the automatic limit in force (0 = none)
+    # Fields whose limit was below the smallest the kernel accepts, raised to it (v2: 1 -> 2).
+    raised: frozenset[str] = frozenset()
 
     @property
     def annotation_driven(self) -> bool:
@@ -285,6 +287,36 @@ def _ceiling(
 
 
 _ENV_NAME = {"riops": "READ_IOPS", "wiops": "WRITE_IOPS", "rbps": "READ_BPS", "wbps": "WRITE_BPS"}
+
+
+def raise_to_kernel_minimum(resolution: Resolution, minimum: int) -> Resolution:
+    """Raise every limit below the smallest the kernel accepts (io.max refuses 1) to that
+    minimum, in the plan, so what the kernel reads back matches it and a resync rewrites
+    nothing; the ceilings too, since kept kernel values are clamped to them."""
+    if minimum <= 1:
+        return resolution
+
+    def up(limits: IOLimits) -> IOLimits:
+        return IOLimits(
+            **{f: minimum if 0 < v < minimum else v for f, v in limits.as_dict().items()}
+        )
+
+    raised = frozenset(f for f, v in resolution.limits.as_dict().items() if 0 < v < minimum)
+    if not raised and up(resolution.ceilings) == resolution.ceilings:
+        return resolution
+    sources = dict(resolution.sources)
+    for field in raised:
+        sources[field] = (
+            f"{sources.get(field, ENV_DEFAULT)}, raised to {minimum} "
+            "(the smallest limit the kernel accepts)"
+        )
+    return attrs.evolve(
+        resolution,
+        limits=up(resolution.limits),
+        ceilings=up(resolution.ceilings),
+        sources=sources,
+        raised=raised,
+    )
 
 
 def limits_to_enforce(resolution: Resolution, kernel: IOLimits) -> IOLimits:

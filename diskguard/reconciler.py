@@ -2,12 +2,18 @@
 
 Every pod event marks its pod dirty; a batch of dirty pods is planned (pure) and applied
 (kernel I/O in a thread). Containers whose cgroup does not exist yet are retried with a
-short backoff; a periodic resync re-reads every container so drift is repaired.
+short backoff, up to RETRY_ATTEMPTS times, then again at the pod's next event or resync;
+a periodic resync re-reads every container so drift is repaired.
+
+Everything a pod carries is written by a possibly hostile tenant: an unexpected exception
+while taking in one event, planning one pod or applying one container is logged with the
+pod, counted (`pod_errors`), kept for /status, and never ends the task.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -22,15 +28,36 @@ from diskguard.filters import ExclusionFilter
 from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
-from diskguard.model import ContainerKey, IOLimits, PodInfo, Runtime
+from diskguard.limitvalues import shown
+from diskguard.model import CgroupVersion, ContainerKey, IOLimits, PodInfo, Runtime
 from diskguard.namespaces import NamespacePolicies
-from diskguard.plan import PodPlan, plan_pod
+from diskguard.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
 from diskguard.policy import Guardrails, KeyMemory
 
 log = logging.getLogger(__name__)
 
 RETRY_INITIAL = 0.05
 RETRY_MAX = 1.0
+# A cgroup that has not appeared after this many tries (about 16 s) will not appear soon
+# (a kata/gVisor RuntimeClass, kubelet without per-QoS cgroups): the pod waits for its
+# next event or the resync instead of being looked for every second forever.
+RETRY_ATTEMPTS = 20
+
+
+class ErrorStage(enum.Enum):
+    """Where an unexpected error stopped the work for one pod or container."""
+
+    EVENT = "event"  # taking in a watch event
+    PLAN = "plan"  # planning the pod's limits
+    APPLY = "apply"  # applying one container's limits to its cgroup
+
+
+@attrs.frozen
+class PodError:
+    stage: ErrorStage
+    pod: str  # namespace/name
+    error: str
+    container: str = ""
 
 
 @attrs.frozen
@@ -46,12 +73,15 @@ class ReconcileSettings:
     # policy (so a node does not flap from env defaults to namespace defaults at start);
     # None when namespaces are not watched.
     namespace_wait: float | None = None
+    # Decides the smallest limit the kernel accepts (io.max refuses 1).
+    cgroup_version: CgroupVersion = CgroupVersion.V1
 
 
 @attrs.define
 class _Retry:
     due: float
     delay: float
+    attempts: int = 1
 
 
 class Reconciler:
@@ -85,10 +115,25 @@ class Reconciler:
         self._relisted = False
         self.namespaces = NamespacePolicies(settings.prefix, emit)
         self._clamps_warned: dict[str, frozenset[object]] = {}
+        self._raised_warned: dict[str, frozenset[object]] = {}
+        # Unexpected errors: counted by stage for /metrics, the latest per pod (uid, or the
+        # namespace/name key when the pod has no usable uid) for /status.
+        self.error_counts: collections.Counter[ErrorStage] = collections.Counter()
+        self.pod_errors: dict[str, PodError] = {}
+        # Pods whose containers' cgroups did not appear after RETRY_ATTEMPTS: uid -> names.
+        self.cgroup_given_up: dict[str, tuple[str, ...]] = {}
 
     # -- input ---------------------------------------------------------------------------
 
     def on_watch_event(self, event: WatchEvent) -> None:
+        try:
+            self._on_watch_event(event)
+        except Exception as exc:
+            # A bug reachable from tenant input must cost that event, not the task.
+            log.exception("taking in a %s watch event failed", event.resource)
+            self._record(ErrorStage.EVENT, "", f"{event.resource} event", exc)
+
+    def _on_watch_event(self, event: WatchEvent) -> None:
         if event.resource == "namespaces":
             changed = self.namespaces.on_watch_event(event)
             if changed:
@@ -96,17 +141,22 @@ class Reconciler:
             return
         if isinstance(event, Relisted):
             seen = set()
+            keys = set()
             for obj in event.objects:
+                keys.add(_pod_key(obj))
                 uid = self._upsert(obj)
                 if uid:
                     seen.add(uid)
             for uid in set(self.pods) - seen:
                 self._forget(uid)
+            for key in set(self._parse_failures) - keys:
+                del self._parse_failures[key]
             self._dirty |= set(self.pods)
             self._relisted = True
         elif isinstance(event, Changed):
             if event.kind == "DELETED":
                 meta = event.object.get("metadata") if isinstance(event.object, Mapping) else None
+                self._parse_failures.pop(_pod_key(event.object), None)
                 self._forget(str(meta.get("uid", "")) if isinstance(meta, Mapping) else "")
             else:
                 uid = self._upsert(event.object)
@@ -117,7 +167,7 @@ class Reconciler:
         meta = obj.get("metadata") if isinstance(obj, Mapping) else None
         if not isinstance(meta, Mapping):
             meta = {}
-        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        key = _pod_key(obj)
         try:
             pod = parse_pod(obj, self.settings.forced_runtime)
         except PodParseError as exc:
@@ -151,6 +201,9 @@ class Reconciler:
             self._warned,
             self._retry,
             self._clamps_warned,
+            self._raised_warned,
+            self.pod_errors,
+            self.cgroup_given_up,
         )
         for table in tables:
             table.pop(uid, None)
@@ -207,31 +260,24 @@ class Reconciler:
         return dirty
 
     async def reconcile(self, uids: Iterable[str]) -> None:
-        s = self.settings
         pod_plans = []
         for uid in uids:
             pod = self.pods.get(uid)
             if pod is None:
                 continue
-            plan = plan_pod(
-                pod,
-                prefix=s.prefix,
-                defaults=s.defaults,
-                exclusion=s.exclusion,
-                previous=self._memory.get(uid),
-                namespace=self.namespaces.get(pod.namespace),
-                guardrails=s.guardrails,
-            )
-            self._memory[uid] = plan.resolution.memory
-            self.plans[uid] = plan
-            self._warn_invalid(plan)
-            self._warn_clamped(plan)
-            pod_plans.append(plan)
+            plan = self._plan(pod)
+            if plan is not None:
+                pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
         self.applying_since = trio.current_time()
         try:
             async with self.kernel_lock:
                 results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+        except Exception as exc:
+            # Applier.apply contains each container; this is the last line of defence.
+            log.exception("applying a batch of %d containers failed", len(container_plans))
+            self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", exc)
+            results = []
         finally:
             self.applying_since = None
         self.reconciles += 1
@@ -241,23 +287,83 @@ class Reconciler:
             by_pod.setdefault(result.ref.pod_uid, []).append(result)
         now = trio.current_time()
         for plan in pod_plans:
-            self._after_apply(plan, by_pod.get(plan.pod.uid, []), now)
+            try:
+                self._after_apply(plan, by_pod.get(plan.pod.uid, []), now)
+            except Exception as exc:
+                log.exception("%s: reporting the apply failed", plan.pod.key)
+                self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, exc)
+
+    def _plan(self, pod: PodInfo) -> PodPlan | None:
+        """Plan one pod; if planning raises, fall back to the node's policy (env defaults
+        and ceilings, none of the pod's or its namespace's annotations) so the pod's
+        containers are still held to what the administrator set."""
+        s = self.settings
+        uid = pod.uid
+        try:
+            plan = plan_pod(
+                pod,
+                prefix=s.prefix,
+                defaults=s.defaults,
+                exclusion=s.exclusion,
+                previous=self._memory.get(uid),
+                namespace=self.namespaces.get(pod.namespace),
+                guardrails=s.guardrails,
+                cgroup_version=s.cgroup_version,
+            )
+            self._memory[uid] = plan.resolution.memory
+            self.plans[uid] = plan
+            self._warn_invalid(plan)
+            self._warn_clamped(plan)
+            self._warn_raised(plan)
+        except Exception as exc:
+            log.exception("%s: planning failed; applying the node's policy", pod.key)
+            self._record(ErrorStage.PLAN, uid, pod.key, exc)
+            try:
+                plan = plan_pod(
+                    attrs.evolve(pod, annotations={}),
+                    prefix=s.prefix,
+                    defaults=s.defaults,
+                    exclusion=s.exclusion,
+                    previous=None,
+                    guardrails=s.guardrails,
+                    cgroup_version=s.cgroup_version,
+                )
+            except Exception:
+                log.exception("%s: planning with the node's policy failed too", pod.key)
+                return None
+            self.plans[uid] = plan
+            return plan
+        if (err := self.pod_errors.get(uid)) is not None and err.stage is ErrorStage.PLAN:
+            del self.pod_errors[uid]
+        return plan
+
+    def _record(self, stage: ErrorStage, uid: str, where: str, exc: BaseException) -> None:
+        self.error_counts[stage] += 1
+        text = str(exc)
+        if len(text) > 200:
+            text = f"{text[:200]}... ({len(text)} characters)"
+        self.pod_errors[uid or where] = PodError(stage, where, f"{type(exc).__name__}: {text}")
+        # Bounded: entries of pods that are gone are pruned by _forget; keyless ones here.
+        while len(self.pod_errors) > max(100, 2 * len(self.pods)):
+            del self.pod_errors[next(iter(self.pod_errors))]
 
     def _after_apply(self, plan: PodPlan, results: list[ApplyResult], now: float) -> None:
         uid = plan.pod.uid
-        waiting = [r for r in results if r.cgroup is None]
+        waiting = [r for r in results if r.cgroup is None and not r.error]
         if waiting:
-            old = self._retry.get(uid)
-            delay = min(RETRY_MAX, old.delay * 2) if old else RETRY_INITIAL
-            self._retry[uid] = _Retry(now + delay, delay)
-            if old is None or (old.delay < RETRY_MAX <= delay):
-                log.info(
-                    "%s: cgroup of %s not there yet, retrying",
-                    plan.pod.key,
-                    ", ".join(r.ref.container for r in waiting),
-                )
+            self._wait_for_cgroups(plan, [r.ref.container for r in waiting], now)
         else:
             self._retry.pop(uid, None)
+            self.cgroup_given_up.pop(uid, None)
+        aborted = [r for r in results if r.aborted]
+        self.error_counts[ErrorStage.APPLY] += len(aborted)
+        if aborted:
+            first = aborted[0]
+            self.pod_errors[uid] = PodError(
+                ErrorStage.APPLY, plan.pod.key, first.error, first.ref.container
+            )
+        elif (err := self.pod_errors.get(uid)) is not None and err.stage is ErrorStage.APPLY:
+            del self.pod_errors[uid]
         for r in results:
             self.outcomes[_outcome(r)] += 1
             if r.error and self._errors_logged.get(r.ref.key) != r.error:
@@ -269,6 +375,30 @@ class Reconciler:
                 log.info("%s: limits set (%s): %s", r.ref.display, r.cgroup, "; ".join(r.changes))
         if any(r.wrote for r in results):
             self._announce(plan)
+
+    def _wait_for_cgroups(self, plan: PodPlan, names: list[str], now: float) -> None:
+        """Retry with backoff, RETRY_ATTEMPTS times; then until the pod's next event or the
+        resync (which start a new round), reported in /status and the waiting gauge."""
+        uid = plan.pod.uid
+        old = self._retry.get(uid)
+        if old is None:
+            self._retry[uid] = _Retry(now + RETRY_INITIAL, RETRY_INITIAL)
+            if uid not in self.cgroup_given_up:
+                log.info("%s: cgroup of %s not there yet, retrying", plan.pod.key, ", ".join(names))
+        elif old.attempts >= RETRY_ATTEMPTS:
+            del self._retry[uid]
+            if uid not in self.cgroup_given_up:
+                log.warning(
+                    "%s: no cgroup for %s after %d tries; trying again at the pod's next "
+                    "event or the resync",
+                    plan.pod.key,
+                    ", ".join(names),
+                    old.attempts + 1,
+                )
+            self.cgroup_given_up[uid] = tuple(names)
+        else:
+            delay = min(RETRY_MAX, old.delay * 2)
+            self._retry[uid] = _Retry(now + delay, delay, old.attempts + 1)
 
     def _announce(self, plan: PodPlan) -> None:
         """One IOLimitApplied Event per change of a pod's annotation-driven limits."""
@@ -304,11 +434,34 @@ class Reconciler:
                 pod_event(
                     plan.pod,
                     "InvalidIOLimit",
-                    f"annotation {b.key}={b.value!r} ignored: {b.reason}; {in_force}",
+                    f"annotation {b.key}={shown(b.value)} ignored: {b.reason}; {in_force}",
                     warning=True,
                 )
             )
         self._warned[uid] = bad
+
+    def _warn_raised(self, plan: PodPlan) -> None:
+        """One Warning Event per distinct set of limits raised to the kernel's minimum."""
+        res = plan.resolution
+        signature = frozenset((f, getattr(res.limits, f)) for f in res.raised)
+        if not signature or self._raised_warned.get(plan.pod.uid) == signature:
+            if not signature:
+                self._raised_warned.pop(plan.pod.uid, None)
+            return
+        self._raised_warned[plan.pod.uid] = signature
+        if not any(res.sources[f].startswith(("annotation", "last good")) for f in res.raised):
+            return  # not the pod's own request: the administrator's values, said in /status
+        fields = ", ".join(f"{f}={getattr(res.limits, f)}" for f in sorted(res.raised))
+        self._emit(
+            pod_event(
+                plan.pod,
+                "IOLimitRaised",
+                f"{fields} enforced: the kernel (cgroup v2 io.max) takes no limit below "
+                f"{KERNEL_MIN_LIMIT[self.settings.cgroup_version]}, so a requested 1 is "
+                "raised to it",
+                warning=True,
+            )
+        )
 
     def _warn_clamped(self, plan: PodPlan) -> None:
         """One Warning Event per distinct set of clamped requests of a pod."""
@@ -325,6 +478,13 @@ class Reconciler:
             for c in clamps
         )
         self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
+
+
+def _pod_key(obj: object) -> str:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return "None/None"
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def _outcome(result: ApplyResult) -> str:

@@ -34,7 +34,7 @@ from diskguard.annotations import (
 )
 from diskguard.kube.events import pod_event
 from diskguard.model import ContainerKey, PodInfo
-from diskguard.plan import Enforcement
+from diskguard.plan import Enforcement, PodPlan
 from diskguard.reconciler import Reconciler
 from diskguard.smartlimit import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
 from diskguard.smartlimit import pod_decision as combine_decisions
@@ -109,36 +109,45 @@ class SmartLimiter:
 
     async def evaluate(self) -> None:
         now = trio.current_time()
+        for gone in set(self.decisions) - set(self._reconciler.plans):
+            del self.decisions[gone]  # bounded by the pods on the node, not by churn
         for uid, plan in list(self._reconciler.plans.items()):
-            pod = plan.pod
-            smart = parse_smart_annotations(pod.annotations, self._prefix)
-            current = AutoLimit(smart.auto_iops, smart.auto_bps) if smart.active else AutoLimit()
-            if smart.opted_out:
-                if smart.active:
-                    await self._lift(pod, "the pod opted out of smart limits")
+            try:
+                await self._evaluate_pod(uid, plan, now)
+            except Exception:
+                # One pod's bug must not end smart limiting (or the agent) for every pod.
+                log.exception("%s: smart-limit evaluation failed", plan.pod.key)
+
+    async def _evaluate_pod(self, uid: str, plan: PodPlan, now: float) -> None:
+        pod = plan.pod
+        smart = parse_smart_annotations(pod.annotations, self._prefix)
+        current = AutoLimit(smart.auto_iops, smart.auto_bps) if smart.active else AutoLimit()
+        if smart.opted_out:
+            if smart.active:
+                await self._lift(pod, "the pod opted out of smart limits")
+            return
+        per_container = {}
+        for cplan in plan.containers:
+            if cplan.enforcement is not Enforcement.POD_LIMITS or cplan.resolution is None:
+                continue  # excluded containers are not judged
+            history = self._history.get(cplan.ref.key)
+            if not history:
                 continue
-            per_container = {}
-            for cplan in plan.containers:
-                if cplan.enforcement is not Enforcement.POD_LIMITS or cplan.resolution is None:
-                    continue  # excluded containers are not judged
-                history = self._history.get(cplan.ref.key)
-                if not history:
-                    continue
-                per_container[cplan.ref.container] = decide(
-                    list(history),
-                    now,
-                    cplan.resolution.static,
-                    current,
-                    self.settings,
-                    cplan.ref.container,
-                )
-            decision = combine_decisions(per_container, current)
-            if decision.action == "apply":
-                self.decisions[uid] = decision
-                await self._apply(pod, decision)
-            elif decision.action == "lift":
-                self.decisions[uid] = decision
-                await self._lift(pod, decision.reason)
+            per_container[cplan.ref.container] = decide(
+                list(history),
+                now,
+                cplan.resolution.static,
+                current,
+                self.settings,
+                cplan.ref.container,
+            )
+        decision = combine_decisions(per_container, current)
+        if decision.action == "apply":
+            self.decisions[uid] = decision
+            await self._apply(pod, decision)
+        elif decision.action == "lift":
+            self.decisions[uid] = decision
+            await self._lift(pod, decision.reason)
 
     def _take_token(self) -> bool:
         now = trio.current_time()

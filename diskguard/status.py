@@ -9,7 +9,7 @@ from diskguard.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.applier import ApplyResult
 from diskguard.model import ContainerKey, Device, IOLimits, Rates
 from diskguard.plan import ContainerPlan, PodPlan
-from diskguard.reconciler import Reconciler
+from diskguard.reconciler import ErrorStage, Reconciler
 
 
 def limits_json(limits: IOLimits) -> dict[str, int | None]:
@@ -49,8 +49,17 @@ def smart_json(plan: PodPlan, prefix: str) -> dict[str, Any]:
         "active": smart.active,
         "opted_out": smart.opted_out,
         "auto": {"iops": smart.auto_iops or None, "bps": smart.auto_bps or None},
-        "reason": plan.pod.annotations.get(f"{prefix}/{LIMIT_REASON}") if smart.active else None,
+        "reason": _bounded(plan.pod.annotations.get(f"{prefix}/{LIMIT_REASON}"))
+        if smart.active
+        else None,
     }
+
+
+def _bounded(text: str | None, limit: int = 1024) -> str | None:
+    """A tenant-writable string, cut short: /status must stay small whatever pods carry."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def container_json(
@@ -59,6 +68,7 @@ def container_json(
     result: ApplyResult | None,
     rates: Mapping[Device, Rates] | None = None,
     prefix: str = "iops-limit",
+    cgroup_wait: str | None = None,
 ) -> dict[str, Any]:
     ref = cplan.ref
     res = cplan.resolution
@@ -92,6 +102,9 @@ def container_json(
         "kernel": kernel,
         "in_sync": in_sync,
         "error": (result.error or None) if result else None,
+        # While the container's cgroup is not there: "retrying", or "given up" until the
+        # pod's next event or the resync.
+        "cgroup_wait": cgroup_wait if (result is None or result.cgroup is None) else None,
         "rates": rates_json(rates),
         "smart_limit": smart_json(plan, prefix),
     }
@@ -110,9 +123,28 @@ def containers_json(
             continue
         if pod is not None and plan.pod.name != pod:
             continue
+        given_up = reconciler.cgroup_given_up.get(plan.pod.uid, ())
         for cplan in plan.containers:
             key = cplan.ref.key
-            out.append(
-                container_json(plan, cplan, reconciler.results.get(key), rates.get(key), prefix)
-            )
+            result = reconciler.results.get(key)
+            wait = None
+            if result is not None and result.cgroup is None and not result.error:
+                wait = "given up" if cplan.ref.container in given_up else "retrying"
+            out.append(container_json(plan, cplan, result, rates.get(key), prefix, wait))
     return out
+
+
+def pod_errors_json(reconciler: Reconciler) -> dict[str, Any]:
+    """Unexpected errors contained to one pod or container: counts, and the latest ones."""
+    return {
+        "counts": {stage.value: reconciler.error_counts.get(stage, 0) for stage in ErrorStage},
+        "latest": [
+            {
+                "stage": e.stage.value,
+                "pod": e.pod,
+                "container": e.container or None,
+                "error": e.error,
+            }
+            for e in reconciler.pod_errors.values()
+        ],
+    }

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from diskguard.config import ListenAddress
 from diskguard.metrics import exposition, version
-from diskguard.status import containers_json
+from diskguard.status import containers_json, pod_errors_json
 
 if TYPE_CHECKING:
     from diskguard.agent import Agent
@@ -148,6 +148,7 @@ def build_app(agent: Agent) -> Starlette:
             "events": attrs.asdict(agent.events.stats) | {"queued": len(agent.events.queue)},
             "sampler": agent.sampler_status(),
             "smart_limit": agent.smart_status(),
+            "pod_errors": pod_errors_json(agent.reconciler),
             "containers": containers_json(
                 agent.reconciler,
                 agent.sampling.rates if agent.sampling else {},

@@ -18,6 +18,7 @@ from diskguard.model import (
     LIMIT_FIELDS,
     MAX_BPS,
     MAX_IOPS,
+    V2_MIN_LIMIT,
     CgroupVersion,
     Device,
     IOLimits,
@@ -69,12 +70,29 @@ def check_limits(limits: IOLimits, where: str = "") -> None:
             raise LimitRejectedError(f"{where}{field}={value} is outside 0..{top}")
 
 
+# blk-throttle's own "no limit" for IOPS (an unsigned int): it reads back as unlimited.
+# MAX_IOPS, one less, is the largest real limit and reads back as itself (measured, v1).
+UINT_MAX = 2**32 - 1
+
+
 def kernel_view(limits: IOLimits) -> IOLimits:
-    """`limits` as the kernel will read them back: an IOPS limit of MAX_IOPS (UINT_MAX) is
+    """`limits` as the kernel will read them back: an IOPS limit of UINT_MAX is
     blk-throttle's own "no limit", so it reads back as unlimited (0) on v1 and v2."""
     return IOLimits(
-        **{f: 0 if f.endswith("iops") and v == MAX_IOPS else v for f, v in limits.as_dict().items()}
+        **{f: 0 if f.endswith("iops") and v >= UINT_MAX else v for f, v in limits.as_dict().items()}
     )
+
+
+def _refused_fields(errors: list[tuple[str, LimitError]]) -> None:
+    """Raise for the fields the kernel refused, after the others were written: the most
+    telling error type (a vanished cgroup, then a refused device) wins."""
+    if not errors:
+        return
+    message = "; ".join(str(exc) for _field, exc in errors)
+    for kind in (CgroupGoneError, DeviceRejectedError, ControllerMissingError, LimitRejectedError):
+        if any(isinstance(exc, kind) for _field, exc in errors):
+            raise kind(message) from errors[0][1]
+    raise LimitError(message) from errors[0][1]
 
 
 def _dir_gone(cgroup_dir: Path) -> bool:
@@ -183,23 +201,33 @@ class V1Backend:
             if have is None
             else have
         )
+        errors: list[tuple[str, LimitError]] = []
         for field, value in _changed(want, have):
-            write_knob(cgroup_dir, self.KNOBS[field], f"{device} {value}")
+            try:
+                write_knob(cgroup_dir, self.KNOBS[field], f"{device} {value}")
+            except CgroupGoneError:
+                raise
+            except LimitError as exc:
+                # One refused field (a read-only file, a refused value) must not leave the
+                # other fields unwritten.
+                errors.append((field, exc))
+        _refused_fields(errors)
 
 
 class V2Backend:
     """cgroup v2 io.max: "MAJ:MIN riops=N wiops=N rbps=N wbps=N", "key=max" clears.
 
     "key=0" is refused with ERANGE and a bare "max" with EINVAL, so 0 (unlimited in our
-    model) is always spelled "max"; "key=1" is EINVAL too, so 1 is refused up front
-    (v1 takes it).
+    model) is always spelled "max"; "key=1" is EINVAL too, so the plan raises 1 to
+    MIN_LIMIT on v2 (v1 takes it) and a 1 reaching this backend is refused for its field
+    alone.
     """
 
     version = CgroupVersion.V2
 
     KNOB = "io.max"
     # blk-throttle's io.max parser takes only values > 1 (measured on 6.1: EINVAL for 1).
-    MIN_LIMIT = 2
+    MIN_LIMIT = V2_MIN_LIMIT
 
     def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
         result: dict[DeviceKey, IOLimits] = {}
@@ -225,21 +253,45 @@ class V2Backend:
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
     ) -> None:
         check_limits(want, f"{device} in {cgroup_dir / self.KNOB}: ")
-        for field, value in want.as_dict().items():
-            if value == 1:
-                raise LimitRejectedError(
-                    f"{field}=1 for {device} in {cgroup_dir / self.KNOB}: io.max takes no "
-                    f"limit below {self.MIN_LIMIT} (the kernel answers EINVAL)"
-                )
         want = kernel_view(want)
         have = kernel_view(
             self.read(cgroup_dir).get((device.major, device.minor), IOLimits())
             if have is None
             else have
         )
-        items = [f"{field}={value or 'max'}" for field, value in _changed(want, have)]
-        if items:
-            write_knob(cgroup_dir, self.KNOB, f"{device} {' '.join(items)}")
+        changed = dict(_changed(want, have))
+        errors: list[tuple[str, LimitError]] = []
+        for field, value in changed.items():
+            if value == 1:
+                # The plan raises 1 to MIN_LIMIT on v2; this guards any other caller.
+                errors.append(
+                    (
+                        field,
+                        LimitRejectedError(
+                            f"{field}=1 for {device} in {cgroup_dir / self.KNOB}: io.max takes "
+                            f"no limit below {self.MIN_LIMIT} (the kernel answers EINVAL)"
+                        ),
+                    )
+                )
+        items = {f: f"{f}={v or 'max'}" for f, v in changed.items() if v != 1}
+        if not items:
+            _refused_fields(errors)
+            return
+        try:
+            write_knob(cgroup_dir, self.KNOB, f"{device} {' '.join(items.values())}")
+        except LimitRejectedError as exc:
+            if len(items) == 1:
+                errors.append((next(iter(items)), exc))
+            else:
+                # The kernel refuses the whole line for one bad field (it parses every
+                # field before applying any): write the fields one by one so the others
+                # still hold.
+                for field, item in items.items():
+                    try:
+                        write_knob(cgroup_dir, self.KNOB, f"{device} {item}")
+                    except LimitRejectedError as one:
+                        errors.append((field, one))
+        _refused_fields(errors)
 
 
 def backend_for(version: CgroupVersion) -> LimitBackend:

@@ -20,6 +20,7 @@ from diskguard.node.limits import (
     V1Backend,
     V2Backend,
     backend_for,
+    kernel_view,
     write_knob,
 )
 
@@ -85,13 +86,21 @@ def test_each_field_reads_back(backend, container_cgroup, disk, want: IOLimits) 
     assert backend.read(container_cgroup) == {key(disk): want}
 
 
-def test_max_iops_is_the_kernels_own_unlimited(backend, container_cgroup, disk) -> None:
-    # blk-throttle reads an IOPS limit of UINT_MAX back as "no limit": writing it must
-    # not leave a difference that a reconcile loop would rewrite forever.
-    backend.write(container_cgroup, disk, IOLimits(riops=MAX_IOPS, wiops=MAX_IOPS, rbps=MiB))
-    assert kernel_limits(backend, container_cgroup, disk) == IOLimits(rbps=MiB)
+def test_max_iops_is_the_largest_real_limit_and_reads_back_as_itself(
+    backend, container_cgroup, disk
+) -> None:
+    # blk-throttle's "no limit" is UINT_MAX (2**32 - 1); MAX_IOPS, one less, is a real limit
+    # and must read back as itself, or a reconcile loop would rewrite it on every resync.
+    want = IOLimits(riops=MAX_IOPS, wiops=MAX_IOPS, rbps=MiB)
+    backend.write(container_cgroup, disk, want)
+    assert kernel_limits(backend, container_cgroup, disk) == want
+    # Nothing differs, so nothing is written: not even to a cgroup that does not exist.
     gone = container_cgroup.parent / "never-made"
-    backend.write(gone, disk, IOLimits(riops=MAX_IOPS, rbps=MiB), have=IOLimits(rbps=MiB))
+    backend.write(gone, disk, want, have=want)
+
+
+def test_uint_max_is_the_kernels_own_unlimited() -> None:
+    assert kernel_view(IOLimits(riops=2**32 - 1, wiops=MAX_IOPS)) == IOLimits(wiops=MAX_IOPS)
 
 
 @pytest.mark.v1
@@ -219,6 +228,25 @@ def test_v2_kernel_refuses_what_io_max_does_not_take(
     # KERNEL-LAB: "=0" is ERANGE, a bare "max" EINVAL; which is why 0 is spelled key=max.
     with pytest.raises(LimitRejectedError, match=r"io\.max"):
         write_knob(container_cgroup, "io.max", line.format(dev=disk))
+
+
+@pytest.mark.v2
+def test_v2_kernel_refuses_a_whole_line_for_one_bad_field(
+    cgroup_hierarchy, container_cgroup, disk
+) -> None:
+    # The kernel's own answer, for the record: one field of 1 and nothing of the line holds.
+    with pytest.raises(LimitRejectedError, match="Invalid argument"):
+        write_knob(container_cgroup, "io.max", f"{disk} wiops=100 riops=1 rbps={MiB}")
+    assert kernel_limits(V2Backend(), container_cgroup, disk) == IOLimits()
+
+
+@pytest.mark.v2
+def test_v2_one_refused_field_leaves_the_others_written(
+    cgroup_hierarchy, container_cgroup, disk
+) -> None:
+    with pytest.raises(LimitRejectedError, match="riops=1"):
+        V2Backend().write(container_cgroup, disk, IOLimits(riops=1, wiops=100, rbps=MiB))
+    assert kernel_limits(V2Backend(), container_cgroup, disk) == IOLimits(wiops=100, rbps=MiB)
 
 
 @pytest.mark.v2
