@@ -68,11 +68,7 @@ async def test_sustained_io_is_smart_limited_then_lifted(
     measured = await trio.to_thread.run_sync(
         lambda: run_fio(cg, cluster.mount, "randwrite", "4k", 3)
     )
-    # The kernel holds exactly `auto` (read back above); fio shows it is what limits the IO.
-    # The ceiling is tight; below it, a CPU-starved machine (CI beside another job) makes
-    # fio issue fewer IOs than the limit allows, so the floor only rules out a far
-    # stricter limit.
-    assert 0.7 * auto <= measured.write_iops <= 1.1 * auto, (measured, auto)
+    assert 0.9 * auto <= measured.write_iops <= 1.1 * auto, (measured, auto)
 
     # calm: lifted after a window; only diskguard's own keys go
     ann = await wait_annotations(cluster, "busy", present=False, timeout=15)
