@@ -9,8 +9,7 @@ FROM debian:bookworm-slim AS builder
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PIP_PROGRESS_BAR=off PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN apt-get update -q \
-    && apt-get install -y -q --no-install-recommends python3 python3-venv python3-pip \
-        ca-certificates
+    && apt-get install -y -q --no-install-recommends python3 python3-venv ca-certificates
 # Building behind a TLS-intercepting proxy: its CA, if put in deploy/build-ca/, is trusted
 # here (the builder stage only).
 COPY deploy/build-ca/ /usr/local/share/ca-certificates/
@@ -23,7 +22,7 @@ COPY pyproject.toml /src/
 RUN python3 -m venv --system-site-packages /opt/diskguard/venv \
     && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
         >/tmp/requirements.txt \
-    && /opt/diskguard/venv/bin/pip install -q -c /src/scripts/constraints.txt -r /tmp/requirements.txt
+    && /opt/diskguard/venv/bin/pip install -c /src/scripts/constraints.txt -r /tmp/requirements.txt
 
 # The package itself, non-editable, with the BPF program as package data. VERSION (a build
 # argument) is what `diskguard --version` reports.
@@ -32,8 +31,8 @@ COPY README.md /src/
 COPY bpf/ /src/bpf/
 COPY diskguard/ /src/diskguard/
 RUN printf '__version__ = "%s"\n' "$VERSION" >/src/diskguard/_version.py \
-    && /opt/diskguard/venv/bin/pip install -q --no-deps -c /src/scripts/constraints.txt /src \
-    && /opt/diskguard/venv/bin/pip uninstall -q -y pip \
+    && /opt/diskguard/venv/bin/pip install --no-deps -c /src/scripts/constraints.txt /src \
+    && /opt/diskguard/venv/bin/pip uninstall -y setuptools pip \
     && /opt/diskguard/venv/bin/diskguard --version
 
 FROM debian:bookworm-slim
@@ -51,7 +50,7 @@ LABEL org.opencontainers.image.title="diskguard" \
       org.opencontainers.image.description="Kubernetes node agent: per-container disk IOPS and bytes/s limits in the kernel (cgroup v1 blkio / v2 io.max), eBPF IO measurement" \
       org.opencontainers.image.version="$VERSION" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="debian:bookworm-slim"
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
 # Root, privileged in the DaemonSet: the agent writes other containers' cgroup files.
 USER root

@@ -30,15 +30,15 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-system-deps: installing ${missing[*]}"
   apt-get update -q
-  # policy-rc.d: a package's daemon (Debian's prometheus starts one) must not be started here.
+  # policy-rc.d: a package's daemon (Debian's prometheus and docker.io start one) must not be
+  # started here. Removed on any exit, Ctrl-C included: left behind, it would silently stop
+  # every service start on the machine.
   policy=/usr/sbin/policy-rc.d
-  created_policy=0
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
   fi
-  status=0
-  apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
-  [ "$created_policy" = 1 ] && rm -f "$policy"
-  exit "$status"
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  exit 0
 fi
 echo "install-system-deps: all ${#pkgs[@]} $kind packages present"

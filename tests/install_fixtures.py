@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_logged(
-    argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
+    argv: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 840
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command, failing with its whole output when it fails."""
+    """Run a command, failing with its whole output when it fails (the default timeout is
+    below the install lane's per-test budget, so the command's output is not lost)."""
     done = subprocess.run(
         argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -10,22 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
-from docker_lab import docker, docker_engine, ensure_base_image
+from docker_lab import BuiltImage, docker, docker_engine, ensure_base_image
 
 VERSION = "0.0.0+imagelane"
 TAG = "diskguard:image-lane"
 HOST_EXTRA_CAS = Path("/usr/local/share/ca-certificates")
-
-
-@attrs.frozen
-class BuiltImage:
-    tag: str
-    version: str
-    build_seconds: float
-    size_bytes: int
-    labels: dict[str, str]
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
+
 BASE_IMAGE = "debian:bookworm-slim"
 CACHE = Path(os.environ.get("DISKGUARD_IMAGE_CACHE", "/var/cache/diskguard-image"))
-# A base older than this is rebuilt, so security updates reach the lane's images.
+# A cached base tarball older than this is made again, so security updates reach the
+# lane's images when the engine does not have the base yet.
 BASE_MAX_AGE = 7 * 24 * 3600
+
+
+@attrs.frozen
+class BuiltImage:
+    tag: str
+    version: str
+    build_seconds: float
+    size_bytes: int
+    labels: dict[str, str]
 
 
 def docker_cli() -> str:
@@ -69,10 +82,12 @@ def docker_engine(log: Path, start_timeout: float = 90) -> Iterator[None]:
     if dockerd is None:
         raise FileNotFoundError("dockerd: install docker.io (scripts/install-system-deps.sh dev)")
     with log.open("wb") as out:
+        # Its own session: stopping it takes its containerd child along (killpg below).
         proc = subprocess.Popen(
             [dockerd, "--iptables=false", "--bridge=none", "--storage-driver=vfs"],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + start_timeout
@@ -82,20 +97,22 @@ def docker_engine(log: Path, start_timeout: float = 90) -> Iterator[None]:
             time.sleep(0.5)
         yield
     finally:
-        proc.terminate()
+        # vfs keeps a full copy per layer: drop what this run left untagged.
+        docker("image", "prune", "--force", check=False, timeout=300)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
 def ensure_base_image() -> None:
     """Import the cached mmdebstrap tarball as debian:bookworm-slim (making it if needed)."""
+    if docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return  # never replace an engine's own image of that name
     tarball = CACHE / "bookworm-minbase.tar"
     fresh = tarball.exists() and time.time() - tarball.stat().st_mtime < BASE_MAX_AGE
-    if fresh and docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0:
-        return
     if not fresh:
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = tarball.with_suffix(".partial")
@@ -104,7 +121,6 @@ def ensure_base_image() -> None:
                 "mmdebstrap",
                 "--variant=minbase",
                 "--format=tar",
-                "--quiet",
                 "bookworm",
                 str(partial),
             ],

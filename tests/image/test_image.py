@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import BuiltImage
 from daemonset_run import container_args, docker_run_args
-from docker_lab import docker
+from docker_lab import BuiltImage, docker
 
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, IOLimits, QoSClass
 from diskguard.node.cgroups import CgroupHierarchy, container_cgroup_path, parse_container_id
@@ -78,7 +77,8 @@ def test_image_labels_and_version(image: BuiltImage) -> None:
         image.tag,
         "-c",
         "command -v pip pip3 gcc cc bpftool mkfs.ext4 fio; "
-        "ls /opt/diskguard/venv/bin | grep -c '^pip' || true",
+        "ls /opt/diskguard/venv/bin | grep -c '^pip' || true; "
+        "/opt/diskguard/venv/bin/python -c 'import setuptools' 2>/dev/null && echo setuptools",
         check=False,
     ).stdout.split()
     assert probe == ["0"], probe
@@ -161,7 +161,7 @@ def running(
             # SIGTERM, like a pod deletion: the agent leaves limits in place and exits 0.
             docker("stop", "--time=30", name, check=False, timeout=60)
             exit_code = docker("inspect", "--format", "{{.State.ExitCode}}", name, check=False)
-            docker("rm", "--force", name, check=False)
+            docker("rm", "--force", "--volumes", name, check=False)
             assert exit_code.stdout.strip() == "0", exit_code.stdout
 
 

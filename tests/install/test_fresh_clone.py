@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from install_fixtures import run_logged, user_env
 
+from diskguard.testing.lab import LoopDisk
+
 pytestmark = pytest.mark.install
 
 # One row of the demo's summary, e.g.
@@ -33,12 +35,10 @@ def demo_summary(stdout: str) -> list[dict[str, str]]:
     return rows
 
 
-def test_readme_first_command_prints_the_demo_summary(
-    fresh_clone: Path, tmp_path: Path
-) -> None:
+def test_readme_first_command_prints_the_demo_summary(fresh_clone: Path, tmp_path: Path) -> None:
     """`scripts/demo.sh`, as the README says, in a fresh clone with a fresh venv."""
     done = run_logged(
-        ["bash", "scripts/demo.sh"],
+        ["./scripts/demo.sh"],  # as the README writes it: executable bit and shebang too
         cwd=fresh_clone,
         env=user_env(DISKGUARD_VENV=str(tmp_path / "demo-venv")),
     )
@@ -48,10 +48,11 @@ def test_readme_first_command_prints_the_demo_summary(
     assert "invalid" in invalid["step"]
     # The limit holds in the kernel and in what fio measures inside the container (a loop
     # disk does thousands of IOPS unthrottled, so these numbers come from the limit).
-    assert int(limited["measured"]) == pytest.approx(100, rel=0.15)
-    assert int(invalid["measured"]) == pytest.approx(100, rel=0.15)  # the bad value kept it
-    for row in (default, removed):
-        assert int(row["measured"]) == pytest.approx(500, rel=0.15)
+    # What fio measures in the container: never above a limit (+10 %: blk-throttle's first
+    # slice), and not far below it (a CPU-starved machine issues somewhat fewer IOs than a
+    # limit allows, so the floor is loose; the kernel columns above are exact).
+    for row, limit in ((default, 500), (limited, 100), (invalid, 100), (removed, 500)):
+        assert 0.6 * limit <= int(row["measured"]) <= 1.1 * limit, (row, done.stdout[-3000:])
 
 
 def test_pip_install_gives_a_runtime_only_diskguard_with_its_bpf_program(
@@ -133,6 +134,34 @@ def test_pip_install_gives_a_runtime_only_diskguard_with_its_bpf_program(
     )
 
 
+# Run by the runtime venv's python: the pip-installed package compiles and attaches its BPF
+# program (found as package data) on this kernel.
+LOAD_BPF = """
+import json, logging, sys
+from diskguard.node.cgroups import detect_cgroup
+from diskguard.node.devices import resolve_data_devices
+from diskguard.sampler import open_sampler
+hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+sampler = open_sampler(
+    "bpf", resolve_data_devices([sys.argv[1]]), hierarchy.path, hierarchy.version,
+    logging.getLogger("sampler"),
+)
+print(json.dumps({"kind": sampler.kind, "degraded": sampler.degraded}))
+sampler.close()
+"""
+
+
+@pytest.mark.bpf
+def test_the_pip_installed_bpf_sampler_loads(
+    runtime_venv: Path, loop_disk: LoopDisk, tmp_path: Path
+) -> None:
+    python = str(runtime_venv / "bin" / "python")
+    out = run_logged(
+        [python, "-c", LOAD_BPF, str(loop_disk.mount)], cwd=tmp_path, env=user_env()
+    ).stdout
+    assert json.loads(out.splitlines()[-1]) == {"kind": "bpf", "degraded": None}, out
+
+
 def test_the_package_list_covers_every_package_folder(fresh_clone: Path) -> None:
     """pyproject lists packages (bpf/ is mapped in); a new folder must not be left out."""
     project = tomllib.loads((fresh_clone / "pyproject.toml").read_text())
@@ -143,4 +172,3 @@ def test_the_package_list_covers_every_package_folder(fresh_clone: Path) -> None
     }
     assert found | {"diskguard.bpf"} == listed
     assert project["tool"]["setuptools"]["package-dir"] == {"diskguard.bpf": "bpf"}
-
