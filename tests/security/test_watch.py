@@ -169,6 +169,9 @@ async def test_backoff_does_not_reset_on_a_200_that_delivers_nothing(
     running = await start_agent(READINESS_WATCH_GRACE="0.5")
     watcher = running.agent.pod_watcher
     await cluster.wait_kernel(cg, IOLimits(100, 100))
+    # The initial list is counted once its watch starts, which may come after the first
+    # reconcile (a loaded machine): take the count from a connected watch.
+    await wait_until(lambda: watcher.health.connected_since is not None, 5, "the watch connected")
     relists = watcher.health.relists
     since = time.monotonic()
     if answer == "empty stream":
