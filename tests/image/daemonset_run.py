@@ -6,7 +6,7 @@ What a test changes (the data disk's host path, the kubelet root, the HTTP addre
 API server) is passed as explicit overrides.
 
 `privileged: true` cannot be exercised on the development VM (it lacks CAP_SYS_RESOURCE,
-so runc fails "unable to apply caps"; see the lab notes): the lane replaces it with every
+so runc fails "unable to apply caps"): the lane replaces it with every
 other capability, no seccomp or AppArmor profile, and the host network. Nodes keep
 `privileged: true`.
 """
