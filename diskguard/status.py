@@ -10,6 +10,7 @@ from diskguard.applier import ApplyResult
 from diskguard.model import ContainerKey, Device, IOLimits, Rates
 from diskguard.plan import ContainerPlan, PodPlan
 from diskguard.reconciler import Reconciler
+from diskguard.sampler.latency import DeviceLatency, percentiles
 
 
 def limits_json(limits: IOLimits) -> dict[str, int | None]:
@@ -41,6 +42,19 @@ def rates_json(per_device: Mapping[Device, Rates] | None) -> dict[str, dict[str,
     }
 
 
+def latency_json(
+    per_device: Mapping[Device, DeviceLatency] | None,
+) -> dict[str, dict[str, float | None]] | None:
+    """p50/p99 device service time per direction over the last sampling interval (seconds;
+    null for a direction that completed no request). None when latency is unavailable."""
+    if per_device is None:
+        return None
+    return {
+        str(dev): {k: (None if v is None else round(v, 6)) for k, v in percentiles(lat).items()}
+        for dev, lat in per_device.items()
+    }
+
+
 def smart_json(plan: PodPlan, prefix: str) -> dict[str, Any]:
     smart = parse_smart_annotations(plan.pod.annotations, prefix)
     return {
@@ -57,6 +71,7 @@ def container_json(
     result: ApplyResult | None,
     rates: Mapping[Device, Rates] | None = None,
     prefix: str = "iops-limit",
+    latency: Mapping[Device, DeviceLatency] | None = None,
 ) -> dict[str, Any]:
     ref = cplan.ref
     res = cplan.resolution
@@ -89,6 +104,7 @@ def container_json(
         "in_sync": in_sync,
         "error": (result.error or None) if result else None,
         "rates": rates_json(rates),
+        "latency": latency_json(latency),
         "smart_limit": smart_json(plan, prefix),
     }
 
@@ -99,6 +115,8 @@ def containers_json(
     prefix: str,
     namespace: str | None = None,
     pod: str | None = None,
+    *,
+    latency: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for plan in sorted(reconciler.plans.values(), key=lambda p: (p.pod.namespace, p.pod.name)):
@@ -109,6 +127,13 @@ def containers_json(
         for cplan in plan.containers:
             key = cplan.ref.key
             out.append(
-                container_json(plan, cplan, reconciler.results.get(key), rates.get(key), prefix)
+                container_json(
+                    plan,
+                    cplan,
+                    reconciler.results.get(key),
+                    rates.get(key),
+                    prefix,
+                    None if latency is None else latency.get(key, {}),
+                )
             )
     return out
