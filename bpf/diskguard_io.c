@@ -78,10 +78,12 @@ BPF_HASH(dg_devices, struct dg_dev, u8, DG_MAX_DEVICES);
 #ifndef DG_NO_LATENCY
 // Latency histograms per key, shared across CPUs (atomic adds), aged out like dg_counts.
 BPF_TABLE("lru_hash", struct dg_key, struct dg_lat, dg_lat, DG_LAT_ENTRIES);
-// In-flight requests: request pointer -> issue time and key. Entries are deleted at
-// completion; LRU so that a request whose completion is never seen (a driver that ends it
-// without blk_update_request) cannot pin an entry for good.
-BPF_TABLE("lru_hash", u64, struct dg_start, dg_start, DG_MAX_INFLIGHT);
+// In-flight requests: request pointer -> issue time and key, deleted at completion. A
+// plain hash (cheaper per update than an LRU one): a request whose completion is never
+// seen leaves an entry behind only until its request struct, which the block layer
+// preallocates per tag and reuses, is issued again and overwrites it, so leftovers are
+// bounded by the data disks' tags. When the map is full a request is counted, not timed.
+BPF_HASH(dg_start, u64, struct dg_start, DG_MAX_INFLIGHT);
 #endif
 
 static __always_inline int dg_wanted(u32 major, u32 minor)

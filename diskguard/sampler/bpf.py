@@ -86,6 +86,8 @@ class BpfOptions:
     # requests in flight on the data devices at once; both maps are preallocated.
     latency_entries: int = 8192
     max_inflight: int = 10240
+    # False builds the program without the completion probe and its maps (benchmarks).
+    latency: bool = True
     release: str = attrs.field(factory=lambda: os.uname().release)
 
 
@@ -535,10 +537,14 @@ def open_bpf_sampler(
         cflags = blkcg_layout(btf).cflags()
         attach = f"raw tracepoint {TRACEPOINT}"
         try:
-            cflags += latency_layout(btf).cflags()
-            attach += f", raw tracepoint {COMPLETE_TRACEPOINT}"
+            if not opts.latency:
+                latency_problem = "latency switched off"
+            else:
+                cflags += latency_layout(btf).cflags()
+                attach += f", raw tracepoint {COMPLETE_TRACEPOINT}"
         except BTFError as le:
             latency_problem = f"completion probe unavailable: {le}"
+        if latency_problem is not None:
             cflags.append("-DDG_NO_LATENCY=1")
     except BTFError as e:
         degraded = (
