@@ -357,10 +357,18 @@ def pass_cost(
     b = cpu_ms(lambda: bpf.read(targets))
     raw = cpu_ms(lambda: list(bpf._entries()))  # map read alone, without per-target work
     k = cpu_ms(lambda: kernel.read(targets))
+    lat = bpf.read_latency(targets)
+    lat_ms = cpu_ms(lambda: bpf.read_latency(targets)) if lat is not None else None
+    timed = sum(1 for t in (lat or {}) if lat and lat[t][disk].read.count)
     print(
         f"  bpf read():     {b:7.1f} ms CPU  ({seen}/{n} cgroups with both directions counted;"
         f" map walk alone {raw:.1f} ms)"
     )
+    if lat_ms is not None:
+        print(
+            f"  bpf read_latency(): {lat_ms:7.1f} ms CPU  ({timed}/{n} cgroups with a read timed;"
+            " histograms of both directions)"
+        )
     files = "io.stat" if hier.version is CgroupVersion.V2 else "2 blkio.throttle files"
     print(f"  cgroup read():  {k:7.1f} ms CPU  ({files} per cgroup)")
     print(f"  ratio cgroup/bpf: {k / b:.2f}")

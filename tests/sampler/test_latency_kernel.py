@@ -8,16 +8,18 @@ before they become requests, so the device histogram stays far below fio's clat.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
-from diskguard.model import Counters, IOLimits
+from diskguard.model import Counters, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
 from diskguard.sampler.base import Target
 from diskguard.sampler.bpf import BpfSampler
 from diskguard.sampler.cgroupfs import CgroupSampler
-from diskguard.sampler.latency import DeviceLatency, LatencySnapshot
+from diskguard.sampler.latency import DeviceLatency, LatencyHistogram, LatencySnapshot
 
 from .conftest import RecordingLog, fio_result, start_fio
 
@@ -28,7 +30,9 @@ RT = ("chrt", "--fifo", "10")
 pytestmark = [pytest.mark.kernel, pytest.mark.bpf, pytest.mark.slow]
 
 
-def added(after: LatencySnapshot | None, before: LatencySnapshot | None, t: Target) -> dict:
+def added(
+    after: LatencySnapshot | None, before: LatencySnapshot | None, t: Target
+) -> dict[Device, DeviceLatency]:
     assert after is not None and before is not None, "latency unavailable"
     return {dev: lat.since(before[t][dev]) for dev, lat in after[t].items()}
 
@@ -43,35 +47,55 @@ def test_latency_is_available_with_btf(bpf_sampler: BpfSampler) -> None:
     assert "block_rq_complete" in bpf_sampler.info["attach"]
 
 
-def test_unlimited_container_percentiles_match_fio_clat(
+def unlimited_runs(
+    sampler: BpfSampler, root: KubeletRoot, disk: LoopDisk, run_in_cgroup: RunInCgroup
+) -> Iterator[tuple[str, LatencyHistogram, LatencyHistogram, int, float | None, float | None]]:
+    """Per direction: (rw, histogram of that direction, of the other, fio's IOs, clat p50,
+    clat p99) of 3,000 4k O_DIRECT IOs by one unlimited container."""
+    assert disk.mount is not None
+    cg = root.leaf("unlimited")
+    target = Target.of(cg)
+    for rw in ("randread", "randwrite"):
+        before = sampler.read_latency([target])
+        fio = fio_result(start_fio(run_in_cgroup, cg, disk.mount, rw, number_ios=3000, prefix=RT))
+        lat = added(sampler.read_latency([target]), before, target)[disk.device]
+        if rw == "randread":
+            yield rw, lat.read, lat.write, fio.read_ios, fio.read_clat_p50_s, fio.read_clat_p99_s
+        else:
+            yield rw, lat.write, lat.read, fio.write_ios, fio.write_clat_p50_s, fio.write_clat_p99_s
+
+
+def test_unlimited_container_p50_matches_fio_clat(
     bpf_sampler: BpfSampler,
     kubelet_root: KubeletRoot,
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
-    assert disk.mount is not None
-    cg = kubelet_root.leaf("unlimited")
-    target = Target.of(cg)
-    for rw in ("randread", "randwrite"):
-        before = bpf_sampler.read_latency([target])
-        fio = fio_result(start_fio(run_in_cgroup, cg, disk.mount, rw, number_ios=3000, prefix=RT))
-        after = bpf_sampler.read_latency([target])
-        lat: DeviceLatency = added(after, before, target)[disk.device]
-        if rw == "randread":
-            hist, other, ios = lat.read, lat.write, fio.read_ios
-            p50, p99 = fio.read_clat_p50_s, fio.read_clat_p99_s
-        else:
-            hist, other, ios = lat.write, lat.read, fio.write_ios
-            p50, p99 = fio.write_clat_p50_s, fio.write_clat_p99_s
+    for rw, hist, other, ios, p50, p99 in unlimited_runs(
+        bpf_sampler, kubelet_root, disk, run_in_cgroup
+    ):
         # Every O_DIRECT 4k IO is one request, timed once (other direction: nothing).
         assert hist.count == ios, (rw, hist.count, ios)
         assert other.count == 0, (rw, other)
-        ours50, ours99 = hist.quantile(0.5), hist.quantile(0.99)
+        ours50 = hist.quantile(0.5)
         assert within_factor_2(ours50, p50), (rw, ours50, p50, hist.slots)
-        assert within_factor_2(ours99, p99), (rw, ours99, p99, hist.slots)
-        # The sum is real time, not bucket bounds: mean between the slots' extremes.
+        # The sum is real time, not bucket bounds.
         mean = hist.sum_ns / hist.count / 1e9
         assert 0 < mean < 2 * (p99 or 0), (mean, p99)
+
+
+@pytest.mark.host_only  # a tail under emulation is the emulator's scheduling, not the disk's
+def test_unlimited_container_p99_matches_fio_clat(
+    bpf_sampler: BpfSampler,
+    kubelet_root: KubeletRoot,
+    disk: LoopDisk,
+    run_in_cgroup: RunInCgroup,
+) -> None:
+    for rw, hist, _other, _ios, _p50, p99 in unlimited_runs(
+        bpf_sampler, kubelet_root, disk, run_in_cgroup
+    ):
+        ours99 = hist.quantile(0.99)
+        assert within_factor_2(ours99, p99), (rw, ours99, p99, hist.slots)
 
 
 def test_limit_wait_is_not_device_latency(
