@@ -157,3 +157,25 @@ def test_histogram_counts_match_kernel_io_counters(
     counted = Counters(k1.rios - k0.rios, k1.wios - k0.wios)
     assert counted.rios >= 1200 and counted.wios >= 800, counted
     assert (lat.read.count, lat.write.count) == (counted.rios, counted.wios), (lat, counted)
+
+
+def test_batch_and_iterative_latency_reads_agree(
+    bpf_sampler: BpfSampler,
+    kubelet_root: KubeletRoot,
+    disk: LoopDisk,
+    run_in_cgroup: RunInCgroup,
+) -> None:
+    """Kernels before 5.6 lack BPF_MAP_LOOKUP_BATCH; the fallback walk must read the same."""
+    assert disk.mount is not None
+    cg = kubelet_root.leaf("both")
+    fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randrw", number_ios=200))
+    target = Target.of(cg)
+    batched = bpf_sampler.read_latency([target])
+    bpf_sampler._batch_ok = False  # what the sampler does after EINVAL from the kernel
+    try:
+        walked = bpf_sampler.read_latency([target])
+    finally:
+        bpf_sampler._batch_ok = True
+    assert batched is not None and batched == walked
+    lat = batched[target][disk.device]
+    assert lat.read.count + lat.write.count == 200 and lat.read.sum_ns > 0
