@@ -203,9 +203,14 @@ RAW_TRACEPOINT_PROBE(block_rq_complete)
     if (now < ts)
         return 0;
     u64 delta = now - ts;
-    u32 slot = bpf_log2l(delta / 1000) - 1;  // bpf_log2l(v) = bit length of v, 1 for v = 0
+    u64 slot = bpf_log2l(delta / 1000) - 1;  // bpf_log2l(v) = bit length of v, 1 for v = 0
     if (slot >= DG_LAT_SLOTS)
         slot = DG_LAT_SLOTS - 1;
+    // Older verifiers (6.1) lose the bound when clang folds the clamp into the index
+    // arithmetic: hide the value from the optimiser, then check it where it is used.
+    asm volatile("" : "+r"(slot));
+    if (slot >= DG_LAT_SLOTS)
+        return 0;
     struct dg_lat zero = {};
     struct dg_lat *lat = dg_lat.lookup_or_try_init(&key, &zero);
     if (!lat)

@@ -503,6 +503,21 @@ def _set_devices(bpf: Any, devices: Sequence[Device]) -> None:
         table[table.Key(dev.major, dev.minor)] = ctypes.c_uint8(1)
 
 
+def _compile(bcc: Any, source: str, cflags: list[str], headers: Path, described: str) -> Any:
+    """Compile, load and attach; SamplerUnavailable with the compiler's/verifier's words."""
+    err: list[str] = []
+    try:
+        with _env("BCC_KERNEL_SOURCE", str(headers)), _captured_stderr() as captured:
+            err = captured
+            return bcc.BPF(text=source.encode(), cflags=cflags)
+    except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+        detail = _tail(err[0]) if err else ""
+        raise SamplerUnavailable(
+            f"BPF compile/load failed with headers {described}: {e}"
+            + (f": {detail}" if detail else "")
+        ) from e
+
+
 def open_bpf_sampler(
     devices: Sequence[Device],
     cgroup_root: Path,
@@ -572,17 +587,19 @@ def open_bpf_sampler(
     cflags.append(f"-DDG_MAX_INFLIGHT={opts.max_inflight}")
 
     started = time.monotonic()
-    err: list[str] = []
     try:
-        with _env("BCC_KERNEL_SOURCE", str(headers.path)), _captured_stderr() as captured:
-            err = captured
-            bpf = bcc.BPF(text=source.encode(), cflags=cflags)
-    except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-        detail = _tail(err[0]) if err else ""
-        raise SamplerUnavailable(
-            f"BPF compile/load failed with headers {headers.describe()}: {e}"
-            + (f": {detail}" if detail else "")
-        ) from e
+        bpf = _compile(bcc, source, cflags, headers.path, headers.describe())
+    except SamplerUnavailable as e:
+        if latency_problem is not None:
+            raise
+        # Latency is an extra: a kernel whose verifier refuses the completion probe still
+        # gets the IO counts, and says why latency is missing.
+        log.warning("sampler.bpf.latency_refused", reason=str(e))
+        latency_problem = f"completion probe refused by the kernel: {str(e)[-400:]}"
+        cflags = [f for f in cflags if not f.startswith(("-DDG_ARG_RQ_COMPLETE", "-DDG_ARG_NR"))]
+        cflags.append("-DDG_NO_LATENCY=1")
+        attach = attach.split(",")[0]
+        bpf = _compile(bcc, source, cflags, headers.path, headers.describe())
     compile_s = time.monotonic() - started
     _release_compiler_heap()
     _release_compiler_code()

@@ -9,7 +9,9 @@ before they become requests, so the device histogram stays far below fio's clat.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import attrs
 import pytest
 from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
@@ -17,7 +19,7 @@ from diskguard.model import Counters, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
 from diskguard.sampler.base import Target
-from diskguard.sampler.bpf import BpfSampler
+from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler
 from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.sampler.latency import DeviceLatency, LatencyHistogram, LatencySnapshot
 
@@ -179,3 +181,42 @@ def test_batch_and_iterative_latency_reads_agree(
     assert batched is not None and batched == walked
     lat = batched[target][disk.device]
     assert lat.read.count + lat.write.count == 200 and lat.read.sum_ns > 0
+
+
+def test_a_refused_completion_probe_leaves_counting_working(
+    bpf_options: BpfOptions,
+    cgroup_hierarchy: CgroupHierarchy,
+    disk: LoopDisk,
+    tmp_path: Path,
+    kubelet_root: KubeletRoot,
+    run_in_cgroup: RunInCgroup,
+) -> None:
+    """A verifier that refuses the completion probe (6.1's did, before the slot bound was
+    made explicit) costs the latency, not the IO counts: the sampler says why."""
+    source = bpf_options.source.read_text()
+    marker = "    u64 rq_key = (u64)rq;\n    struct dg_start *start = dg_start.lookup(&rq_key);"
+    assert marker in source
+    broken = tmp_path / "diskguard_io.c"
+    # A store through a null pointer: compiles, and every verifier refuses it.
+    broken.write_text(source.replace(marker, "    *(volatile u64 *)0 = 1;\n" + marker, 1))
+    log = RecordingLog()
+    sampler = open_bpf_sampler(
+        [disk.device],
+        cgroup_hierarchy.path,
+        cgroup_hierarchy.version,
+        log,
+        attrs.evolve(bpf_options, source=broken),
+    )
+    try:
+        assert sampler.latency_problem is not None
+        assert "refused" in sampler.latency_problem, sampler.latency_problem
+        assert log.named("sampler.bpf.latency_refused")
+        assert "block_rq_complete" not in sampler.info["attach"]
+        cg = kubelet_root.leaf("counted-anyway")
+        target = Target.of(cg)
+        assert disk.mount is not None
+        fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randwrite", number_ios=100))
+        assert sampler.read([target])[target][disk.device].wios == 100
+        assert sampler.read_latency([target]) is None
+    finally:
+        sampler.close()
