@@ -67,36 +67,44 @@ def unlimited_runs(
             yield rw, lat.write, lat.read, fio.write_ios, fio.write_clat_p50_s, fio.write_clat_p99_s
 
 
-def test_unlimited_container_p50_matches_fio_clat(
+def test_unlimited_container_latency_is_inside_fio_clat(
     bpf_sampler: BpfSampler,
     kubelet_root: KubeletRoot,
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
+    """Every request is timed once, and the device's part of each IO is inside what fio
+    waited for, so our quantiles never exceed fio's by more than the bucket resolution.
+    Holds in any lane; the two-sided match needs real timing (next test)."""
     for rw, hist, other, ios, p50, p99 in unlimited_runs(
         bpf_sampler, kubelet_root, disk, run_in_cgroup
     ):
         # Every O_DIRECT 4k IO is one request, timed once (other direction: nothing).
         assert hist.count == ios, (rw, hist.count, ios)
         assert other.count == 0, (rw, other)
-        ours50 = hist.quantile(0.5)
-        assert within_factor_2(ours50, p50), (rw, ours50, p50, hist.slots)
+        ours50, ours99 = hist.quantile(0.5), hist.quantile(0.99)
+        assert p50 is not None and p99 is not None
+        assert ours50 is not None and 0 < ours50 <= 2 * p50, (rw, ours50, p50, hist.slots)
+        assert ours99 is not None and 0 < ours99 <= 2 * p99, (rw, ours99, p99, hist.slots)
         # The sum is real time, not bucket bounds.
         mean = hist.sum_ns / hist.count / 1e9
-        assert 0 < mean < 2 * (p99 or 0), (mean, p99)
+        assert 0 < mean < 2 * p99, (mean, p99)
 
 
-@pytest.mark.host_only  # a tail under emulation is the emulator's scheduling, not the disk's
-def test_unlimited_container_p99_matches_fio_clat(
+# Under emulation fio's clat is mostly the emulated CPU's syscall and wake-up time, which
+# the device never sees; on real hardware the two match within a bucket.
+@pytest.mark.host_only
+def test_unlimited_container_p50_p99_match_fio_clat(
     bpf_sampler: BpfSampler,
     kubelet_root: KubeletRoot,
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
-    for rw, hist, _other, _ios, _p50, p99 in unlimited_runs(
+    for rw, hist, _other, _ios, p50, p99 in unlimited_runs(
         bpf_sampler, kubelet_root, disk, run_in_cgroup
     ):
-        ours99 = hist.quantile(0.99)
+        ours50, ours99 = hist.quantile(0.5), hist.quantile(0.99)
+        assert within_factor_2(ours50, p50), (rw, ours50, p50, hist.slots)
         assert within_factor_2(ours99, p99), (rw, ours99, p99, hist.slots)
 
 
@@ -128,7 +136,9 @@ def test_limit_wait_is_not_device_latency(
     assert ours_mean < fio_mean / 10, (ours_mean, fio_mean, hist.slots)
     ours99 = hist.quantile(0.99)
     assert fio.write_clat_p99_s is not None and ours99 is not None
-    assert ours99 < fio.write_clat_p99_s / 10, (ours99, fio, hist.slots)
+    # The limit's slice wait (~100 ms) is fio's tail; ours is the disk's (sub-ms on the host,
+    # ~10 ms in the emulated v2 lane).
+    assert ours99 < fio.write_clat_p99_s / 4, (ours99, fio, hist.slots)
 
 
 def test_histogram_counts_match_kernel_io_counters(
