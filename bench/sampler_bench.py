@@ -40,6 +40,7 @@ from diskguard.sampler.base import Target  # noqa: E402
 from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler  # noqa: E402
 from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
+from diskguard.sampler.latency import latency_between  # noqa: E402
 
 
 class QuietLog:
@@ -359,6 +360,7 @@ def pass_cost(
     k = cpu_ms(lambda: kernel.read(targets))
     lat = bpf.read_latency(targets)
     lat_ms = cpu_ms(lambda: bpf.read_latency(targets)) if lat is not None else None
+    window_ms = cpu_ms(lambda: latency_between(lat, bpf.read_latency(targets))) - (lat_ms or 0)
     timed = sum(1 for t in (lat or {}) if lat and lat[t][disk].read.count)
     print(
         f"  bpf read():     {b:7.1f} ms CPU  ({seen}/{n} cgroups with both directions counted;"
@@ -367,7 +369,8 @@ def pass_cost(
     if lat_ms is not None:
         print(
             f"  bpf read_latency(): {lat_ms:7.1f} ms CPU  ({timed}/{n} cgroups with a read timed;"
-            " histograms of both directions)"
+            " histograms of both directions); interval deltas for /status and top "
+            f"{window_ms:.1f} ms more"
         )
     files = "io.stat" if hier.version is CgroupVersion.V2 else "2 blkio.throttle files"
     print(f"  cgroup read():  {k:7.1f} ms CPU  ({files} per cgroup)")

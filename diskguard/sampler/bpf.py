@@ -411,8 +411,11 @@ class BpfSampler:
             for cg, devs in self._locked_totals(None).items()
         }
 
-    def _latency_entries(self) -> Iterator[tuple[int, int, int, int, LatencyHistogram]]:
-        """(cgroup id, major, minor, dir, histogram) for every latency map entry."""
+    def _latency_entries(
+        self, wanted: set[int]
+    ) -> Iterator[tuple[int, int, int, int, LatencyHistogram]]:
+        """(cgroup id, major, minor, dir, histogram) for the map entries of wanted cgroups
+        (histogram objects are built only for those)."""
         assert self._lat_fd is not None
         if self._batch_ok:
             try:
@@ -429,9 +432,12 @@ class BpfSampler:
                 for (cg, major, minor, direction, _), val in zip(
                     _KEY.iter_unpack(keys), _LAT.iter_unpack(vals), strict=True
                 ):
-                    yield cg, major, minor, direction, LatencyHistogram(val[:SLOTS], val[SLOTS])
+                    if cg in wanted:
+                        yield cg, major, minor, direction, LatencyHistogram(val[:SLOTS], val[SLOTS])
                 return
         for k, v in self._bpf[b"dg_lat"].items():
+            if k.cgroup_id not in wanted:
+                continue
             yield (
                 k.cgroup_id,
                 k.major,
@@ -446,25 +452,27 @@ class BpfSampler:
         if self._lat_fd is None:
             return None
         wanted = {t.cgroup_id for t in targets}
-        found: dict[int, dict[Device, list[LatencyHistogram]]] = {}
+        # One map entry per (cgroup, device, direction): no summing needed.
+        found: dict[int, dict[Device, dict[int, LatencyHistogram]]] = {}
         with self._lock:
             if self._bpf is None:
                 raise RuntimeError("sampler is closed")
-            for cg, major, minor, direction, hist in self._latency_entries():
+            for cg, major, minor, direction, hist in self._latency_entries(wanted):
                 dev = self._by_number.get((major, minor))
-                if cg not in wanted or dev is None or direction not in (_DIR_READ, _DIR_WRITE):
-                    continue
-                pair = found.setdefault(cg, {}).setdefault(
-                    dev, [LatencyHistogram(), LatencyHistogram()]
-                )
-                pair[direction] = pair[direction].plus(hist)
+                if dev is not None:
+                    found.setdefault(cg, {}).setdefault(dev, {})[direction] = hist
+        empty = LatencyHistogram()
         out: LatencySnapshot = {}
         for target in targets:
             if not under_root(self._root, target.path) or not alive(target):
                 continue
             per_dev = found.get(target.cgroup_id, {})
             out[target] = {
-                dev: DeviceLatency(*per_dev[dev]) if dev in per_dev else DeviceLatency()
+                dev: DeviceLatency(
+                    per_dev[dev].get(_DIR_READ, empty), per_dev[dev].get(_DIR_WRITE, empty)
+                )
+                if dev in per_dev
+                else DeviceLatency(empty, empty)
                 for dev in self._devices
             }
         return out

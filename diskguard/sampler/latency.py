@@ -54,6 +54,8 @@ class LatencyHistogram:
     def since(self, old: LatencyHistogram) -> LatencyHistogram:
         """What was added since `old`; if any slot went backwards the map entry was evicted
         and recreated, so everything in `self` is new."""
+        if self.slots == old.slots:  # the common case for an idle container: cheap
+            return _EMPTY if self.sum_ns == old.sum_ns else self
         if any(n < o for n, o in zip(self.slots, old.slots, strict=True)) or (
             self.sum_ns < old.sum_ns
         ):
@@ -98,6 +100,9 @@ class LatencyHistogram:
                 return lower + (upper - lower) * max(rank - seen, 0) / n
             seen += n
         return lower_bound_seconds(SLOTS - 1)  # not reached: rank <= total
+
+
+_EMPTY = LatencyHistogram()
 
 
 @attrs.frozen
