@@ -1,10 +1,11 @@
-"""Sampler figures: accuracy, IO overhead, cost per sampling pass, compile time, RSS, BTF parse.
+"""Sampler figures: accuracy, IO overhead (with the completion probe), map memory, cost per
+sampling pass, completion-probe cost, compile time, RSS, BTF parse.
 
 Needs root, BCC, kernel headers, fio and a cgroup IO hierarchy. Prints a small report;
 creates its own loop disk and cgroups (unique names) and removes them again.
 
     .venv/bin/python bench/sampler_bench.py [--rounds 16] [--seconds 1] [--cgroups 1000]
-        [--only btf compile accuracy pass overhead]
+        [--only btf compile accuracy maps pass overhead probecost]
 """
 
 from __future__ import annotations
