@@ -98,7 +98,7 @@ def test_live_view_renders_a_table(cluster: Cluster) -> None:
         env=full,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
     )
     assert done.returncode == 0, done.stderr
