@@ -1,10 +1,11 @@
-"""Sampler figures: accuracy, IO overhead, cost per sampling pass, compile time, RSS, BTF parse.
+"""Sampler figures: accuracy, IO overhead (with the completion probe), map memory, cost per
+sampling pass, completion-probe cost, compile time, RSS, BTF parse.
 
 Needs root, BCC, kernel headers, fio and a cgroup IO hierarchy. Prints a small report;
 creates its own loop disk and cgroups (unique names) and removes them again.
 
     .venv/bin/python bench/sampler_bench.py [--rounds 16] [--seconds 1] [--cgroups 1000]
-        [--only btf compile accuracy pass overhead]
+        [--only btf compile accuracy maps pass overhead probecost]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from diskguard.sampler.base import Target  # noqa: E402
 from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler  # noqa: E402
 from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
+from diskguard.sampler.latency import latency_between  # noqa: E402
 
 
 class QuietLog:
@@ -125,17 +127,47 @@ def accuracy(hier: CgroupHierarchy, top: Path, disk: Device, mnt: Path, bpf: Bpf
 
 
 PROG = b"raw_tracepoint__block_rq_issue"
+# The completion probe (latency histograms), attached with the issue probe when available.
+PROGS = {b"block_rq_issue": PROG, b"block_rq_complete": b"raw_tracepoint__block_rq_complete"}
 
 
 def _attach(s: BpfSampler, on: bool) -> None:
-    # Bench-only reach into the BCC object: toggling the attachment keeps the program
+    # Bench-only reach into the BCC object: toggling the attachment keeps the programs
     # loaded, so no compile burns CPU next to an "on" round.
     bpf = s._bpf
-    attached = b"block_rq_issue" in bpf.raw_tracepoint_fds
-    if on and not attached:
-        bpf.attach_raw_tracepoint(tp=b"block_rq_issue", fn_name=PROG)
-    elif attached and not on:
-        bpf.detach_raw_tracepoint(b"block_rq_issue")
+    for tp, prog in PROGS.items():
+        if prog not in bpf.funcs and tp != b"block_rq_issue":
+            continue  # built without latency
+        attached = tp in bpf.raw_tracepoint_fds
+        if on and not attached:
+            bpf.attach_raw_tracepoint(tp=tp, fn_name=prog)
+        elif attached and not on:
+            bpf.detach_raw_tracepoint(tp)
+
+
+def maps_memory(bpf: BpfSampler) -> None:
+    """Kernel memory of each map (the kernel's memlock figure; maps are preallocated)."""
+    print("\n== BPF maps (max entries, kernel memory from fdinfo memlock)")
+    total = 0
+    for name in (b"dg_counts", b"dg_devices", b"dg_lat", b"dg_start"):
+        try:
+            table = bpf._bpf[name]
+        except KeyError:
+            continue
+        info = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/self/fdinfo/{table.map_fd}").read_text().splitlines()
+        )
+        memlock = int(info.get("memlock", "0"))
+        total += memlock
+        entries, ksize, vsize = (
+            int(info.get(k, "0")) for k in ("max_entries", "key_size", "value_size")
+        )
+        print(
+            f"  {name.decode():10} max_entries {entries:>6}  key {ksize:>3} B  "
+            f"value {vsize:>3} B  memlock {memlock / 2**20:6.2f} MiB"
+        )
+    print(f"  total {total / 2**20:.2f} MiB")
 
 
 def overhead(
@@ -147,9 +179,10 @@ def overhead(
     rounds: int,
     seconds: float,
 ) -> None:
+    probes = "issue + completion probes" if bpf.latency_problem is None else "issue probe"
     print(
         f"\n== overhead: fio 4k psync QD1 on the loop disk, {rounds} pairs of {seconds:g}s runs "
-        "in random order, sampler attached vs detached"
+        f"in random order, sampler ({probes}) attached vs detached"
     )
     cg = top / "overhead"
     cg.mkdir()
@@ -185,17 +218,93 @@ def overhead(
     # here: they add two clock reads to every run of every BPF program on the host).
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old_stats = stats.read_text().strip()
-    fd = bpf._bpf.funcs[PROG].fd
+    fds = {
+        tp.decode(): bpf._bpf.funcs[prog].fd
+        for tp, prog in PROGS.items()
+        if prog in bpf._bpf.funcs
+    }
     stats.write_text("1")
     try:
-        before = _prog_stats(fd)
+        before = {tp: _prog_stats(fd) for tp, fd in fds.items()}
         fio(cg, mnt, "randrw", seconds=seconds * 2)
-        after = _prog_stats(fd)
+        after = {tp: _prog_stats(fd) for tp, fd in fds.items()}
     finally:
         stats.write_text(old_stats)
-    runs = after[1] - before[1]
-    per = (after[0] - before[0]) / max(runs, 1)
-    print(f"  program run time: {per:.0f} ns per request over {runs:,} requests (bpf_stats)")
+    issued = max(after["block_rq_issue"][1] - before["block_rq_issue"][1], 1)
+    total_ns = 0
+    for tp in fds:
+        runs = after[tp][1] - before[tp][1]
+        spent = after[tp][0] - before[tp][0]
+        total_ns += spent
+        print(
+            f"  program run time {tp}: {spent / max(runs, 1):.0f} ns per run over {runs:,} runs "
+            "(bpf_stats)"
+        )
+    print(f"  per request, all probes: {total_ns / issued:.0f} ns over {issued:,} requests")
+
+
+def probe_cost(
+    hier: CgroupHierarchy,
+    top: Path,
+    disk: Device,
+    mnt: Path,
+    full: BpfSampler,
+    opts: BpfOptions,
+    rounds: int,
+    seconds: float,
+) -> None:
+    """Marginal cost of latency: the program built with and without the completion probe,
+    attached in turn (random order per round) under the same fio load, timed by bpf_stats."""
+    import attrs
+
+    print(
+        f"\n== completion probe cost: {rounds} rounds of {seconds:g}s fio randrw, program with "
+        "latency vs without, attached in turn"
+    )
+    lean = open_bpf_sampler(
+        [disk], hier.path, hier.version, QuietLog(), attrs.evolve(opts, latency=False)
+    )
+    cg = top / "probecost"
+    cg.mkdir()
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old_stats = stats.read_text().strip()
+    per: dict[str, list[float]] = {"with latency": [], "without": []}
+    parts: dict[str, list[float]] = {"issue": [], "complete": []}
+    rng = random.Random(2)
+    stats.write_text("1")
+    try:
+        for _ in range(rounds):
+            order = [("with latency", full), ("without", lean)]
+            rng.shuffle(order)
+            for name, sampler in order:
+                other = lean if sampler is full else full
+                _attach(other, False)
+                _attach(sampler, True)
+                fds = [sampler._bpf.funcs[p].fd for p in PROGS.values() if p in sampler._bpf.funcs]
+                before = [_prog_stats(fd) for fd in fds]
+                fio(cg, mnt, "randrw", seconds=seconds)
+                after = [_prog_stats(fd) for fd in fds]
+                spent = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+                issued = after[0][1] - before[0][1]
+                per[name].append(spent / max(issued, 1))
+                if sampler is full and len(fds) == 2:
+                    for part, a, b in zip(parts, after, before, strict=True):
+                        parts[part].append((a[0] - b[0]) / max(a[1] - b[1], 1))
+    finally:
+        stats.write_text(old_stats)
+        _attach(lean, False)
+        lean.close()
+        _attach(full, True)
+    w, wo = statistics.median(per["with latency"]), statistics.median(per["without"])
+    print(
+        f"  ns per request (all probes, medians): with latency {w:.0f}, without {wo:.0f}; "
+        f"completion probe and start-time bookkeeping add {w - wo:.0f} ns"
+    )
+    if parts["issue"]:
+        print(
+            f"  with latency, per run: issue probe {statistics.median(parts['issue']):.0f} ns, "
+            f"completion probe {statistics.median(parts['complete']):.0f} ns"
+        )
 
 
 def _prog_stats(fd: int) -> tuple[int, int]:
@@ -250,10 +359,20 @@ def pass_cost(
     b = cpu_ms(lambda: bpf.read(targets))
     raw = cpu_ms(lambda: list(bpf._entries()))  # map read alone, without per-target work
     k = cpu_ms(lambda: kernel.read(targets))
+    lat = bpf.read_latency(targets)
+    lat_ms = cpu_ms(lambda: bpf.read_latency(targets)) if lat is not None else None
+    window_ms = cpu_ms(lambda: latency_between(lat, bpf.read_latency(targets))) - (lat_ms or 0)
+    timed = sum(1 for t in (lat or {}) if lat and lat[t][disk].read.count)
     print(
         f"  bpf read():     {b:7.1f} ms CPU  ({seen}/{n} cgroups with both directions counted;"
         f" map walk alone {raw:.1f} ms)"
     )
+    if lat_ms is not None:
+        print(
+            f"  bpf read_latency(): {lat_ms:7.1f} ms CPU  ({timed}/{n} cgroups with a read timed;"
+            " histograms of both directions); interval deltas for /status and top "
+            f"{window_ms:.1f} ms more"
+        )
     files = "io.stat" if hier.version is CgroupVersion.V2 else "2 blkio.throttle files"
     print(f"  cgroup read():  {k:7.1f} ms CPU  ({files} per cgroup)")
     print(f"  ratio cgroup/bpf: {k / b:.2f}")
@@ -321,7 +440,7 @@ def btf_parse() -> None:
     )
 
 
-SECTIONS = ["btf", "compile", "accuracy", "pass", "overhead"]
+SECTIONS = ["btf", "compile", "accuracy", "maps", "pass", "overhead", "probecost"]
 
 
 def main() -> None:
@@ -351,12 +470,17 @@ def main() -> None:
             bpf = open_bpf_sampler([ld.device], hier.path, hier.version, QuietLog(), opts)
             try:
                 print(f"  headers used: {bpf.info['headers']}")
+                print(f"  latency: {bpf.info['latency']}")
                 if "accuracy" in only:
                     accuracy(hier, top, ld.device, ld.mount, bpf)
+                if "maps" in only:
+                    maps_memory(bpf)
                 if "pass" in only:
                     pass_cost(hier, top, ld.device, ld.mount, bpf, args.cgroups)
                 if "overhead" in only:
                     overhead(hier, top, ld.device, ld.mount, bpf, args.rounds, args.seconds)
+                if "probecost" in only:
+                    probe_cost(hier, top, ld.device, ld.mount, bpf, opts, 8, args.seconds)
             finally:
                 bpf.close()
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

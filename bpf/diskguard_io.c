@@ -5,6 +5,14 @@
 // its cgroup are private to the block layer and change between builds, so their member
 // offsets come from the running kernel's BTF (/sys/kernel/btf/vmlinux) instead.
 //
+// Latency (DG_MODE_BLKCG only): block_rq_issue stores (issue time, the request's key) in
+// dg_start, keyed by the request pointer; block_rq_complete looks it up, adds the service
+// time to the log2 histogram of that key in dg_lat and deletes the start entry. The start
+// entry is shared (not per-CPU) because a request may complete on another CPU than the
+// one that issued it, and the key is copied at issue because by completion the request's
+// bios are gone. This is the device's service time (request issue -> completion): bios a
+// blk-throttle limit holds back wait *before* they become requests and are not counted.
+//
 // Two modes:
 //   DG_MODE_BLKCG (default): raw tracepoint; the cgroup is the one the block layer charges,
 //     rq->bio->bi_blkg->blkcg->css.cgroup->kn->id, i.e. the inode of the cgroup directory
@@ -12,6 +20,7 @@
 //     kernel threads on a container's behalf (loop workers, writeback, throttled bios).
 //   DG_MODE_TASK: classic tracepoint, needs no BTF; the cgroup is the issuing task's
 //     (bpf_get_current_cgroup_id, unified hierarchy only), wrong for kernel-thread IO.
+//     No latency (built with DG_NO_LATENCY): the completion's request cannot be matched.
 
 #ifndef DG_MAX_ENTRIES
 #define DG_MAX_ENTRIES 32768
@@ -19,6 +28,16 @@
 #ifndef DG_MAX_DEVICES
 #define DG_MAX_DEVICES 256
 #endif
+
+#ifndef DG_MAX_INFLIGHT
+#define DG_MAX_INFLIGHT 10240
+#endif
+#ifndef DG_LAT_ENTRIES
+#define DG_LAT_ENTRIES 8192
+#endif
+// Slot i (i >= 1) counts service times in [2^i, 2^(i+1)) microseconds, slot 0 below 2 us;
+// the last slot also takes everything longer (2^25 us = 33.6 s and up).
+#define DG_LAT_SLOTS 26
 
 #define DG_DIR_READ 0
 #define DG_DIR_WRITE 1
@@ -41,11 +60,31 @@ struct dg_dev {
     u32 minor;
 };
 
+struct dg_lat {
+    u64 slots[DG_LAT_SLOTS];
+    u64 sum_ns;
+};
+
+struct dg_start {
+    u64 ts;
+    struct dg_key key;
+};
+
 // LRU: entries of cgroups that stopped doing IO (dead containers) age out on their own, so
 // the map needs no garbage collection from user space and cannot fill up for good.
 BPF_TABLE("lru_hash", struct dg_key, struct dg_val, dg_counts, DG_MAX_ENTRIES);
 // Only the data devices user space asks about are counted (filled in from user space).
 BPF_HASH(dg_devices, struct dg_dev, u8, DG_MAX_DEVICES);
+#ifndef DG_NO_LATENCY
+// Latency histograms per key, shared across CPUs (atomic adds), aged out like dg_counts.
+BPF_TABLE("lru_hash", struct dg_key, struct dg_lat, dg_lat, DG_LAT_ENTRIES);
+// In-flight requests: request pointer -> issue time and key, deleted at completion. A
+// plain hash (cheaper per update than an LRU one): a request whose completion is never
+// seen leaves an entry behind only until its request struct, which the block layer
+// preallocates per tag and reuses, is issued again and overwrites it, so leftovers are
+// bounded by the data disks' tags. When the map is full a request is counted, not timed.
+BPF_HASH(dg_start, u64, struct dg_start, DG_MAX_INFLIGHT);
+#endif
 
 static __always_inline int dg_wanted(u32 major, u32 minor)
 {
@@ -125,8 +164,62 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
     if (kn)
         DG_PROBE_READ(&cgroup_id, DG_KN_ID_SIZE, (const char *)kn + DG_OFF_KN_ID);
 
-    return dg_count(cgroup_id, (u32)major, (u32)first_minor, dir, len);
+    dg_count(cgroup_id, (u32)major, (u32)first_minor, dir, len);
+#ifndef DG_NO_LATENCY
+    // A requeued request is issued again: the update restarts its clock.
+    struct dg_start start = {};
+    start.ts = bpf_ktime_get_ns();
+    start.key.cgroup_id = cgroup_id;
+    start.key.major = (u32)major;
+    start.key.minor = (u32)first_minor;
+    start.key.dir = dir;
+    u64 rq_key = (u64)rq;
+    dg_start.update(&rq_key, &start);
+#endif
+    return 0;
 }
+
+#ifndef DG_NO_LATENCY
+RAW_TRACEPOINT_PROBE(block_rq_complete)
+{
+    const void *rq = (const void *)ctx->args[DG_ARG_RQ_COMPLETE];
+    if (!rq)
+        return 0;
+    u64 rq_key = (u64)rq;
+    struct dg_start *start = dg_start.lookup(&rq_key);
+    if (!start)
+        return 0;  // not a data request on a wanted disk, or issued before we attached
+    // blk_update_request() traces every partial completion with the bytes it completes,
+    // before taking them off __data_len: only the last one ends the request.
+    u32 remaining = 0;
+    DG_PROBE_READ(&remaining, sizeof(remaining), (const char *)rq + DG_OFF_RQ_DATA_LEN);
+    u32 nr_bytes = (u32)ctx->args[DG_ARG_NR_BYTES];
+    if (nr_bytes < remaining)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 ts = start->ts;
+    struct dg_key key = start->key;
+    dg_start.delete(&rq_key);
+    if (now < ts)
+        return 0;
+    u64 delta = now - ts;
+    u64 slot = bpf_log2l(delta / 1000) - 1;  // bpf_log2l(v) = bit length of v, 1 for v = 0
+    if (slot >= DG_LAT_SLOTS)
+        slot = DG_LAT_SLOTS - 1;
+    // Older verifiers (6.1) lose the bound when clang folds the clamp into the index
+    // arithmetic: hide the value from the optimiser, then check it where it is used.
+    asm volatile("" : "+r"(slot));
+    if (slot >= DG_LAT_SLOTS)
+        return 0;
+    struct dg_lat zero = {};
+    struct dg_lat *lat = dg_lat.lookup_or_try_init(&key, &zero);
+    if (!lat)
+        return 0;
+    __sync_fetch_and_add(&lat->slots[slot], 1);
+    __sync_fetch_and_add(&lat->sum_ns, delta);
+    return 0;
+}
+#endif  // DG_NO_LATENCY
 
 #else  // DG_MODE_TASK
 

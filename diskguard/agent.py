@@ -180,6 +180,8 @@ class Agent:
             "passes": s.passes,
             "last_pass_ms": round(s.last_pass_seconds * 1000, 2),
             "errors": s.errors,
+            # Why there is no per-container latency (null: there is).
+            "latency_unavailable": s.sampler.latency_problem,
         }
 
     def smart_status(self) -> dict[str, object]:

@@ -22,6 +22,8 @@ from diskguard.model import CgroupVersion
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.devices import DeviceError, resolve_data_devices
 from diskguard.reset import container_cgroups, kubepods_dirs
+from diskguard.sampler.bpf import COMPLETE_TRACEPOINT, blkcg_layout, latency_layout
+from diskguard.sampler.btf import BTF, VMLINUX_BTF, BTFError
 
 
 def required_access(config: Config) -> tuple[Access, ...]:
@@ -48,6 +50,7 @@ class Finding:
 class Doctor:
     env: Mapping[str, str]
     findings: list[Finding] = attrs.Factory(list)
+    btf_path: Path = VMLINUX_BTF
 
     def add(self, check: str, status: Status, detail: str) -> None:
         self.findings.append(Finding(check, status, detail))
@@ -64,6 +67,7 @@ class Doctor:
             self._layout(config, hierarchy)
         self._devices(config)
         self._bpf()
+        self._latency()
         self._api(config)
         return self.findings
 
@@ -140,6 +144,28 @@ class Doctor:
             self.add("eBPF sampling", Status.WARN, "; ".join(problems))
         else:
             self.add("eBPF sampling", Status.OK, "bcc importable, BTF and tracefs present")
+
+    def _latency(self) -> None:
+        """Can the BPF sampler time requests (issue -> completion) per container? It needs
+        the blkcg attribution (BTF) and the completion probe's arguments in BTF."""
+        check = "latency (completion probe)"
+        try:
+            btf = BTF.from_file(self.btf_path)
+            blkcg_layout(btf)
+            latency_layout(btf)
+        except BTFError as exc:
+            self.add(
+                check,
+                Status.WARN,
+                f"unavailable: {exc}; IO is still counted, latency metrics are absent",
+            )
+            return
+        self.add(
+            check,
+            Status.OK,
+            f"raw tracepoint {COMPLETE_TRACEPOINT} usable (from {self.btf_path}): per-container "
+            "device service time; the wait a blk-throttle limit adds is not included",
+        )
 
     def _api(self, config: Config) -> None:
         from kubernetes import client as k8s

@@ -12,11 +12,17 @@ from importlib import metadata
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from diskguard.annotations import parse_smart_annotations
 from diskguard.reconciler import ErrorStage
+from diskguard.sampler.latency import Direction
 from diskguard.status import source_kind
 
 if TYPE_CHECKING:
@@ -35,6 +41,10 @@ def version() -> str:
         return metadata.version("diskguard")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class AgentCollector(Collector):
@@ -148,6 +158,7 @@ class AgentCollector(Collector):
         yield failing
 
         yield from self._sampling()
+        yield from self._latency()
         yield from self._smart()
 
         stats = agent.events.stats
@@ -234,6 +245,38 @@ class AgentCollector(Collector):
         yield nbytes
         yield iops
         yield bps
+
+    def _latency(self) -> Iterator[Metric]:
+        """Device service-time histograms, straight from the kernel's cumulative log2
+        buckets. Absent (not zero) when the sampler measures no latency; a direction with no
+        completed request yet has no series."""
+        agent = self._agent
+        sampling = agent.sampling
+        if sampling is None or sampling.latency is None:
+            return
+        family = HistogramMetricFamily(
+            "diskguard_container_io_latency_seconds",
+            "Device service time of a container's IO requests (block layer issue to "
+            "completion; excludes time a blk-throttle limit holds the IO back), log2 buckets",
+            labels=["namespace", "pod", "container", "device", "direction"],
+        )
+        results = agent.reconciler.results
+        for key, per_device in sampling.latency.items():
+            result = results.get(key)
+            if result is None:
+                continue
+            ref = result.ref
+            for device, lat in per_device.items():
+                for direction in Direction:
+                    hist = lat.get(direction)
+                    if hist.count == 0:
+                        continue
+                    family.add_metric(
+                        [ref.namespace, ref.pod, ref.container, str(device), direction.value],
+                        buckets=[(_le(le), n) for le, n in hist.cumulative()],
+                        sum_value=hist.sum_ns / 1e9,
+                    )
+        yield family
 
     def _smart(self) -> Iterator[Metric]:
         agent = self._agent

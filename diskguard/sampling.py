@@ -16,6 +16,8 @@ import trio
 from diskguard.model import ContainerKey, Counters, Device, Rates
 from diskguard.reconciler import Reconciler
 from diskguard.sampler import RateTracker, Sampler, Target
+from diskguard.sampler.base import Snapshot
+from diskguard.sampler.latency import DeviceLatency, LatencySnapshot, latency_between
 from diskguard.smartlimit import Sample
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,11 @@ class SamplingTask:
         # For metrics, /status and top: the latest rates and cumulative counters.
         self.rates: dict[ContainerKey, dict[Device, Rates]] = {}
         self.counters: dict[ContainerKey, dict[Device, Counters]] = {}
+        # Device service-time histograms: cumulative (for metrics) and added over the last
+        # interval (for /status). None while the sampler cannot measure latency.
+        self.latency: dict[ContainerKey, dict[Device, DeviceLatency]] | None = None
+        self.latency_window: dict[ContainerKey, dict[Device, DeviceLatency]] | None = None
+        self._last_latency: LatencySnapshot | None = None
         self.passes = 0
         self.last_pass_seconds = 0.0
         self.errors = 0
@@ -76,12 +83,28 @@ class SamplingTask:
                 deadline = now + self.interval
             await trio.sleep_until(deadline)
 
+    def _read(self, targets: list[Target]) -> tuple[Snapshot, LatencySnapshot | None]:
+        return self.sampler.read(targets), self.sampler.read_latency(targets)
+
+    def _record_latency(
+        self, targets: dict[ContainerKey, Target], latency: LatencySnapshot | None
+    ) -> None:
+        if latency is None:
+            self.latency = self.latency_window = self._last_latency = None
+            return
+        window = latency_between(self._last_latency, latency)
+        self._last_latency = latency
+        self.latency = {k: latency[t] for k, t in targets.items() if t in latency}
+        self.latency_window = {k: window[t] for k, t in targets.items() if t in window}
+
     async def sample_once(self) -> None:
         targets = self._current_targets()
         started = trio.current_time()
         try:
             async with self._reconciler.kernel_lock:  # v1 arming writes throttle files
-                snapshot = await trio.to_thread.run_sync(self.sampler.read, list(targets.values()))
+                snapshot, latency = await trio.to_thread.run_sync(
+                    self._read, list(targets.values())
+                )
         except Exception as exc:  # a sampler failure must not stop enforcement
             self.errors += 1
             log.warning("sampling failed: %s", exc)
@@ -90,6 +113,7 @@ class SamplingTask:
         self.last_pass_seconds = now - started
         self.passes += 1
         rates = self._tracker.update(snapshot)
+        self._record_latency(targets, latency)
         samples: dict[ContainerKey, Sample] = {}
         self.rates = {}
         self.counters = {}

@@ -10,6 +10,7 @@ from diskguard.applier import ApplyResult
 from diskguard.model import ContainerKey, Device, IOLimits, Rates
 from diskguard.plan import ContainerPlan, PodPlan
 from diskguard.reconciler import ErrorStage, Reconciler
+from diskguard.sampler.latency import DeviceLatency, percentiles
 
 
 def limits_json(limits: IOLimits) -> dict[str, int | None]:
@@ -43,6 +44,19 @@ def rates_json(per_device: Mapping[Device, Rates] | None) -> dict[str, dict[str,
     }
 
 
+def latency_json(
+    per_device: Mapping[Device, DeviceLatency] | None,
+) -> dict[str, dict[str, float | None]] | None:
+    """p50/p99 device service time per direction over the last sampling interval (seconds;
+    null for a direction that completed no request). None when latency is unavailable."""
+    if per_device is None:
+        return None
+    return {
+        str(dev): {k: (None if v is None else round(v, 6)) for k, v in percentiles(lat).items()}
+        for dev, lat in per_device.items()
+    }
+
+
 def smart_json(plan: PodPlan, prefix: str) -> dict[str, Any]:
     smart = parse_smart_annotations(plan.pod.annotations, prefix)
     return {
@@ -69,6 +83,7 @@ def container_json(
     rates: Mapping[Device, Rates] | None = None,
     prefix: str = "iops-limit",
     cgroup_wait: str | None = None,
+    latency: Mapping[Device, DeviceLatency] | None = None,
 ) -> dict[str, Any]:
     ref = cplan.ref
     res = cplan.resolution
@@ -106,6 +121,7 @@ def container_json(
         # pod's next event or the resync.
         "cgroup_wait": cgroup_wait if (result is None or result.cgroup is None) else None,
         "rates": rates_json(rates),
+        "latency": latency_json(latency),
         "smart_limit": smart_json(plan, prefix),
     }
 
@@ -116,6 +132,8 @@ def containers_json(
     prefix: str,
     namespace: str | None = None,
     pod: str | None = None,
+    *,
+    latency: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for plan in sorted(reconciler.plans.values(), key=lambda p: (p.pod.namespace, p.pod.name)):
@@ -130,7 +148,17 @@ def containers_json(
             wait = None
             if result is not None and result.cgroup is None and not result.error:
                 wait = "given up" if cplan.ref.container in given_up else "retrying"
-            out.append(container_json(plan, cplan, result, rates.get(key), prefix, wait))
+            out.append(
+                container_json(
+                    plan,
+                    cplan,
+                    result,
+                    rates.get(key),
+                    prefix,
+                    wait,
+                    None if latency is None else latency.get(key, {}),
+                )
+            )
     return out
 
 

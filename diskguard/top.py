@@ -26,6 +26,12 @@ from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
 from diskguard.reset import container_cgroups, kubepods_dirs
 from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sampler
+from diskguard.sampler.latency import (
+    DeviceLatency,
+    LatencySnapshot,
+    latency_between,
+    percentiles,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,15 @@ class Row:
     device: Device
     rates: Rates
     limits: IOLimits
+    # Device service time over the interval; None when the sampler measures no latency.
+    latency: DeviceLatency | None = None
+
+    def percentiles(self) -> dict[str, float | None]:
+        if self.latency is None:
+            return dict.fromkeys(
+                ("read_p50_seconds", "read_p99_seconds", "write_p50_seconds", "write_p99_seconds")
+            )
+        return percentiles(self.latency)
 
     def as_json(self, sampler: str) -> dict[str, Any]:
         return {
@@ -57,6 +72,8 @@ class Row:
             "write_bps": round(self.rates.wbps, 1),
             "limits": {k: (v or None) for k, v in self.limits.as_dict().items()},
             "sampler": sampler,
+            # null: unavailable (cgroup sampler) or no request completed in the interval.
+            **{k: (None if v is None else round(v, 6)) for k, v in self.percentiles().items()},
         }
 
 
@@ -124,6 +141,7 @@ class Top:
         self.sampler = sampler
         self._backend: LimitBackend = backend_for(hierarchy.version)
         self._tracker = RateTracker(history=2)
+        self._last_latency: LatencySnapshot | None = None
 
     def targets(self) -> list[Target]:
         found = []
@@ -139,7 +157,10 @@ class Top:
         """One sampling pass: rates since the previous pass (none on the first)."""
         targets = self.targets()
         snapshot = self.sampler.read(targets)
+        latency = self.sampler.read_latency(targets)
         rates = self._tracker.update(snapshot)
+        window = None if latency is None else latency_between(self._last_latency, latency)
+        self._last_latency = latency
         rows = []
         for target, per_device in rates.items():
             try:
@@ -161,6 +182,9 @@ class Top:
                         device=device,
                         rates=r,
                         limits=held.get((device.major, device.minor), UNLIMITED),
+                        latency=None
+                        if window is None
+                        else window.get(target, {}).get(device, DeviceLatency()),
                     )
                 )
         return rows
@@ -188,6 +212,17 @@ def _limit(value: int, human: bool = False) -> str:
     return _human(value) if human else str(value)
 
 
+def _seconds(value: float | None) -> str:
+    """A latency for the table: "-" when unavailable or nothing completed."""
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f}us"
+    if value < 1:
+        return f"{value * 1e3:.1f}ms"
+    return f"{value:.2f}s"
+
+
 def render(rows: Sequence[Row], sampler: Sampler, interval: float, limit: int) -> str:
     head = (
         f"diskguard top - {time.strftime('%H:%M:%S')}  sampler {sampler.kind}"
@@ -196,15 +231,18 @@ def render(rows: Sequence[Row], sampler: Sampler, interval: float, limit: int) -
     )
     header = (
         f"{'R_IOPS':>8} {'W_IOPS':>8} {'R_BPS':>10} {'W_BPS':>10}  "
-        f"{'LIMIT r/w IOPS':>15} {'LIMIT r/w BPS':>19}  {'DEV':<8} CONTAINER\n"
+        f"{'LIMIT r/w IOPS':>15} {'LIMIT r/w BPS':>19}  "
+        f"{'R_P50':>7} {'R_P99':>7} {'W_P50':>7} {'W_P99':>7}  {'DEV':<8} CONTAINER\n"
     )
     lines = []
     for r in rows[:limit]:
         lim_iops = f"{_limit(r.limits.riops)}/{_limit(r.limits.wiops)}"
         lim_bps = f"{_limit(r.limits.rbps, True)}/{_limit(r.limits.wbps, True)}"
+        p = r.percentiles()
+        lat = " ".join(f"{_seconds(v):>7}" for v in p.values())
         lines.append(
             f"{r.rates.riops:8.0f} {r.rates.wiops:8.0f} {_human(r.rates.rbps):>10} "
-            f"{_human(r.rates.wbps):>10}  {lim_iops:>15} {lim_bps:>19}  "
+            f"{_human(r.rates.wbps):>10}  {lim_iops:>15} {lim_bps:>19}  {lat}  "
             f"{r.device.name or str(r.device):<8} {r.name}"
         )
     return head + header + "\n".join(lines)
@@ -249,6 +287,7 @@ def run_top(
                             "node": config.node_name,
                             "sampler": sampler.kind,
                             "sampler_degraded": sampler.degraded,
+                            "latency_unavailable": sampler.latency_problem,
                             "interval_seconds": config.sample_interval,
                             "containers": [r.as_json(sampler.kind) for r in rows],
                         },

@@ -155,6 +155,7 @@ def build_app(agent: Agent) -> Starlette:
                 agent.config.annotation_prefix,
                 namespace,
                 pod,
+                latency=agent.sampling.latency_window if agent.sampling else None,
             ),
         }
         return JSONResponse(body)

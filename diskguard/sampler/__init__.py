@@ -3,10 +3,14 @@
 from diskguard.sampler.base import Logger, Sampler, SamplerUnavailable, Snapshot, Target
 from diskguard.sampler.bpf import BpfOptions
 from diskguard.sampler.factory import SamplerKind, open_sampler
+from diskguard.sampler.latency import DeviceLatency, LatencyHistogram, LatencySnapshot
 from diskguard.sampler.rates import RateSample, RateTracker
 
 __all__ = [
     "BpfOptions",
+    "DeviceLatency",
+    "LatencyHistogram",
+    "LatencySnapshot",
     "Logger",
     "RateSample",
     "RateTracker",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from diskguard.model import Counters, Device
+
+if TYPE_CHECKING:
+    from diskguard.sampler.latency import LatencySnapshot
 
 
 class SamplerUnavailable(Exception):
@@ -73,7 +76,17 @@ class Sampler(Protocol):
     @property
     def devices(self) -> Sequence[Device]: ...
 
+    @property
+    def latency_problem(self) -> str | None:
+        """Why this sampler measures no latency, or None when it does."""
+        ...
+
     def read(self, targets: Sequence[Target]) -> Snapshot: ...
+
+    def read_latency(self, targets: Sequence[Target]) -> LatencySnapshot | None:
+        """Cumulative device service-time histograms of the targets, or None when this
+        sampler cannot measure latency (then it is unavailable, never zero)."""
+        ...
 
     def close(self) -> None: ...
 

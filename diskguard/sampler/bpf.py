@@ -6,6 +6,10 @@ BTF, so IO that kernel threads issue on a container's behalf (loop workers, writ
 bios released after throttling) is still charged to the container. Without BTF it degrades
 to the classic tracepoint and the issuing task's cgroup, which misattributes that IO and
 only names unified-hierarchy (cgroup v2) cgroups.
+
+With BTF it also attaches to `block_rq_complete` and keeps, per (cgroup, device,
+direction), a log2 histogram of each request's service time (issue -> completion) in the
+kernel; user space reads the histograms when it samples, never per request.
 """
 
 from __future__ import annotations
@@ -48,13 +52,16 @@ from diskguard.sampler.btf import (
     BTFError,
 )
 from diskguard.sampler.headers import DEFAULT_SEARCH, HeadersError, find_kernel_headers
+from diskguard.sampler.latency import SLOTS, DeviceLatency, LatencyHistogram, LatencySnapshot
 from diskguard.sampler.tracefs import DEFAULT_TRACEFS, TracefsError, ensure_tracefs
 
 TRACEPOINT = "block_rq_issue"
+COMPLETE_TRACEPOINT = "block_rq_complete"
 # REQ_OP_BITS has been 8 since the op/flags split (4.10); it is a #define, absent from BTF.
 REQ_OP_MASK = 0xFF
 _KEY = struct.Struct("<QIIII")  # struct dg_key
 _VAL = struct.Struct("<QQ")  # struct dg_val
+_LAT = struct.Struct(f"<{SLOTS}QQ")  # struct dg_lat: slots, sum_ns
 _DIR_READ, _DIR_WRITE = 0, 1
 
 
@@ -75,6 +82,12 @@ class BpfOptions:
     tracefs: tuple[Path, ...] = DEFAULT_TRACEFS
     source: Traversable = attrs.field(factory=default_source)
     max_entries: int = 32768
+    # Latency histogram entries (one per cgroup, device and direction that did IO) and
+    # requests in flight on the data devices at once; both maps are preallocated.
+    latency_entries: int = 8192
+    max_inflight: int = 10240
+    # False builds the program without the completion probe and its maps (benchmarks).
+    latency: bool = True
     release: str = attrs.field(factory=lambda: os.uname().release)
 
 
@@ -144,6 +157,17 @@ def blkcg_layout(btf: BTF) -> Layout:
     d["DG_REQ_OP_MASK"] = REQ_OP_MASK
     d["DG_PROBE_READ"] = probe_read_helper(btf)
     return Layout(tuple(d.items()))
+
+
+def latency_layout(btf: BTF) -> Layout:
+    """What the completion probe needs beyond blkcg_layout; raises BTFError if absent."""
+    args = btf.raw_tracepoint_args(COMPLETE_TRACEPOINT)
+    if "struct request *" not in args:
+        raise BTFError(f"{COMPLETE_TRACEPOINT} has no struct request * argument: {args}")
+    # TP_PROTO(struct request *rq, blk_status_t error, unsigned int nr_bytes) since 4.x.
+    if len(args) < 3 or args[2] != "unsigned int":
+        raise BTFError(f"{COMPLETE_TRACEPOINT} has no nr_bytes argument: {args}")
+    return Layout((("DG_ARG_RQ_COMPLETE", args.index("struct request *")), ("DG_ARG_NR_BYTES", 2)))
 
 
 def probe_read_helper(btf: BTF | None) -> str:
@@ -261,6 +285,8 @@ class BpfSampler:
         degraded: str | None,
         info: dict[str, str],
         max_entries: int,
+        latency_problem: str | None = "not compiled in",
+        latency_entries: int = 0,
     ) -> None:
         self._bpf: Any = bpf
         self._devices = tuple(devices)
@@ -274,6 +300,15 @@ class BpfSampler:
         self._fd: int = bpf[b"dg_counts"].map_fd
         self._keys = ctypes.create_string_buffer(_KEY.size * max_entries)
         self._vals = ctypes.create_string_buffer(_VAL.size * max_entries)
+        # The latency map, when the completion probe is attached (None: latency unavailable).
+        self.latency_problem: str | None = latency_problem
+        self._lat_max = latency_entries
+        self._lat_fd: int | None = None
+        self._lat_keys = self._lat_vals = ctypes.create_string_buffer(0)
+        if latency_problem is None:
+            self._lat_fd = bpf[b"dg_lat"].map_fd
+            self._lat_keys = ctypes.create_string_buffer(_KEY.size * latency_entries)
+            self._lat_vals = ctypes.create_string_buffer(_LAT.size * latency_entries)
         self._batch_ok = True
         # read() runs in worker threads; the batch buffers and the BCC object are shared.
         self._lock = threading.Lock()
@@ -290,7 +325,7 @@ class BpfSampler:
         """(cgroup id, major, minor, dir, ios, bytes) for every map entry."""
         if self._batch_ok:
             try:
-                n = self._lookup_batch()
+                n = self._lookup_batch(self._fd, self._max, self._keys, self._vals, _VAL.size)
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
                     raise
@@ -306,21 +341,28 @@ class BpfSampler:
         for k, v in self._bpf[b"dg_counts"].items():
             yield k.cgroup_id, k.major, k.minor, k.dir, v.ios, v.bytes
 
-    def _lookup_batch(self) -> int:
+    def _lookup_batch(
+        self,
+        fd: int,
+        limit: int,
+        keys: ctypes.Array[ctypes.c_char],
+        vals: ctypes.Array[ctypes.c_char],
+        val_size: int,
+    ) -> int:
         from bcc.libbcc import lib  # imported lazily: bcc is optional
 
         token_in = ctypes.c_uint32(0)
         token_out = ctypes.c_uint32(0)
         count = ctypes.c_uint32(0)
         total = 0
-        while total < self._max:
-            count.value = self._max - total
+        while total < limit:
+            count.value = limit - total
             res = lib.bpf_lookup_batch(
-                self._fd,
+                fd,
                 ctypes.byref(token_in) if total else None,
                 ctypes.byref(token_out),
-                ctypes.byref(self._keys, _KEY.size * total),
-                ctypes.byref(self._vals, _VAL.size * total),
+                ctypes.byref(keys, _KEY.size * total),
+                ctypes.byref(vals, val_size * total),
                 ctypes.byref(count),
             )
             err = ctypes.get_errno()
@@ -369,6 +411,72 @@ class BpfSampler:
             for cg, devs in self._locked_totals(None).items()
         }
 
+    def _latency_entries(
+        self, wanted: set[int]
+    ) -> Iterator[tuple[int, int, int, int, LatencyHistogram]]:
+        """(cgroup id, major, minor, dir, histogram) for the map entries of wanted cgroups
+        (histogram objects are built only for those)."""
+        assert self._lat_fd is not None
+        if self._batch_ok:
+            try:
+                n = self._lookup_batch(
+                    self._lat_fd, self._lat_max, self._lat_keys, self._lat_vals, _LAT.size
+                )
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
+                    raise
+                self._batch_ok = False
+            else:
+                keys = memoryview(self._lat_keys)[: n * _KEY.size]
+                vals = memoryview(self._lat_vals)[: n * _LAT.size]
+                for (cg, major, minor, direction, _), val in zip(
+                    _KEY.iter_unpack(keys), _LAT.iter_unpack(vals), strict=True
+                ):
+                    if cg in wanted:
+                        yield cg, major, minor, direction, LatencyHistogram(val[:SLOTS], val[SLOTS])
+                return
+        for k, v in self._bpf[b"dg_lat"].items():
+            if k.cgroup_id not in wanted:
+                continue
+            yield (
+                k.cgroup_id,
+                k.major,
+                k.minor,
+                k.dir,
+                LatencyHistogram(tuple(v.slots), v.sum_ns),
+            )
+
+    def read_latency(self, targets: Sequence[Target]) -> LatencySnapshot | None:
+        """Cumulative service-time histograms per target and data device, or None when the
+        completion probe is not attached. Like `read`, leaves out targets that are gone."""
+        if self._lat_fd is None:
+            return None
+        wanted = {t.cgroup_id for t in targets}
+        # One map entry per (cgroup, device, direction): no summing needed.
+        found: dict[int, dict[Device, dict[int, LatencyHistogram]]] = {}
+        with self._lock:
+            if self._bpf is None:
+                raise RuntimeError("sampler is closed")
+            for cg, major, minor, direction, hist in self._latency_entries(wanted):
+                dev = self._by_number.get((major, minor))
+                if dev is not None:
+                    found.setdefault(cg, {}).setdefault(dev, {})[direction] = hist
+        empty = LatencyHistogram()
+        out: LatencySnapshot = {}
+        for target in targets:
+            if not under_root(self._root, target.path) or not alive(target):
+                continue
+            per_dev = found.get(target.cgroup_id, {})
+            out[target] = {
+                dev: DeviceLatency(
+                    per_dev[dev].get(_DIR_READ, empty), per_dev[dev].get(_DIR_WRITE, empty)
+                )
+                if dev in per_dev
+                else DeviceLatency(empty, empty)
+                for dev in self._devices
+            }
+        return out
+
     def read(self, targets: Sequence[Target]) -> Snapshot:
         found = self._locked_totals({t.cgroup_id for t in targets})
         out: Snapshot = {}
@@ -403,6 +511,21 @@ def _set_devices(bpf: Any, devices: Sequence[Device]) -> None:
         table[table.Key(dev.major, dev.minor)] = ctypes.c_uint8(1)
 
 
+def _compile(bcc: Any, source: str, cflags: list[str], headers: Path, described: str) -> Any:
+    """Compile, load and attach; SamplerUnavailable with the compiler's/verifier's words."""
+    err: list[str] = []
+    try:
+        with _env("BCC_KERNEL_SOURCE", str(headers)), _captured_stderr() as captured:
+            err = captured
+            return bcc.BPF(text=source.encode(), cflags=cflags)
+    except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+        detail = _tail(err[0]) if err else ""
+        raise SamplerUnavailable(
+            f"BPF compile/load failed with headers {described}: {e}"
+            + (f": {detail}" if detail else "")
+        ) from e
+
+
 def open_bpf_sampler(
     devices: Sequence[Device],
     cgroup_root: Path,
@@ -431,10 +554,21 @@ def open_bpf_sampler(
 
     degraded: str | None = None
     btf: BTF | None = None
+    latency_problem: str | None = None
     try:
         btf = BTF.from_file(opts.btf_path)
         cflags = blkcg_layout(btf).cflags()
         attach = f"raw tracepoint {TRACEPOINT}"
+        try:
+            if not opts.latency:
+                latency_problem = "latency switched off"
+            else:
+                cflags += latency_layout(btf).cflags()
+                attach += f", raw tracepoint {COMPLETE_TRACEPOINT}"
+        except BTFError as le:
+            latency_problem = f"completion probe unavailable: {le}"
+        if latency_problem is not None:
+            cflags.append("-DDG_NO_LATENCY=1")
     except BTFError as e:
         degraded = (
             f"no usable BTF ({e}): counting by the issuing task's cgroup, which misattributes "
@@ -449,22 +583,31 @@ def open_bpf_sampler(
             ensure_tracefs(opts.tracefs)
         except TracefsError as te:
             raise SamplerUnavailable(f"no usable BTF ({e}) and {te}") from te
-        cflags = ["-DDG_MODE_TASK=1", f"-DDG_PROBE_READ={probe_read_helper(btf)}"]
+        cflags = [
+            "-DDG_MODE_TASK=1",
+            "-DDG_NO_LATENCY=1",
+            f"-DDG_PROBE_READ={probe_read_helper(btf)}",
+        ]
         attach = f"tracepoint block:{TRACEPOINT}"
+        latency_problem = "no latency without BTF: completions cannot be matched to requests"
     cflags.append(f"-DDG_MAX_ENTRIES={opts.max_entries}")
+    cflags.append(f"-DDG_LAT_ENTRIES={opts.latency_entries}")
+    cflags.append(f"-DDG_MAX_INFLIGHT={opts.max_inflight}")
 
     started = time.monotonic()
-    err: list[str] = []
     try:
-        with _env("BCC_KERNEL_SOURCE", str(headers.path)), _captured_stderr() as captured:
-            err = captured
-            bpf = bcc.BPF(text=source.encode(), cflags=cflags)
-    except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-        detail = _tail(err[0]) if err else ""
-        raise SamplerUnavailable(
-            f"BPF compile/load failed with headers {headers.describe()}: {e}"
-            + (f": {detail}" if detail else "")
-        ) from e
+        bpf = _compile(bcc, source, cflags, headers.path, headers.describe())
+    except SamplerUnavailable as e:
+        if latency_problem is not None:
+            raise
+        # Latency is an extra: a kernel whose verifier refuses the completion probe still
+        # gets the IO counts, and says why latency is missing.
+        log.warning("sampler.bpf.latency_refused", reason=str(e))
+        latency_problem = f"completion probe refused by the kernel: {str(e)[-400:]}"
+        cflags = [f for f in cflags if not f.startswith(("-DDG_ARG_RQ_COMPLETE", "-DDG_ARG_NR"))]
+        cflags.append("-DDG_NO_LATENCY=1")
+        attach = attach.split(",")[0]
+        bpf = _compile(bcc, source, cflags, headers.path, headers.describe())
     compile_s = time.monotonic() - started
     _release_compiler_heap()
     _release_compiler_code()
@@ -480,9 +623,20 @@ def open_bpf_sampler(
         "attach": attach,
         "compile_seconds": f"{compile_s:.2f}",
         "btf": str(opts.btf_path) if btf is not None else "unavailable",
+        "latency": latency_problem or "issue -> completion histograms",
     }
     try:
-        sampler = BpfSampler(bpf, devices, cgroup_root, log, degraded, info, opts.max_entries)
+        sampler = BpfSampler(
+            bpf,
+            devices,
+            cgroup_root,
+            log,
+            degraded,
+            info,
+            opts.max_entries,
+            latency_problem,
+            opts.latency_entries,
+        )
     except Exception as e:
         bpf.cleanup()
         raise SamplerUnavailable(f"cannot read the BPF counter map: {e}") from e

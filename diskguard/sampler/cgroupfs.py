@@ -18,6 +18,7 @@ from pathlib import Path
 
 from diskguard.model import CgroupVersion, Counters, Device
 from diskguard.sampler.base import Logger, Snapshot, Target, alive, under_root, zero_counters
+from diskguard.sampler.latency import LatencySnapshot
 
 V2_STAT = "io.stat"
 V1_IOS = "blkio.throttle.io_serviced"
@@ -165,6 +166,12 @@ class CgroupSampler:
         except OSError as e:
             self._warn_once(target, "sampler.cgroup.read_failed", error=str(e))
             return None
+
+    # The cgroup files count IO; they hold no per-request timing.
+    latency_problem = "the cgroup sampler has no per-request timing"
+
+    def read_latency(self, targets: Sequence[Target]) -> LatencySnapshot | None:
+        return None
 
     def read(self, targets: Sequence[Target]) -> Snapshot:
         out: Snapshot = {}

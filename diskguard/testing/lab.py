@@ -306,7 +306,8 @@ def umount(mount: Path) -> None:
 
 @attrs.frozen
 class FioResult:
-    """What fio measured for one job (per direction): IOPS, bytes/s, IOs, runtime."""
+    """What fio measured for one job (per direction): IOPS, bytes/s, IOs, runtime, and its
+    completion-latency (clat) p50/p99 in seconds (None when the direction did no IO)."""
 
     read_iops: float
     write_iops: float
@@ -317,6 +318,10 @@ class FioResult:
     read_bytes: int
     write_bytes: int
     runtime_s: float
+    read_clat_p50_s: float | None = None
+    read_clat_p99_s: float | None = None
+    write_clat_p50_s: float | None = None
+    write_clat_p99_s: float | None = None
 
     @classmethod
     def from_json(cls, report: dict[str, Any]) -> FioResult:
@@ -333,7 +338,19 @@ class FioResult:
             read_bytes=int(rd["io_bytes"]),
             write_bytes=int(wr["io_bytes"]),
             runtime_s=runtime_ms / 1000.0,
+            read_clat_p50_s=_clat(rd, "50.000000"),
+            read_clat_p99_s=_clat(rd, "99.000000"),
+            write_clat_p50_s=_clat(wr, "50.000000"),
+            write_clat_p99_s=_clat(wr, "99.000000"),
         )
+
+
+def _clat(side: dict[str, Any], percentile: str) -> float | None:
+    """A clat percentile of one direction from fio's JSON (ns), in seconds."""
+    if not side.get("total_ios"):
+        return None
+    value = side.get("clat_ns", {}).get("percentile", {}).get(percentile)
+    return None if value is None else float(value) / 1e9
 
 
 FIO_FILE = "diskguard-fio.dat"

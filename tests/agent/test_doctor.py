@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,9 @@ def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
     assert str(cluster.device) in found["data devices"]["detail"]
     assert found["API server"]["status"] == "ok"
     assert found["RBAC"]["status"] == "ok"
+    # Says whether per-container latency can be measured (BTF and the completion probe).
+    latency = found["latency (completion probe)"]
+    assert latency["status"] == ("ok" if Path("/sys/kernel/btf/vmlinux").exists() else "warn")
 
 
 def test_doctor_names_what_is_wrong(cluster: Cluster) -> None:

@@ -67,6 +67,16 @@ async def test_top_shows_rates_names_and_limits(
     assert row["limits"] == {"riops": 500, "wiops": 300, "rbps": None, "wbps": None}
     quiet = rows[("idle", str(cluster.device))]
     assert quiet["write_iops"] == 0 and quiet["read_iops"] == 0
+    # Device latency: measured by BPF, unavailable (null, never 0) with the cgroup sampler.
+    latency = ("read_p50_seconds", "read_p99_seconds", "write_p50_seconds", "write_p99_seconds")
+    if sampler == "bpf":
+        assert snap["latency_unavailable"] is None
+        assert 0 < row["write_p50_seconds"] <= row["write_p99_seconds"] < 1, row
+        assert row["read_p50_seconds"] is None  # no read completed: nothing to report
+        assert all(quiet[k] is None for k in latency), quiet
+    else:
+        assert isinstance(snap["latency_unavailable"], str)
+        assert all(row[k] is None and quiet[k] is None for k in latency), row
 
 
 async def test_top_without_a_cluster_shows_cgroup_paths(cluster: Cluster) -> None:
@@ -88,10 +98,13 @@ def test_live_view_renders_a_table(cluster: Cluster) -> None:
         env=full,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("diskguard top - ") == 2  # refreshed twice
     assert "W_IOPS" in done.stdout and "LIMIT r/w IOPS" in done.stdout
+    assert "R_P50" in done.stdout and "W_P99" in done.stdout
     assert "default/shown/app" in done.stdout
+    [line] = [ln for ln in done.stdout.splitlines() if "default/shown/app" in ln][-1:]
+    assert line.split()[-6:-2] == ["-", "-", "-", "-"], line  # cgroup sampler: no latency

@@ -122,10 +122,13 @@ def start_fio(
     runtime: float | None = None,
     number_ios: int | None = None,
     extra: Sequence[str] = (),
+    prefix: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start one 4k O_DIRECT fio job inside `cgroup` (file laid out beforehand)."""
+    """Start one 4k O_DIRECT fio job inside `cgroup` (file laid out beforehand); `prefix`
+    is a command to run fio under (e.g. chrt)."""
     path = prepare_fio_file(directory, FIO_MIB)
     argv = [
+        *prefix,
         "fio",
         "--name=diskguard",
         f"--filename={path}",
