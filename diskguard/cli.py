@@ -203,7 +203,13 @@ def _node_or_exit(config: Config) -> NodeSetup:
 @click.option("--fio-seconds", default=3.0, show_default=True, help="Length of each fio run.")
 def demo(fio_seconds: float) -> None:
     """Show the agent limiting a real cgroup on a loop disk, with a bundled fake API server."""
-    from diskguard.demo import run_demo
+    try:
+        from diskguard.demo import run_demo
+    except ImportError as exc:  # a runtime-only install (the image) lacks the demo extra
+        raise click.ClickException(
+            f"the demo needs the `demo` extra ({exc.name} is missing): "
+            "scripts/setup-venv.sh demo, or pip install 'diskguard[demo]'"
+        ) from exc
 
     configure_logging("warning", "text")
     run_demo(fio_seconds, click.echo)
