@@ -32,12 +32,20 @@ def run() -> None:
     from diskguard.kube.kubelet import KubeletError
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
+    from diskguard.nodestate import StateError
     from diskguard.sampler import SamplerUnavailable
 
     env = dict(os.environ)
     config = _config_or_exit(env)
     configure_logging(config.log_level, config.log_format)
-    startup_errors = (CgroupError, DeviceError, KubeConfigError, KubeletError, SamplerUnavailable)
+    startup_errors = (
+        CgroupError,
+        DeviceError,
+        KubeConfigError,
+        KubeletError,
+        SamplerUnavailable,
+        StateError,
+    )
     problem = ""
     try:
         trio.run(run_until_signalled, config, env)
