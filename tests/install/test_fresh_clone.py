@@ -33,9 +33,7 @@ def demo_summary(stdout: str) -> list[dict[str, str]]:
     return rows
 
 
-def test_readme_first_command_prints_the_demo_summary(
-    fresh_clone: Path, tmp_path: Path
-) -> None:
+def test_readme_first_command_prints_the_demo_summary(fresh_clone: Path, tmp_path: Path) -> None:
     """`scripts/demo.sh`, as the README says, in a fresh clone with a fresh venv."""
     done = run_logged(
         ["bash", "scripts/demo.sh"],
@@ -143,4 +141,3 @@ def test_the_package_list_covers_every_package_folder(fresh_clone: Path) -> None
     }
     assert found | {"diskguard.bpf"} == listed
     assert project["tool"]["setuptools"]["package-dir"] == {"diskguard.bpf": "bpf"}
-
