@@ -4,8 +4,10 @@ A data path is resolved again at every resync and whenever the mount table chang
 kernel flags /proc/self/mountinfo with POLLPRI, not readability, when a mount comes or
 goes). A data path that is a plain directory rather than a mount point is the boot race
 (the directory exists, the disk is not mounted yet): resolving it would name the root
-disk, so it is reported not ready and looked at again until something is mounted, unless
-the administrator said a plain directory is intended (DATA_MOUNT_ALLOW_UNMOUNTED).
+disk. In the DaemonSet the data path is always a mount point (the hostPath volume), so
+"mounted" means a mount of a filesystem's root there, not a bind of a subdirectory; such
+a path is reported not ready and looked at again until something is mounted, unless the
+administrator said a plain directory is intended (DATA_MOUNT_ALLOW_UNMOUNTED).
 """
 
 from __future__ import annotations
@@ -61,7 +63,12 @@ def resolve(
             problems.append(f"data path {path} does not exist ({exc.strerror})")
             continue
         entry = find_mount(entries, real)
-        if not allow_unmounted and (entry is None or entry.mount_point != real):
+        # A mount point showing a subdirectory of its filesystem is a bind mount of a
+        # plain directory: what the DaemonSet's hostPath volume is while nothing is
+        # mounted at the host's DATA_MOUNT yet.
+        if not allow_unmounted and (
+            entry is None or entry.mount_point != real or entry.root != "/"
+        ):
             problems.append(
                 f"data path {path} is not a mount point (nothing mounted there yet?); "
                 "waiting for its disk. Set DATA_MOUNT_ALLOW_UNMOUNTED=true if a plain "

@@ -106,6 +106,24 @@ async def test_late_data_mount_is_not_ready_until_the_disk_arrives(
     assert agent.data_disks.problem == ""
 
 
+async def test_a_bind_of_a_plain_directory_is_not_a_data_disk(
+    cluster: Cluster, launch: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    """What the DaemonSet's hostPath volume looks like while the host's /data is empty:
+    a mount point in the agent's mount table, showing a subdirectory of the root disk."""
+    plain = tmp_path / "host-data"
+    plain.mkdir()
+    bind(plain, data_dir)
+    pod = cluster.add_pod("web", annotations={f"{P}/iops": "100"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    agent = await launch(DATA_MOUNT=str(data_dir))
+    assert "is not a mount point" in agent.readiness_problem()
+    assert agent.applier.devices == ()
+    bind(cluster.mount, data_dir)  # the host mounts the disk; it propagates on top
+    await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=scaled(5))
+    await wait_until(agent.ready, scaled(5), "ready once the data disk is mounted")
+
+
 async def test_allow_unmounted_takes_the_disk_below_a_plain_directory(
     cluster: Cluster, launch: Any
 ) -> None:
