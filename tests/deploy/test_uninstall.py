@@ -92,9 +92,7 @@ def test_the_agent_keeps_its_record_on_a_host_path() -> None:
     agent = agent_container(agent_ds)
     config = load_config({"NODE_NAME": "node-1", **literal_env(agent)})
     (volume,) = [
-        v
-        for v in spec["volumes"]
-        if v.get("hostPath", {}).get("path") == config.state_dir
+        v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == config.state_dir
     ]
     assert volume["hostPath"]["type"] == "DirectoryOrCreate"
     assert _host_paths(spec, agent)[config.state_dir] == config.state_dir
