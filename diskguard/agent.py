@@ -69,6 +69,9 @@ class NodeSetup:
     # Why some data path has no disk yet (not a mount point: the boot race); "" if none.
     disk_problem: str = ""
     record: LimitRecord | None = None  # the limit record in the node-state directory
+    # Re-resolve DATA_MOUNT while running; off only where `devices` were handed in rather
+    # than resolved from DATA_MOUNT (tests that inject devices, the demo).
+    follow_data_mounts: bool = True
 
 
 def inspect_node(config: Config) -> NodeSetup:
@@ -310,7 +313,8 @@ class Agent:
         else:
             nursery.start_soon(self.pod_watcher.run, name="pod-watch")
         nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
-        nursery.start_soon(self.data_disks.run, name="data-disks")
+        if self.node.follow_data_mounts:
+            nursery.start_soon(self.data_disks.run, name="data-disks")
         nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
         nursery.start_soon(
             functools.partial(

@@ -127,7 +127,6 @@ class Reconciler:
     def resync_now(self) -> None:
         """Re-apply every pod now (the data disks changed), not at the next resync."""
         self._dirty |= set(self.pods)
-        self._relisted = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
@@ -231,9 +230,10 @@ class Reconciler:
             deadline = min([next_resync, *(r.due for r in self._retry.values())])
             if gated:
                 deadline = min(deadline, namespaces_due)
+            elif self._dirty:
+                deadline = -math.inf  # resync_now() during the last batch: go at once
             with trio.move_on_at(deadline) as self._wait_scope:
-                if not self._relisted:
-                    self.on_watch_event(await receive.receive())
+                self.on_watch_event(await receive.receive())
             self._wait_scope = None
             while True:  # take everything already queued as one batch
                 try:

@@ -18,7 +18,7 @@ from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import UNLIMITED, Device, IOLimits
 from diskguard.node.datadisks import resolve
-from diskguard.node.devices import DeviceError, whole_disk
+from diskguard.node.devices import DeviceError, parse_mountinfo, whole_disk
 
 from .conftest import Cluster, P, http_get, scaled, wait_until
 
@@ -36,8 +36,15 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     path.mkdir()
     yield path
-    while os.path.ismount(path):
+    # The mount table, not os.path.ismount: a bind of a directory of the same filesystem
+    # is a mount that ismount (st_dev) does not see.
+    while _mounted_at(path):
         subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _mounted_at(path: Path) -> bool:
+    entries = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    return any(e.mount_point == str(path) for e in entries)
 
 
 def bind(source: Path, target: Path) -> None:
