@@ -378,6 +378,8 @@ class Agent:
 
 async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:
     node = await trio.to_thread.run_sync(inspect_node, config)
+    record = await trio.to_thread.run_sync(LimitRecord, StateDir(Path(config.state_dir)))
+    node = attrs.evolve(node, record=record)
     api_client = make_api_client(env)
     agent = Agent(config, node, api_client)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

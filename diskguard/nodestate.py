@@ -173,15 +173,20 @@ class LimitRecord:
     def add(self, rules: Iterable[Rule]) -> bool:
         """Record `rules` on disk before they are written; False if saving failed."""
         new = set(rules) - self._rules
-        if not new:
+        if not new and not self.problem:
             return True
         self._rules |= new
-        return self.save()
+        return self.save()  # also retried while the last save failed
 
     def discard(self, rules: Iterable[Rule]) -> None:
-        """Forget rules diskguard cleared (saved with the next change; a stale entry only
-        makes reset-all clear a rule that is already clear)."""
-        self._rules -= set(rules)
+        """Forget rules diskguard cleared, so reset-all never takes a rule someone else
+        sets there later. Saved at once when anything was forgotten (rare: a pod turning
+        excluded, a disk moving); a crash before that save only leaves a rule recorded
+        that is already clear."""
+        gone = self._rules & set(rules)
+        if gone:
+            self._rules -= gone
+            self.save()
 
     def save(self) -> bool:
         # Cgroups that are gone took their rules with them.

@@ -31,7 +31,7 @@ from diskguard.nodestate import (
 )
 from diskguard.plan import ContainerPlan
 
-from .conftest import Cluster, P, start_agent
+from .conftest import Cluster, P, start_agent, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -204,3 +204,35 @@ def test_an_unreadable_record_is_moved_aside_not_lost(tmp_path: Path) -> None:
     record = LimitRecord(state)
     assert record.rules == frozenset()
     assert 'schema": 99' in state.limit_record.with_suffix(".unreadable").read_text()
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_a_read_only_state_directory_is_not_ready_but_limits_hold(
+    cluster: Cluster, start_agent: Any, tmp_path: Path
+) -> None:
+    """EROFS on the node-state directory (a read-only bind mount): the limits are still
+    enforced, the agent says why it is not ready, and recovers when it is writable."""
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    _mount("--bind", str(state), str(state))
+    try:
+        _mount("-o", "remount,bind,ro", str(state))
+        a = cluster.add_pod("a", annotations={f"{P}/iops": "100"})
+        running = await start_agent(STATE_DIR=str(state))
+        await cluster.wait_kernel(cluster.cgroup(cluster.refs(a)[0]), IOLimits(100, 100))
+        problem = running.agent.readiness_problem()
+        assert problem.startswith("limit record: cannot write") and "limits.json" in problem
+        _mount("-o", "remount,bind,rw", str(state))
+        b = cluster.add_pod("b", annotations={f"{P}/iops": "90"})  # the next batch saves
+        await cluster.wait_kernel(cluster.cgroup(cluster.refs(b)[0]), IOLimits(90, 90))
+        await wait_until(lambda: not running.agent.readiness_problem(), 5, "ready again")
+        assert len(read_record(StateDir(state))) == 2
+    finally:
+        _umount(state)
