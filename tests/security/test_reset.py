@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
+from agent.conftest import agent_output, agent_subprocess
 
 from diskguard.applier import Applier
 from diskguard.model import UNLIMITED, Device, IOLimits
@@ -236,3 +238,13 @@ async def test_a_read_only_state_directory_is_not_ready_but_limits_hold(
         assert len(read_record(StateDir(state))) == 2
     finally:
         _umount(state)
+
+
+async def test_a_state_directory_that_cannot_be_made_stops_start_up_naming_it(
+    cluster: Cluster,
+) -> None:
+    proc = agent_subprocess(cluster.env(STATE_DIR="/proc/diskguard-state"))
+    await trio.to_thread.run_sync(proc.wait)
+    out = agent_output(proc)
+    assert proc.returncode == 1
+    assert b"cannot start: cannot create the node-state directory /proc/diskguard-state" in out
