@@ -185,6 +185,7 @@ class World:
             "KUBELET_CGROUP_ROOT": self.kubelet.prefix,
             "KUBECONFIG": str(self.kubeconfig),
             "CGROUP_ROOT": str(h.parent if h.name == "blkio" else h),
+            "STATE_DIR": str(self.kubeconfig.parent / "state"),
             "LOG_LEVEL": "warning",
             # Loopback and a free port: never collide with another agent on :2112.
             "HTTP_ADDR": "127.0.0.1:0",

@@ -121,6 +121,7 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
                     "DATA_MOUNT": str(disk.mount),
                     "KUBELET_CGROUP_ROOT": kubelet.prefix,
                     "KUBECONFIG": str(kubeconfig),
+                    "STATE_DIR": str(kubeconfig.parent / "state"),
                     "HTTP_ADDR": "127.0.0.1:0",
                     "SAMPLER": "cgroup",
                     "SAMPLE_INTERVAL": str(sample_s),

@@ -658,6 +658,7 @@ def main(argv: Sequence[str]) -> int:
                 "KUBELET_CGROUP_ROOT": kubelet.prefix,
                 "KUBECONFIG": str(kubeconfig),
                 "CGROUP_ROOT": str(h.parent if h.name == "blkio" else h),
+                "STATE_DIR": str(kubeconfig.parent / "state"),
                 "HTTP_ADDR": "127.0.0.1:0",
                 "LOG_LEVEL": "info",
                 "SAMPLER": "cgroup",

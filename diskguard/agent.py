@@ -10,6 +10,7 @@ import functools
 import logging
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import cast
 
 import attrs
@@ -34,8 +35,10 @@ from diskguard.kube.watch import ListWatcher, WatchEvent
 from diskguard.kubelet_rates import KubeletRateTask
 from diskguard.model import CgroupDriver, Device
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
-from diskguard.node.devices import resolve_data_devices
+from diskguard.node.datadisks import DataDisks, DiskResolution, resolve
+from diskguard.node.devices import DeviceError
 from diskguard.node.limits import backend_for
+from diskguard.nodestate import LimitRecord, StateDir
 from diskguard.plan import runtime_override
 from diskguard.reconciler import Reconciler, ReconcileSettings
 from diskguard.sampler import Sampler, SamplerKind, SamplerUnavailable, open_sampler
@@ -63,12 +66,20 @@ class NodeSetup:
 
     hierarchy: CgroupHierarchy
     devices: tuple[Device, ...]
+    # Why some data path has no disk yet (not a mount point: the boot race); "" if none.
+    disk_problem: str = ""
+    record: LimitRecord | None = None  # the limit record in the node-state directory
+    # Re-resolve DATA_MOUNT while running; off only where `devices` were handed in rather
+    # than resolved from DATA_MOUNT (tests that inject devices, the demo).
+    follow_data_mounts: bool = True
 
 
 def inspect_node(config: Config) -> NodeSetup:
     hierarchy = detect_cgroup(config.cgroup_root, config.cgroup_version)
-    devices = resolve_data_devices(config.data_mounts)
-    return NodeSetup(hierarchy, devices)
+    found = resolve(config.data_mounts, allow_unmounted=config.data_mount_allow_unmounted)
+    if found.problem and "not a mount point" not in found.problem:
+        raise DeviceError(found.problem)  # a missing path or a disk-less mount: say so now
+    return NodeSetup(hierarchy, found.devices, found.problem)
 
 
 class Agent:
@@ -85,6 +96,7 @@ class Agent:
             node.devices,
             driver,
             config.kubelet_cgroup_root,
+            node.record or LimitRecord(StateDir(Path(config.state_dir))),
         )
         self.events = EventSink()
         self._events_unfinished: list[Posting] = []
@@ -102,6 +114,13 @@ class Agent:
             ),
             self.applier,
             self.events.emit,
+        )
+        self.data_disks = DataDisks(
+            config.data_mounts,
+            allow_unmounted=config.data_mount_allow_unmounted,
+            resync_interval=config.resync_interval,
+            initial=DiskResolution(node.devices, node.disk_problem),
+            on_change=self._move_limits,
         )
         self._watch_send, self._watch_receive = trio.open_memory_channel[WatchEvent](100)
         self.http_binds: list[str] = []
@@ -148,7 +167,29 @@ class Agent:
             return f"a kernel apply batch has been running for over {APPLY_STUCK_AFTER:.0f}s"
         return ""
 
+    async def _move_limits(self, devices: tuple[Device, ...]) -> None:
+        """The data disks changed: limits go to the new ones, diskguard's come off the old."""
+        async with self.reconciler.kernel_lock:  # between two apply batches
+            self.applier.set_devices(devices)
+        self.reconciler.resync_now()
+
+    def record_status(self) -> dict[str, object] | None:
+        record = self.applier.record
+        if record is None:
+            return None
+        return {
+            "path": str(record.state.limit_record),
+            "rules": len(record.rules),
+            "saves": record.saves,
+            "problem": record.problem or None,
+        }
+
     def readiness_problem(self) -> str:
+        if self.data_disks.problem:
+            return self.data_disks.problem
+        record = self.applier.record
+        if record is not None and record.problem:
+            return f"limit record: {record.problem}"
         if not self.reconciler.synced.is_set():
             return "initial reconcile not done yet"
         problem = self._pod_source_problem()
@@ -274,6 +315,8 @@ class Agent:
         else:
             nursery.start_soon(self.pod_watcher.run, name="pod-watch")
         nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
+        if self.node.follow_data_mounts:
+            nursery.start_soon(self.data_disks.run, name="data-disks")
         nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
         nursery.start_soon(
             functools.partial(
@@ -337,6 +380,8 @@ class Agent:
 
 async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:
     node = await trio.to_thread.run_sync(inspect_node, config)
+    record = await trio.to_thread.run_sync(LimitRecord, StateDir(Path(config.state_dir)))
+    node = attrs.evolve(node, record=record)
     api_client = make_api_client(env)
     agent = Agent(config, node, api_client)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -15,6 +15,7 @@ import attrs
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
+from diskguard.nodestate import LimitRecord, Rule, rule
 from diskguard.plan import ContainerPlan
 from diskguard.policy import limits_to_enforce
 
@@ -41,6 +42,16 @@ class ApplyResult:
         return bool(self.changes)
 
 
+@attrs.frozen
+class _Pending:
+    """A container read and planned, its kernel writes not made yet."""
+
+    plan: ContainerPlan
+    path: Path
+    # Per device: what the kernel holds, what it should hold.
+    devices: tuple[tuple[Device, IOLimits, IOLimits], ...]
+
+
 class Applier:
     def __init__(
         self,
@@ -49,41 +60,91 @@ class Applier:
         devices: Sequence[Device],
         driver: CgroupDriver | None,
         kubelet_root: str,
+        record: LimitRecord | None = None,
     ) -> None:
         self._hierarchy = hierarchy
         self._backend = backend
         self._devices = tuple(devices)
+        # Data devices that were resolved before and are not any more (the data disk was
+        # remounted elsewhere): the rules diskguard recorded on them are cleared.
+        self._retired: tuple[Device, ...] = ()
         self._driver = driver
         self._kubelet_root = kubelet_root
         # container ID -> cgroup directory; a restarted container has a new ID.
         self._paths: dict[str, Path] = {}
+        self.record = record
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self._devices
+
+    def set_devices(self, devices: Sequence[Device]) -> None:
+        """Move limits to `devices` from the next apply on (call between batches)."""
+        new = tuple(devices)
+        keys = {(d.major, d.minor) for d in new}
+        retired = {(d.major, d.minor): d for d in (*self._retired, *self._devices)}
+        self._retired = tuple(d for k, d in retired.items() if k not in keys)
+        self._devices = new
 
     def forget(self, container_ids: Sequence[str]) -> None:
         for cid in container_ids:
             self._paths.pop(cid, None)
 
     def apply(self, plans: Sequence[ContainerPlan]) -> list[ApplyResult]:
-        results = []
+        results: list[ApplyResult] = []
+        pending: list[_Pending] = []
         for plan in plans:
             try:
-                results.append(self._apply_one(plan))
+                prepared = self._prepare(plan)
             except Exception as exc:
-                # One container's failure must never keep the others from their limits,
-                # nor end the task: it is reported with this container and retried at the
-                # next reconcile of its pod (with a fresh cgroup lookup).
-                log.exception("%s: applying limits raised", plan.ref.display)
-                path = self._paths.pop(plan.ref.container_id, None)
-                results.append(
-                    ApplyResult(
-                        plan.ref,
-                        path,
-                        error=f"unexpected {type(exc).__name__}: {_short(str(exc))}",
-                        aborted=True,
-                    )
+                results.append(self._failed(plan, exc))
+                continue
+            if isinstance(prepared, ApplyResult):
+                results.append(prepared)
+            else:
+                pending.append(prepared)
+        if self.record is not None:
+            # The record reaches the disk before the kernel writes it describes: a crash
+            # in between leaves a rule recorded that is not set (harmless to reset-all),
+            # never a rule set that reset-all does not know of.
+            self.record.add(
+                rule(p.path, device)
+                for p in pending
+                for device, _have, want in p.devices
+                if want != UNLIMITED
+            )
+        cleared: list[Rule] = []
+        for item in pending:
+            try:
+                result = self._write(item)
+            except Exception as exc:
+                results.append(self._failed(item.plan, exc))
+                continue
+            results.append(result)
+            if result.cgroup is not None:
+                cleared.extend(
+                    rule(result.cgroup, device)
+                    for device, held in result.kernel
+                    if held == UNLIMITED
                 )
+        if self.record is not None and cleared:
+            self.record.discard(cleared)
         return results
 
-    def _apply_one(self, plan: ContainerPlan) -> ApplyResult:
+    def _failed(self, plan: ContainerPlan, exc: Exception) -> ApplyResult:
+        # One container's failure must never keep the others from their limits, nor end
+        # the task: it is reported with this container and retried at the next reconcile
+        # of its pod (with a fresh cgroup lookup).
+        log.exception("%s: applying limits raised", plan.ref.display)
+        path = self._paths.pop(plan.ref.container_id, None)
+        return ApplyResult(
+            plan.ref,
+            path,
+            error=f"unexpected {type(exc).__name__}: {_short(str(exc))}",
+            aborted=True,
+        )
+
+    def _prepare(self, plan: ContainerPlan) -> ApplyResult | _Pending:
         ref = plan.ref
         path = self._paths.get(ref.container_id)
         if path is None:
@@ -93,16 +154,32 @@ class Applier:
             self._paths[ref.container_id] = path
         try:
             held = self._backend.read(path)
+        except CgroupGoneError:
+            self._paths.pop(ref.container_id, None)
+            return ApplyResult(ref, None)
+        except (LimitError, OSError) as exc:
+            return ApplyResult(ref, path, error=str(exc), aborted=True)
+        devices = []
+        for device in self._devices:
+            have = held.get((device.major, device.minor), UNLIMITED)
+            want = (
+                UNLIMITED if plan.resolution is None else limits_to_enforce(plan.resolution, have)
+            )
+            devices.append((device, have, want))
+        for device in self._retired:
+            have = held.get((device.major, device.minor), UNLIMITED)
+            # Only what diskguard set there (the record says so) is taken back.
+            if have != UNLIMITED and self.record is not None and rule(path, device) in self.record:
+                devices.append((device, have, UNLIMITED))
+        return _Pending(plan, path, tuple(devices))
+
+    def _write(self, pending: _Pending) -> ApplyResult:
+        ref, path = pending.plan.ref, pending.path
+        try:
             after: list[tuple[Device, IOLimits]] = []
             changes: list[str] = []
             errors: list[str] = []
-            for device in self._devices:
-                have = held.get((device.major, device.minor), UNLIMITED)
-                want = (
-                    UNLIMITED
-                    if plan.resolution is None
-                    else limits_to_enforce(plan.resolution, have)
-                )
+            for device, have, want in pending.devices:
                 if want != have:
                     try:
                         self._backend.write(path, device, want, have)

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -32,12 +33,20 @@ def run() -> None:
     from diskguard.kube.kubelet import KubeletError
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
+    from diskguard.nodestate import StateError
     from diskguard.sampler import SamplerUnavailable
 
     env = dict(os.environ)
     config = _config_or_exit(env)
     configure_logging(config.log_level, config.log_format)
-    startup_errors = (CgroupError, DeviceError, KubeConfigError, KubeletError, SamplerUnavailable)
+    startup_errors = (
+        CgroupError,
+        DeviceError,
+        KubeConfigError,
+        KubeletError,
+        SamplerUnavailable,
+        StateError,
+    )
     problem = ""
     try:
         trio.run(run_until_signalled, config, env)
@@ -78,27 +87,56 @@ def _config_or_exit(env: dict[str, str]) -> Config:
 
 @main.command("reset-all")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def reset_all_command(dry_run: bool) -> None:
-    """Remove every limit diskguard manages on this node (uninstall; stop the agent first).
+@click.option(
+    "--all-matching",
+    is_flag=True,
+    help="No record yet (first upgrade from a version without one): clear every limit on "
+    "the data devices of every container cgroup under kubepods instead.",
+)
+def reset_all_command(dry_run: bool, all_matching: bool) -> None:
+    """Remove the limits diskguard set on this node (uninstall; stop the agent first).
 
-    Clears the limits on the data devices (DATA_MOUNT) of every container cgroup under
-    kubepods, for both cgroup drivers. Other devices and cgroups are never touched.
+    Clears exactly the (cgroup, device) rules the agent recorded in STATE_DIR before it
+    set them; a rule someone else set is never touched. With --all-matching (for nodes
+    whose agent predates the record), clears every limit on the data devices (DATA_MOUNT)
+    of every container cgroup under kubepods, for both cgroup drivers.
     """
     from diskguard.node.limits import backend_for
-    from diskguard.reset import reset_all
+    from diskguard.nodestate import NoRecordError, StateDir, StateError, read_record
+    from diskguard.reset import reset_all, reset_recorded
 
     env = dict(os.environ)
     env.setdefault("NODE_NAME", socket.gethostname().lower())
     config = _config_or_exit(env)
     configure_logging(config.log_level, config.log_format)
     node = _node_or_exit(config)
-    cleared = reset_all(
-        node.hierarchy,
-        backend_for(node.hierarchy.version),
-        node.devices,
-        config.kubelet_cgroup_root,
-        dry_run=dry_run,
-    )
+    backend = backend_for(node.hierarchy.version)
+    state = StateDir(Path(config.state_dir))
+    try:
+        if all_matching:
+            cleared = reset_all(
+                node.hierarchy,
+                backend,
+                node.devices,
+                config.kubelet_cgroup_root,
+                dry_run=dry_run,
+            )
+        else:
+            cleared = reset_recorded(
+                node.hierarchy, backend, read_record(state), state, dry_run=dry_run
+            )
+    except NoRecordError as exc:
+        click.echo(
+            f"diskguard: {exc}: the agent on this node never recorded a limit (it predates "
+            "the record, or never ran). Nothing was changed. To clear every limit on the "
+            "data devices of every container cgroup instead, run "
+            "`diskguard reset-all --all-matching`.",
+            err=True,
+        )
+        sys.exit(3)
+    except StateError as exc:
+        click.echo(f"diskguard: {exc}", err=True)
+        sys.exit(1)
     verb = "would clear" if dry_run else "cleared"
     for item in cleared:
         status = f" FAILED: {item.error}" if item.error else ""
@@ -106,6 +144,8 @@ def reset_all_command(dry_run: bool) -> None:
     click.echo(f"{len(cleared)} limit(s) {verb}")
     if any(item.error for item in cleared):
         sys.exit(1)
+    if not dry_run:
+        click.echo("diskguard reset-all: done")
 
 
 @main.command()

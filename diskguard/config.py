@@ -71,6 +71,9 @@ class Config:
     kubelet_cgroup_root: str = "/"
     defaults: IOLimits = attrs.field(factory=lambda: IOLimits(500, 500, 0, 0))
     data_mounts: tuple[str, ...] = ("/data",)
+    # A data path that is a plain directory (no mount) is intended: single-disk nodes.
+    data_mount_allow_unmounted: bool = False
+    state_dir: str = "/var/lib/diskguard"  # the node-state directory (diskguard/nodestate.py)
     exclusion: ExclusionFilter = attrs.field(factory=lambda: default_exclusion())
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0
@@ -308,6 +311,8 @@ def load_config(env: Mapping[str, str]) -> Config:
         data_mounts=get(
             "DATA_MOUNT", _path_list, "a comma-separated list of absolute paths", ("/data",)
         ),
+        data_mount_allow_unmounted=get("DATA_MOUNT_ALLOW_UNMOUNTED", _bool, "true or false", False),
+        state_dir=get("STATE_DIR", _absolute_path, "an absolute path", "/var/lib/diskguard"),
         exclusion=exclusion,
         guardrails=guardrails,
         annotation_prefix=get(

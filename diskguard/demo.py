@@ -142,6 +142,8 @@ async def _demo(lab: _Lab, fio_seconds: float, echo: Callable[[str], None]) -> N
             # Loopback and an ephemeral port: the demo must not clash with a running agent.
             "HTTP_ADDR": "127.0.0.1:0",
             "SAMPLER": "cgroup",
+            # The record of limits set stays in the demo's directory, not the node's.
+            "STATE_DIR": str(lab.workdir / "state"),
         }
         config = load_config(env)
         node = NodeSetup(lab.kubelet.hierarchy, (lab.device,))

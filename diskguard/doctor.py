@@ -20,6 +20,7 @@ from diskguard.config import Config, ConfigError, load_config
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, Access, denied_access
 from diskguard.model import CgroupVersion
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
+from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, resolve_data_devices
 from diskguard.reset import container_cgroups, kubepods_dirs
 from diskguard.sampler.bpf import COMPLETE_TRACEPOINT, blkcg_layout, latency_layout
@@ -127,6 +128,13 @@ class Doctor:
             return
         mounts = ", ".join(config.data_mounts)
         disks = ", ".join(f"{d.name or '?'} ({d})" for d in devices)
+        # The agent's own check: a path with no disk mounted yet is not taken.
+        waiting = resolve(
+            config.data_mounts, allow_unmounted=config.data_mount_allow_unmounted
+        ).problem
+        if waiting:
+            self.add("data devices", Status.FAIL, f"{waiting} (the agent is not ready meanwhile)")
+            return
         self.add("data devices", Status.OK, f"{mounts} -> whole disks {disks}")
 
     def _bpf(self) -> None:

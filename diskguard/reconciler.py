@@ -122,6 +122,13 @@ class Reconciler:
         self.pod_errors: dict[str, PodError] = {}
         # Pods whose containers' cgroups did not appear after RETRY_ATTEMPTS: uid -> names.
         self.cgroup_given_up: dict[str, tuple[str, ...]] = {}
+        self._wait_scope: trio.CancelScope | None = None  # the loop's wait for input
+
+    def resync_now(self) -> None:
+        """Re-apply every pod now (the data disks changed), not at the next resync."""
+        self._dirty |= set(self.pods)
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     # -- input ---------------------------------------------------------------------------
 
@@ -223,8 +230,11 @@ class Reconciler:
             deadline = min([next_resync, *(r.due for r in self._retry.values())])
             if gated:
                 deadline = min(deadline, namespaces_due)
-            with trio.move_on_at(deadline):
+            elif self._dirty:
+                deadline = -math.inf  # resync_now() during the last batch: go at once
+            with trio.move_on_at(deadline) as self._wait_scope:
                 self.on_watch_event(await receive.receive())
+            self._wait_scope = None
             while True:  # take everything already queued as one batch
                 try:
                     self.on_watch_event(receive.receive_nowait())

@@ -133,7 +133,9 @@ def build_app(agent: Agent) -> Starlette:
                 "version": agent.node.hierarchy.version.value,
                 "hierarchy": str(agent.node.hierarchy.path),
             },
-            "devices": [{"device": str(d), "name": d.name} for d in agent.node.devices],
+            "devices": [{"device": str(d), "name": d.name} for d in agent.applier.devices],
+            "data_disks": agent.data_disks.as_json(),
+            "limit_record": agent.record_status(),
             "watches": {
                 w.name: {
                     "relists": w.health.relists,

@@ -33,9 +33,7 @@ SLOW = 8.0 if os.environ.get("DISKGUARD_LANE") == "v2" else 1.0
 
 # A busy 2-core CI machine makes per-example deadlines and "too slow" health checks fail
 # tests that are correct; the property tests bound their work by max_examples instead.
-settings.register_profile(
-    "diskguard", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("diskguard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "diskguard"))
 
 

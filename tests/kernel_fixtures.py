@@ -259,9 +259,7 @@ def make_loop_disk(
             nonlocal count
             count += 1
             workdir = tmp_path / f"loopdisk{count}"
-            return stack.enter_context(
-                loop_disk_ctx(workdir, scratch=scratch_disk, **kwargs)
-            )
+            return stack.enter_context(loop_disk_ctx(workdir, scratch=scratch_disk, **kwargs))
 
         yield make
 

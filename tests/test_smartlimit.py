@@ -161,13 +161,14 @@ def test_buckets_smooth_the_kernels_slice_jitter() -> None:
 
     # Under a 500 IOPS limit, 0.25 s samples can alternate 350/550: each raw sample dips
     # below the threshold (400), the bucket mean (450) does not.
-    raw = [Sample.of(0.25 * (i + 1), 0.25, Rates(wiops=350.0 if i % 2 else 550.0))
-           for i in range(40)]
+    raw = [
+        Sample.of(0.25 * (i + 1), 0.25, Rates(wiops=350.0 if i % 2 else 550.0)) for i in range(40)
+    ]
     assert run(raw).action == "none"
     buckets = []
     for start in range(0, 40, 2):
         b = Bucket()
-        for smp in raw[start:start + 2]:
+        for smp in raw[start : start + 2]:
             b.add(smp.at, smp.interval, smp.low)
         closed = b.close(0.25)
         assert closed is not None

@@ -128,9 +128,7 @@ class AccessGate:
         before = (self.state, self.denied, self.error)
         try:
             # Abandoned on cancel: shutdown must not wait for a hung API server.
-            denied = await trio.to_thread.run_sync(
-                self.ask, self.wanted, abandon_on_cancel=True
-            )
+            denied = await trio.to_thread.run_sync(self.ask, self.wanted, abandon_on_cancel=True)
         except Exception as exc:  # any failure to get an answer leaves the feature off
             self.state, self.denied = AccessState.UNKNOWN, ()
             self.error = f"{type(exc).__name__}: {exc}"[:300]

@@ -72,7 +72,11 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
         ),
     ]
 
+    # The kubelet's mirror of a static pod is owned by its Node; on any other pod the
+    # annotation is a tenant's string and must not pick which cgroup gets the limits.
     mirror = annotations.get(MIRROR_ANNOTATION, "")
+    if mirror and not _owned_by_node(meta.get("ownerReferences"), str(spec.get("nodeName", ""))):
+        mirror = ""
     if mirror:
         try:
             validate_pod_uid(mirror)
@@ -89,6 +93,19 @@ def parse_pod(obj: Mapping[str, Any], forced_runtime: Runtime | None = None) -> 
         annotations=annotations,
         containers=tuple(containers),
         resource_version=str(meta.get("resourceVersion", "")),
+    )
+
+
+def _owned_by_node(owners: object, node_name: str) -> bool:
+    """Whether the pod is a mirror pod: an owner reference to its own Node (v1)."""
+    if not isinstance(owners, list) or not node_name:
+        return False
+    return any(
+        isinstance(o, Mapping)
+        and o.get("kind") == "Node"
+        and o.get("apiVersion") == "v1"
+        and o.get("name") == node_name
+        for o in owners[:16]
     )
 
 

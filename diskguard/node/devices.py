@@ -34,6 +34,9 @@ class MountEntry:
     mount_point: str
     fstype: str
     source: str
+    # The directory of the filesystem this mount shows ("/" unless it is a bind mount of
+    # a subdirectory, such as a hostPath volume of a plain directory).
+    root: str = "/"
 
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -64,6 +67,7 @@ def parse_mountinfo(text: str) -> tuple[MountEntry, ...]:
                     mount_point=_unescape(fields[4]),
                     fstype=_unescape(fields[sep + 1]),
                     source=_unescape(fields[sep + 2]),
+                    root=_unescape(fields[3]),
                 )
             )
         except (ValueError, IndexError) as exc:

@@ -57,6 +57,7 @@ class Cluster:
     device: Any  # diskguard.model.Device
     backend: LimitBackend
     driver: CgroupDriver = CgroupDriver.CGROUPFS
+    state_dir: Path | None = None  # the node-state directory (STATE_DIR)
 
     def env(self, **extra: str) -> dict[str, str]:
         base = {
@@ -72,6 +73,8 @@ class Cluster:
             # BCC compiles take seconds; tests that are about BPF ask for it.
             "SAMPLER": "cgroup",
         }
+        if self.state_dir is not None:
+            base["STATE_DIR"] = str(self.state_dir)
         return {**base, **extra}
 
     # -- pods ------------------------------------------------------------------------------
@@ -223,6 +226,7 @@ def cluster(
             mount=loop_disk.mount,
             device=loop_disk.device,
             backend=backend_for(cgroup_hierarchy.version),
+            state_dir=tmp_path / "state",
         )
 
 

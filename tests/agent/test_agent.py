@@ -15,9 +15,10 @@ import pytest
 import trio
 
 from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
+from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import run_fio
 
-from .conftest import Cluster, P, agent_output, agent_subprocess, scaled
+from .conftest import NODE, Cluster, P, agent_output, agent_subprocess, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -303,11 +304,17 @@ async def test_static_pod_cgroup_is_named_after_its_config_hash(
     cluster: Cluster, start_agent: Any
 ) -> None:
     config_hash = "3f6b1c2d4e5f60718293a4b5c6d7e8f9"
-    pod = cluster.add_pod(
+    pod = make_pod(
         "etcd-node-1",
+        "default",
+        NODE,
         annotations={"kubernetes.io/config.mirror": config_hash, f"{P}/iops": "90"},
-        create_cgroups=False,
     )
+    # The kubelet's mirror pod is owned by its Node: only then is the annotation trusted.
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "n1", "controller": True}
+    ]
+    pod = cluster.api.create("pods", pod)
     ref = attrs.evolve(cluster.refs(pod)[0], cgroup_uid=config_hash)
     cg = cluster.kubelet.create(ref, cluster.driver)
     assert config_hash in str(cg) and pod["metadata"]["uid"] not in str(cg)

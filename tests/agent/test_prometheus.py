@@ -44,13 +44,16 @@ async def test_prometheus_scrapes_the_agent(
     )
     port = free_port()
     prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    query = (
-        'diskguard_container_limit{pod="web",container="app",direction="write",unit="iops"}'
-    )
+    query = 'diskguard_container_limit{pod="web",container="app",direction="write",unit="iops"}'
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             with trio.fail_after(scaled(60)):

@@ -122,8 +122,7 @@ def check_env_names(container: Mapping[str, Any], known: frozenset[str]) -> None
     unknown = sorted(set(names) - known)
     if unknown:
         raise ManifestError(
-            f"the DaemonSet sets {unknown}, which diskguard does not read "
-            f"(known: {sorted(known)})"
+            f"the DaemonSet sets {unknown}, which diskguard does not read (known: {sorted(known)})"
         )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -164,8 +163,9 @@ def check_kustomization(directory: Path = DEPLOY) -> None:
         )
 
 
-def mutated(doc: Mapping[str, Any], path: str, *, rename_to: str | None = None,
-            value: Any = None) -> dict[str, Any]:
+def mutated(
+    doc: Mapping[str, Any], path: str, *, rename_to: str | None = None, value: Any = None
+) -> dict[str, Any]:
     """A deep copy of `doc` with the key at dotted `path` renamed or its value replaced
     (list indexes are numbers): how the tests break a manifest on purpose."""
     broken = copy.deepcopy(dict(doc))

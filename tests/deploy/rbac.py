@@ -88,7 +88,5 @@ def compare(used: set[AnyPermission], granted: set[AnyPermission]) -> str:
     if missing:
         problems.append("the code uses, the ClusterRole lacks: " + ", ".join(missing))
     if extra:
-        problems.append(
-            "the ClusterRole grants, the code never uses: " + ", ".join(extra)
-        )
+        problems.append("the ClusterRole grants, the code never uses: " + ", ".join(extra))
     return "; ".join(problems)

@@ -55,16 +55,20 @@ def daemonset() -> dict[str, Any]:
 def test_deploy_holds_the_expected_objects() -> None:
     kinds = sorted(m.kind for m in OBJECTS)
     assert kinds == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-         "DaemonSet"]
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+        ]
     )
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("manifest", OBJECTS, ids=str)
-def test_manifest_is_valid_against_the_kubernetes_schema(
-    manifest: Manifest, version: str
-) -> None:
+def test_manifest_is_valid_against_the_kubernetes_schema(manifest: Manifest, version: str) -> None:
     validate_schema(manifest.doc, version)
 
 
@@ -73,13 +77,22 @@ def test_manifest_is_valid_against_the_kubernetes_schema(
     [
         # a misspelt field, at several depths
         ("DaemonSet", "spec.template.spec.serviceAccountName", {"rename_to": "serviceAcountName"}),
-        ("DaemonSet", "spec.template.spec.containers.0.imagePullPolicy",
-         {"rename_to": "imagePulPolicy"}),
-        ("DaemonSet", "spec.template.spec.containers.0.volumeMounts.0.mountPath",
-         {"rename_to": "mountpath"}),
+        (
+            "DaemonSet",
+            "spec.template.spec.containers.0.imagePullPolicy",
+            {"rename_to": "imagePulPolicy"},
+        ),
+        (
+            "DaemonSet",
+            "spec.template.spec.containers.0.volumeMounts.0.mountPath",
+            {"rename_to": "mountpath"},
+        ),
         # a value of the wrong type
-        ("DaemonSet", "spec.template.spec.containers.0.ports.0.containerPort",
-         {"value": "two thousand"}),
+        (
+            "DaemonSet",
+            "spec.template.spec.containers.0.ports.0.containerPort",
+            {"value": "two thousand"},
+        ),
         ("DaemonSet", "spec.template.spec.terminationGracePeriodSeconds", {"value": "30s"}),
         # a required field missing (renamed away)
         ("DaemonSet", "spec.selector", {"rename_to": "selectr"}),

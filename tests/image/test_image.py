@@ -98,6 +98,7 @@ def running(
     with api:
         kubeconfig = tmp_path / "kubeconfig"
         api.write_kubeconfig(kubeconfig)
+        state_dir = tmp_path / "state"
         pod = make_pod(
             "web",
             "default",
@@ -132,7 +133,8 @@ def running(
             daemonset(),
             node_name=NODE,
             config_maps=config_maps(),
-            host_paths={"data": str(loop_disk.mount)},
+            # The node-state directory: the test's own, not the machine's /var/lib.
+            host_paths={"data": str(loop_disk.mount), "state": str(state_dir)},
             env={
                 "KUBELET_CGROUP_ROOT": kubelet_root.prefix,
                 "HTTP_ADDR": f"127.0.0.1:{port}",

@@ -55,7 +55,11 @@ async def launch_agent(cluster: Cluster) -> AsyncIterator[Callable[..., Any]]:
         async def launch(devices: Sequence[Device] | None = None, **env: str) -> RunningAgent:
             full = cluster.env(**env)
             config = load_config(full)
-            node = NodeSetup(cluster.hierarchy, tuple(devices or (cluster.device,)))
+            node = NodeSetup(
+                cluster.hierarchy,
+                tuple(devices or (cluster.device,)),
+                follow_data_mounts=devices is None,  # handed-in disks are not DATA_MOUNT's
+            )
             agent = Agent(config, node, make_api_client(full))
             scope = trio.CancelScope()
 

@@ -723,7 +723,8 @@ def _control_routes(state: FakeAPIState) -> list[BaseRoute]:
                 body = json.loads(await request.body())
                 rules = body.get("rules")
                 state.grants = (
-                    Grants.everything() if rules is None
+                    Grants.everything()
+                    if rules is None
                     else Grants.from_rules(rules, body.get("user") or state.grants.user)
                 )
             except (ValueError, AttributeError, TypeError) as exc:
