@@ -227,7 +227,6 @@ class ListWatcher:
             try:
                 if not resource_version:
                     resource_version = await self._in_thread(self._list)
-                    self.health = attrs.evolve(self.health, relists=self.health.relists + 1)
                 resource_version = await self._in_thread(self._watch, resource_version)
                 continue  # progressed (an event or the server's clean timeout): go on at once
             except _Relist as exc:
@@ -408,6 +407,9 @@ class ListWatcher:
         trio.from_thread.run(self._deliver, event, progress)
 
     async def _deliver(self, event: WatchEvent, progress: bool) -> None:
+        if isinstance(event, Relisted):
+            # Counted before its pods go on: whoever sees their effect sees the count.
+            self.health = attrs.evolve(self.health, relists=self.health.relists + 1)
         await self._send.send(event)
         if progress:
             self._progressed()

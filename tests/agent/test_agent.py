@@ -207,7 +207,13 @@ async def test_watch_survives_compaction_and_dropped_connections(
     running = await start_agent()
     cg = cluster.cgroup(cluster.refs(pod)[0])
     await cluster.wait_kernel(cg, IOLimits(100, 100))
-    relists = running.agent.pod_watcher.health.relists
+    # A list is counted once it returns, after its pods reached the reconciler: take the
+    # count from a connected watch, and wait for the count below.
+    watcher = running.agent.pod_watcher
+    with trio.fail_after(scaled(5)):
+        while watcher.health.connected_since is None:
+            await trio.sleep(0.02)
+    relists = watcher.health.relists
     for value in ("110", "120", "130"):
         cluster.api.drop_watches()
         cluster.set_annotations("default", "survivor", {f"{P}/iops": value})
@@ -224,7 +230,9 @@ async def test_watch_survives_compaction_and_dropped_connections(
     cluster.api.compact()
     cluster.api.come_back()
     await cluster.wait_kernel(cg, IOLimits(140, 140), timeout=5.0)
-    assert running.agent.pod_watcher.health.relists > relists  # the 410 made it relist
+    with trio.fail_after(scaled(5)):  # the 410 made it relist
+        while watcher.health.relists <= relists:
+            await trio.sleep(0.02)
 
 
 async def test_api_server_outage_then_changes_made_meanwhile_apply(
