@@ -87,8 +87,9 @@ class Applier:
         self._devices = new
 
     def forget(self, container_ids: Sequence[str]) -> None:
-        for cid in container_ids:
-            self._paths.pop(cid, None)
+        paths = [path for cid in container_ids if (path := self._paths.pop(cid, None))]
+        if self.record is not None:
+            self.record.forget(paths)
 
     def apply(self, plans: Sequence[ContainerPlan]) -> list[ApplyResult]:
         results: list[ApplyResult] = []

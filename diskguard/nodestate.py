@@ -188,6 +188,13 @@ class LimitRecord:
             self._rules -= gone
             self.save()
 
+    def forget(self, cgroups: Iterable[Path]) -> None:
+        """The pods of these cgroups are gone (their cgroups go with them): drop their rules
+        from memory; the next save writes the smaller record (a crash before that leaves
+        rules of cgroups that no longer exist, which every save and reset-all skip)."""
+        gone = {str(c) for c in cgroups}
+        self._rules = {r for r in self._rules if r[0] not in gone}
+
     def save(self) -> bool:
         # Cgroups that are gone took their rules with them.
         self._rules = {r for r in self._rules if os.path.isdir(r[0])}
