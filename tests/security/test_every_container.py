@@ -9,13 +9,11 @@ Assertions read back the kernel's limit files, and end with the agent still taki
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trustme
 from agent.conftest import (
     NODE,
     Cluster,
@@ -24,13 +22,14 @@ from agent.conftest import (
     scaled,
     start_agent,
 )
+from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
 from diskguard.metrics import exposition
 from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
 from diskguard.node.cgroups import parse_container_id
 from diskguard.status import containers_json
 from diskguard.testing.fakeapi.objects import make_pod
-from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
+from diskguard.testing.fakekubelet import FakeKubelet
 from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
 from diskguard.top import pod_names
 
@@ -246,36 +245,15 @@ def test_top_names_every_running_container(cluster: Cluster) -> None:
     }
 
 
-TOKEN = "kubelet-test-token"
-
-
-@pytest.fixture
-def kubelet_env(tmp_path: Path) -> Iterator[tuple[FakeKubelet, dict[str, str]]]:
-    ca = trustme.CA()
-    ca_path = tmp_path / "kubelet-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    token_path = tmp_path / "token"
-    token_path.write_text(TOKEN)
-    with FakeKubelet(server_tls_context(ca), token=TOKEN) as fake:
-        yield (
-            fake,
-            {
-                "KUBELET_POD_SOURCE": "true",
-                "KUBELET_HOST": "localhost",
-                "KUBELET_PORT": str(fake.port),
-                "KUBELET_CA_PATH": str(ca_path),
-                "KUBELET_TOKEN_PATH": str(token_path),
-                "KUBELET_POLL_INTERVAL": "0.2",
-            },
-        )
-
-
 async def test_kubelet_pod_source_carries_every_container_kind(
-    cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
+    cluster: Cluster,
+    start_agent: Any,
+    kubelet_env: tuple[FakeKubelet, dict[str, str]],  # noqa: F811 - the imported fixture
 ) -> None:
     """The kubelet's `/pods` has the same status lists; pods only the kubelet knows of
     (the API server has none here) get every running container limited."""
-    kubelet, env = kubelet_env
+    kubelet, tls_env = kubelet_env
+    env = {**tls_env, "KUBELET_POD_SOURCE": "true"}
     running_pod = make_pod(
         "served",
         "default",
