@@ -219,9 +219,7 @@ def overhead(
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old_stats = stats.read_text().strip()
     fds = {
-        tp.decode(): bpf._bpf.funcs[prog].fd
-        for tp, prog in PROGS.items()
-        if prog in bpf._bpf.funcs
+        tp.decode(): bpf._bpf.funcs[prog].fd for tp, prog in PROGS.items() if prog in bpf._bpf.funcs
     }
     stats.write_text("1")
     try:

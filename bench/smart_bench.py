@@ -22,7 +22,7 @@ from pathlib import Path
 import trio
 
 from diskguard.model import IOLimits, Rates
-from diskguard.smartlimit import AutoLimit, Bucket, SmartSettings, decide, pod_decision
+from diskguard.policy.smart import AutoLimit, Bucket, SmartSettings, decide, pod_decision
 
 
 def evaluation_cost(
@@ -76,7 +76,7 @@ def evaluation_cost(
 
 async def detection_delay(window_s: float, monitor_s: float, sample_s: float) -> float:
     """Seconds from fio start to the automatic limit held by the kernel."""
-    from diskguard.agent import Agent, NodeSetup
+    from diskguard.agent.run import Agent, NodeSetup
     from diskguard.config import load_config
     from diskguard.kube.client import make_api_client
     from diskguard.model import CgroupDriver, ContainerRef, QoSClass, Runtime

@@ -16,7 +16,7 @@ from diskguard.config import Config, ConfigError, load_config
 from diskguard.logs import configure_logging
 
 if TYPE_CHECKING:
-    from diskguard.agent import NodeSetup
+    from diskguard.agent.run import NodeSetup
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,12 +28,12 @@ def main() -> None:
 @main.command()
 def run() -> None:
     """Run the node agent (configured by environment variables; see README)."""
-    from diskguard.agent import run_until_signalled
+    from diskguard.agent.run import run_until_signalled
     from diskguard.kube.client import KubeConfigError
     from diskguard.kube.kubelet import KubeletError
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
-    from diskguard.nodestate import StateError
+    from diskguard.node.state import StateError
     from diskguard.sampler import SamplerUnavailable
 
     env = dict(os.environ)
@@ -102,8 +102,8 @@ def reset_all_command(dry_run: bool, all_matching: bool) -> None:
     of every container cgroup under kubepods, for both cgroup drivers.
     """
     from diskguard.node.limits import backend_for
-    from diskguard.nodestate import NoRecordError, StateDir, StateError, read_record
-    from diskguard.reset import reset_all, reset_recorded
+    from diskguard.node.state import NoRecordError, StateDir, StateError, read_record
+    from diskguard.tools.reset import reset_all, reset_recorded
 
     env = dict(os.environ)
     env.setdefault("NODE_NAME", socket.gethostname().lower())
@@ -152,7 +152,7 @@ def reset_all_command(dry_run: bool, all_matching: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
     """Check everything the agent depends on on this node, and explain what is wrong."""
-    from diskguard.doctor import environ, run_doctor
+    from diskguard.tools.doctor import environ, run_doctor
 
     configure_logging("error", "text")
     sys.exit(run_doctor(environ(), click.echo, as_json=as_json))
@@ -167,7 +167,7 @@ def status(namespace: str | None, pod: str | None, as_json: bool) -> None:
     STATUS_LOCALHOST_ONLY, /status answers only on the pod's loopback)."""
     import json
 
-    from diskguard.statuscmd import StatusUnavailable, fetch_status, render
+    from diskguard.tools.status import StatusUnavailable, fetch_status, render
 
     env = dict(os.environ)
     env.setdefault("NODE_NAME", socket.gethostname().lower())
@@ -202,7 +202,7 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
     agent; names containers from the API server when it is reachable.
     """
     from diskguard.sampler import SamplerUnavailable
-    from diskguard.top import run_top
+    from diskguard.tools.top import run_top
 
     env = dict(os.environ)
     env.setdefault("NODE_NAME", socket.gethostname().lower())
@@ -228,7 +228,7 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
 
 
 def _node_or_exit(config: Config) -> NodeSetup:
-    from diskguard.agent import inspect_node
+    from diskguard.agent.run import inspect_node
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
 
@@ -244,7 +244,7 @@ def _node_or_exit(config: Config) -> NodeSetup:
 def demo(fio_seconds: float) -> None:
     """Show the agent limiting a real cgroup on a loop disk, with a bundled fake API server."""
     try:
-        from diskguard.demo import run_demo
+        from diskguard.tools.demo import run_demo
     except ImportError as exc:  # a runtime-only install (the image) lacks the demo extra
         raise click.ClickException(
             f"the demo needs the `demo` extra ({exc.name} is missing): "

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import attrs
 
-from diskguard.filters import ExclusionFilter, FilterConfigError
 from diskguard.kube.kubelet import KubeletConfigError, KubeletSettings, kubelet_settings_from_env
-from diskguard.limitvalues import parse_bps, parse_iops
 from diskguard.model import IOLimits
-from diskguard.policy import Guardrails
-from diskguard.smartlimit import SmartSettings
+from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
+from diskguard.policy.resolve import Guardrails
+from diskguard.policy.smart import SmartSettings
+from diskguard.policy.values import parse_bps, parse_iops
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ class Config:
     data_mounts: tuple[str, ...] = ("/data",)
     # A data path that is a plain directory (no mount) is intended: single-disk nodes.
     data_mount_allow_unmounted: bool = False
-    state_dir: str = "/var/lib/diskguard"  # the node-state directory (diskguard/nodestate.py)
+    state_dir: str = "/var/lib/diskguard"  # the node-state directory (diskguard/node/state.py)
     exclusion: ExclusionFilter = attrs.field(factory=lambda: default_exclusion())
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0

@@ -26,6 +26,8 @@ lap_start=$SECONDS
 .venv/bin/mypy
 # Declared dependencies equal imported ones (runtime vs test extra).
 .venv/bin/deptry .
+# The floors and "product code never imports testing" (pyproject.toml [tool.importlinter]).
+.venv/bin/lint-imports
 lap "static checks"
 
 echo "== host lane"

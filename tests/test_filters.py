@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.filters import Exclusion, ExclusionFilter, ExclusionRule, FilterConfigError
 from diskguard.model import ContainerInfo, PodInfo, QoSClass
-from diskguard.selector import parse_selector
+from diskguard.policy.exclusion import Exclusion, ExclusionFilter, ExclusionRule, FilterConfigError
+from diskguard.policy.labels import parse_selector
 
 NS = ExclusionRule.NAMESPACE
 LABELS = ExclusionRule.LABEL_SELECTOR

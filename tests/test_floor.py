@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.filters import Exclusion, ExclusionFilter, ExclusionRule
 from diskguard.kube.pods import parse_pod
 from diskguard.model import ContainerKind, IOLimits
-from diskguard.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
-from diskguard.policy import Guardrails, namespace_policy
-from diskguard.status import source_kind
+from diskguard.policy.exclusion import Exclusion, ExclusionFilter, ExclusionRule
+from diskguard.policy.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
+from diskguard.policy.resolve import Guardrails, namespace_policy
 from diskguard.testing.fakeapi.objects import make_pod
+from diskguard.web.status import source_kind
 
 P = "iops-limit"
 DEFAULTS = IOLimits(500, 500)

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.limitvalues import LimitValueError, parse_bps, parse_iops
 from diskguard.model import MAX_BPS, MAX_IOPS
+from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
 
 
 @pytest.mark.parametrize(

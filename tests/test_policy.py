@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 
 from diskguard.model import IOLimits
-from diskguard.policy import (
+from diskguard.policy.resolve import (
     Guardrails,
     KeyMemory,
     NamespacePolicy,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diskguard.selector import (
+from diskguard.policy.labels import (
     Operator,
     Requirement,
     Selector,

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.model import IOLimits, Rates
-from diskguard.smartlimit import (
+from diskguard.policy.smart import (
     AutoLimit,
     Decision,
     Sample,
@@ -140,7 +140,7 @@ def test_window_coverage_with_other_intervals(interval: float) -> None:
 
 
 def test_buckets_summarise_raw_samples_and_reject_gaps() -> None:
-    from diskguard.smartlimit import Bucket
+    from diskguard.policy.smart import Bucket
 
     bucket = Bucket()
     for i, v in enumerate([450.0, 420.0, 480.0]):
@@ -157,7 +157,7 @@ def test_buckets_summarise_raw_samples_and_reject_gaps() -> None:
 
 
 def test_buckets_smooth_the_kernels_slice_jitter() -> None:
-    from diskguard.smartlimit import Bucket
+    from diskguard.policy.smart import Bucket
 
     # Under a 500 IOPS limit, 0.25 s samples can alternate 350/550: each raw sample dips
     # below the threshold (400), the bucket mean (450) does not.
@@ -177,7 +177,7 @@ def test_buckets_smooth_the_kernels_slice_jitter() -> None:
 
 
 def test_decisions_on_buckets_match_decisions_on_raw_samples() -> None:
-    from diskguard.smartlimit import Bucket
+    from diskguard.policy.smart import Bucket
 
     raw = series([450.0, 420.0, 480.0, 500.0, 410.0, 430.0, 440.0, 460.0, 470.0, 405.0])
     buckets = []

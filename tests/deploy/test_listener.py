@@ -19,9 +19,9 @@ import pytest
 import trio
 from agent.conftest import Cluster, P
 
-from diskguard import web
 from diskguard.config import ListenAddress
 from diskguard.model import IOLimits
+from diskguard.web import server as web
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_a_named_address_gets_its_own_family() -> None:
 _DUAL_STACK = textwrap.dedent(
     """
     import json, socket
-    from diskguard import web
+    from diskguard.web import server as web
     from diskguard.config import ListenAddress
     sock = web.listen_socket(ListenAddress("", 0))
     sock.listen()

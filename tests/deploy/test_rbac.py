@@ -24,12 +24,12 @@ from agent.test_kubelet_agent import (
 )
 from agent.test_smart_limit import SMART_ENV, background_fio, wait_annotations
 
-from diskguard import agent as agent_module
+from diskguard.agent import run as agent_module
 from diskguard.config import load_config
-from diskguard.doctor import required_access
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, AccessState
 from diskguard.model import IOLimits
 from diskguard.testing.fakekubelet import FakeKubelet
+from diskguard.tools.doctor import required_access
 
 from .kustomize import find
 from .manifests import COMPONENTS, built

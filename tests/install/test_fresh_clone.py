@@ -125,7 +125,7 @@ def test_pip_install_gives_a_runtime_only_diskguard_with_its_bpf_program(
             "-c",
             "import importlib, pkgutil, diskguard\n"
             "for m in pkgutil.walk_packages(diskguard.__path__, 'diskguard.'):\n"
-            "    skip = ('diskguard.demo', 'diskguard.__main__')  # __main__ runs the CLI\n"
+            "    skip = ('diskguard.tools.demo', 'diskguard.__main__')  # __main__ runs the CLI\n"
             "    if not m.name.startswith('diskguard.testing') and m.name not in skip:\n"
             "        importlib.import_module(m.name)\n",
         ],

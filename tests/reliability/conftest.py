@@ -24,7 +24,7 @@ from agent.conftest import (
     start_agent,
 )
 
-from diskguard.agent import Agent, NodeSetup
+from diskguard.agent.run import Agent, NodeSetup
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import Device, IOLimits
@@ -152,7 +152,7 @@ async def wait_all(
 
 
 def expected_limits(annotations: dict[str, str], default: IOLimits = DEFAULT) -> IOLimits:
-    """The README's priority table, written out independently of diskguard.policy (valid
+    """The README's priority table, written out independently of diskguard.policy.resolve (valid
     whole-number values only): direction key > combined key > env default."""
 
     def pick(direction: str, combined: str, fallback: int) -> int:

@@ -110,6 +110,7 @@ async def test_watch_dropped_repeatedly_with_edits_creates_and_deletes_in_betwee
     await wait_all(cluster, world.expected(), timeout=10, what="after six dropped watches")
     # resumed from the last resourceVersion each time: nothing was missed, so no relist
     assert running.agent.pod_watcher.health.relists == relists
+
     # Deletions seen across the drops (a deleted pod leaves no limit to wait for above, so
     # wait, bounded, for the reconciler to have taken its DELETED in).
     def live() -> set[str]:

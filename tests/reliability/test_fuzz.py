@@ -18,10 +18,8 @@ import trustme
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from diskguard.annotations import LIMIT_KEYS
-from diskguard.applier import Applier
+from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.config import ConfigError, known_variables, load_config
-from diskguard.filters import ExclusionFilter
 from diskguard.kube.cadvisor import CadvisorParseError, parse_cadvisor
 from diskguard.kube.events import EventRequest
 from diskguard.kube.kubelet import KubeletClient, KubeletError, KubeletSettings
@@ -37,6 +35,7 @@ from diskguard.model import (
     IOLimits,
     PodInfo,
 )
+from diskguard.node.applier import Applier
 from diskguard.node.cgroups import (
     CgroupHierarchy,
     container_cgroup_candidates,
@@ -45,10 +44,11 @@ from diskguard.node.cgroups import (
     resolve_container_cgroup,
 )
 from diskguard.node.limits import backend_for
-from diskguard.plan import plan_pod
-from diskguard.policy import Guardrails, key_set, namespace_policy, resolve_limits
-from diskguard.reconciler import Reconciler, ReconcileSettings
-from diskguard.selector import SelectorError, parse_selector
+from diskguard.policy.annotations import LIMIT_KEYS
+from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.labels import SelectorError, parse_selector
+from diskguard.policy.plan import plan_pod
+from diskguard.policy.resolve import Guardrails, key_set, namespace_policy, resolve_limits
 
 P = "iops-limit"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.doctor import Doctor, Status
 from diskguard.model import Device
 from diskguard.sampler.base import Target
 from diskguard.sampler.btf import VMLINUX_BTF
@@ -23,6 +22,7 @@ from diskguard.sampler.latency import (
     percentiles,
     upper_bound_seconds,
 )
+from diskguard.tools.doctor import Doctor, Status
 
 
 def slot_of(us: int) -> int:

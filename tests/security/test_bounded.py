@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from diskguard.annotations import parse_limit_annotations, parse_smart_annotations
-from diskguard.applier import Applier
-from diskguard.filters import ExclusionFilter
+from diskguard.agent.reconciler import Reconciler, ReconcileSettings
+from diskguard.agent.smart import SmartLimiter
 from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import parse_pod
 from diskguard.kube.watch import Changed, Relisted
-from diskguard.limitvalues import MAX_VALUE_LENGTH, LimitValueError, parse_bps, parse_iops
 from diskguard.model import CgroupVersion, IOLimits
+from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
-from diskguard.plan import plan_pod
-from diskguard.policy import Guardrails, key_set, namespace_policy, resolve_limits
-from diskguard.reconciler import Reconciler, ReconcileSettings
-from diskguard.smartlimit import Decision, SmartSettings
-from diskguard.smarttask import SmartLimiter
+from diskguard.policy.annotations import parse_limit_annotations, parse_smart_annotations
+from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.plan import plan_pod
+from diskguard.policy.resolve import Guardrails, key_set, namespace_policy, resolve_limits
+from diskguard.policy.smart import Decision, SmartSettings
+from diskguard.policy.values import MAX_VALUE_LENGTH, LimitValueError, parse_bps, parse_iops
 from diskguard.testing.fakeapi.objects import make_pod
 
 P = "iops-limit"

@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 import trio
 
-import diskguard.reconciler as reconciler_module
-from diskguard.applier import Applier
-from diskguard.filters import ExclusionFilter
+import diskguard.agent.reconciler as reconciler_module
+from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerInfo, Device, IOLimits, PodInfo
+from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import V1Backend, V2Backend, backend_for
-from diskguard.policy import Guardrails
-from diskguard.reconciler import ErrorStage, Reconciler, ReconcileSettings
-from diskguard.status import containers_json, pod_errors_json
+from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.resolve import Guardrails
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot
+from diskguard.web.status import containers_json, pod_errors_json
 
 pytestmark = [pytest.mark.kernel, pytest.mark.host_only]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from diskguard.agent import Agent, NodeSetup
+from diskguard.agent.run import Agent, NodeSetup
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import UNLIMITED, Device, IOLimits

@@ -24,14 +24,14 @@ from agent.conftest import (
 )
 from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
-from diskguard.metrics import exposition
 from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
 from diskguard.node.cgroups import parse_container_id
-from diskguard.status import containers_json
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.fakekubelet import FakeKubelet
 from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
-from diskguard.top import pod_names
+from diskguard.tools.top import pod_names
+from diskguard.web.metrics import exposition
+from diskguard.web.status import containers_json
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]

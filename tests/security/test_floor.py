@@ -19,7 +19,7 @@ from agent.conftest import (
 )
 
 from diskguard.model import IOLimits
-from diskguard.status import containers_json
+from diskguard.web.status import containers_json
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]

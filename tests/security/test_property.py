@@ -22,18 +22,18 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from diskguard.annotations import LIMIT_KEYS, SMART_KEYS, SMART_OPT_OUT
-from diskguard.applier import Applier
-from diskguard.filters import ExclusionFilter
+from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import MIRROR_ANNOTATION, PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import LIMIT_FIELDS, CgroupDriver, CgroupVersion, Device, IOLimits
+from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
-from diskguard.plan import KERNEL_MIN_LIMIT
-from diskguard.policy import Guardrails
-from diskguard.reconciler import ErrorStage, Reconciler, ReconcileSettings
+from diskguard.policy.annotations import LIMIT_KEYS, SMART_KEYS, SMART_OPT_OUT
+from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.plan import KERNEL_MIN_LIMIT
+from diskguard.policy.resolve import Guardrails
 from diskguard.testing.fakeapi.objects import make_namespace, make_pod
 from diskguard.testing.lab import KubeletRoot
 

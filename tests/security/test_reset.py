@@ -18,10 +18,10 @@ import pytest
 import trio
 from agent.conftest import agent_output, agent_subprocess
 
-from diskguard.applier import Applier
 from diskguard.model import UNLIMITED, Device, IOLimits
+from diskguard.node.applier import Applier
 from diskguard.node.limits import LimitBackend
-from diskguard.nodestate import (
+from diskguard.node.state import (
     LIMIT_RECORD_SCHEMA,
     LimitRecord,
     StateDir,
@@ -31,7 +31,7 @@ from diskguard.nodestate import (
     read_record,
     rule,
 )
-from diskguard.plan import ContainerPlan
+from diskguard.policy.plan import ContainerPlan
 
 from .conftest import Cluster, P, start_agent, wait_until
 

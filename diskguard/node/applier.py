@@ -15,9 +15,9 @@ import attrs
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
-from diskguard.nodestate import LimitRecord, Rule, rule
-from diskguard.plan import ContainerPlan
-from diskguard.policy import limits_to_enforce
+from diskguard.node.state import LimitRecord, Rule, rule
+from diskguard.policy.plan import ContainerPlan
+from diskguard.policy.resolve import limits_to_enforce
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from diskguard.annotations import parse_smart_annotations
-from diskguard.reconciler import ErrorStage
+from diskguard.agent.reconciler import ErrorStage
+from diskguard.policy.annotations import parse_smart_annotations
 from diskguard.sampler.latency import Direction
-from diskguard.status import source_kind
+from diskguard.web.status import source_kind
 
 if TYPE_CHECKING:
-    from diskguard.agent import Agent
+    from diskguard.agent.run import Agent
 
 _DIRECTIONS = (
     ("riops", "read", "iops"),

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from diskguard.annotations import FIELD_KEYS, AnnotationLimits, parse_limit_annotations
 from diskguard.model import LIMIT_FIELDS, IOLimits
+from diskguard.policy.annotations import FIELD_KEYS, AnnotationLimits, parse_limit_annotations
 
 # Memory of a set of limit keys: suffix -> last good value, or None when the last good value
 # is unknown to this process (the kernel's value is kept). A suffix missing from the mapping

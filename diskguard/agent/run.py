@@ -18,8 +18,10 @@ import structlog
 import trio
 from kubernetes import client as k8s
 
-from diskguard import web
-from diskguard.applier import Applier
+from diskguard.agent.kubelet_rates import KubeletRateTask
+from diskguard.agent.measuring import SamplingTask
+from diskguard.agent.reconciler import Reconciler, ReconcileSettings
+from diskguard.agent.smart import SmartLimiter
 from diskguard.config import Config, startup_warnings
 from diskguard.kube.access import SMART_LIMIT_ACCESS, AccessGate, denied_access
 from diskguard.kube.client import make_api_client
@@ -32,18 +34,16 @@ from diskguard.kube.kubelet_source import (
     run_pod_source,
 )
 from diskguard.kube.watch import ListWatcher, WatchEvent
-from diskguard.kubelet_rates import KubeletRateTask
 from diskguard.model import CgroupDriver, Device
+from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import DataDisks, DiskResolution, resolve
 from diskguard.node.devices import DeviceError
 from diskguard.node.limits import backend_for
-from diskguard.nodestate import LimitRecord, StateDir
-from diskguard.plan import runtime_override
-from diskguard.reconciler import Reconciler, ReconcileSettings
+from diskguard.node.state import LimitRecord, StateDir
+from diskguard.policy.plan import runtime_override
 from diskguard.sampler import Sampler, SamplerKind, SamplerUnavailable, open_sampler
-from diskguard.sampling import SamplingTask
-from diskguard.smarttask import SmartLimiter
+from diskguard.web import server as web
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ import enum
 
 import attrs
 
-from diskguard.annotations import AUTO_BPS, AUTO_IOPS, AnnotationLimits, parse_smart_annotations
-from diskguard.filters import Exclusion, ExclusionFilter
 from diskguard.model import (
     V2_MIN_LIMIT,
     CgroupVersion,
@@ -21,7 +19,14 @@ from diskguard.model import (
     PodInfo,
     Runtime,
 )
-from diskguard.policy import (
+from diskguard.policy.annotations import (
+    AUTO_BPS,
+    AUTO_IOPS,
+    AnnotationLimits,
+    parse_smart_annotations,
+)
+from diskguard.policy.exclusion import Exclusion, ExclusionFilter
+from diskguard.policy.resolve import (
     Guardrails,
     KeyMemory,
     NamespacePolicy,

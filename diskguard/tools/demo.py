@@ -21,7 +21,7 @@ import attrs
 import click
 import trio
 
-from diskguard.agent import Agent, NodeSetup
+from diskguard.agent.run import Agent, NodeSetup
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import (

@@ -15,8 +15,8 @@ from typing import Any
 
 from diskguard.kube.events import EventRequest
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
-from diskguard.limitvalues import shown
-from diskguard.policy import KeyMemory, NamespacePolicy, namespace_policy
+from diskguard.policy.resolve import KeyMemory, NamespacePolicy, namespace_policy
+from diskguard.policy.values import shown
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diskguard.annotations import LIMIT_REASON, parse_smart_annotations
-from diskguard.applier import ApplyResult
+from diskguard.agent.reconciler import ErrorStage, Reconciler
 from diskguard.model import ContainerKey, Device, IOLimits, Rates
-from diskguard.plan import ContainerPlan, PodPlan
-from diskguard.reconciler import ErrorStage, Reconciler
+from diskguard.node.applier import ApplyResult
+from diskguard.policy.annotations import LIMIT_REASON, parse_smart_annotations
+from diskguard.policy.plan import ContainerPlan, PodPlan
 from diskguard.sampler.latency import DeviceLatency, percentiles
 
 

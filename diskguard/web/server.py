@@ -30,11 +30,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from diskguard.config import ListenAddress
-from diskguard.metrics import exposition, version
-from diskguard.status import containers_json, pod_errors_json
+from diskguard.web.metrics import exposition, version
+from diskguard.web.status import containers_json, pod_errors_json
 
 if TYPE_CHECKING:
-    from diskguard.agent import Agent
+    from diskguard.agent.run import Agent
 
 log = logging.getLogger(__name__)
 

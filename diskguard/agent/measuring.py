@@ -13,12 +13,12 @@ from pathlib import Path
 
 import trio
 
+from diskguard.agent.reconciler import Reconciler
 from diskguard.model import ContainerKey, Counters, Device, Rates
-from diskguard.reconciler import Reconciler
+from diskguard.policy.smart import Sample
 from diskguard.sampler import RateTracker, Sampler, Target
 from diskguard.sampler.base import Snapshot
 from diskguard.sampler.latency import DeviceLatency, LatencySnapshot, latency_between
-from diskguard.smartlimit import Sample
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`diskguard reset-all`: remove the limits diskguard set on this node (for uninstall).
 
 The agent records every (cgroup, device) rule it sets in the node-state directory before
-setting it (diskguard/nodestate.py); `reset_recorded` clears exactly those, so a rule
+setting it (diskguard/node/state.py); `reset_recorded` clears exactly those, so a rule
 someone else set is never touched. A node upgraded from a version without a record has
 none yet: `reset_all` (the `--all-matching` fallback) clears every rule on the data
 devices of container cgroups under kubepods, the only place diskguard ever writes. The
@@ -21,7 +21,7 @@ import attrs
 from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, QoSClass
 from diskguard.node.cgroups import CgroupHierarchy, pod_cgroup_path
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
-from diskguard.nodestate import Rule, StateDir, StateError, encode_record, write_atomically
+from diskguard.node.state import Rule, StateDir, StateError, encode_record, write_atomically
 
 _CONTAINER_LEAF = re.compile(
     r"(?:(?:cri-containerd|docker|crio)-[0-9a-f]{12,128}\.scope|crio-[0-9a-f]{12,128}"

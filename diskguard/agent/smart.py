@@ -25,19 +25,19 @@ import trio
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from diskguard.annotations import (
+from diskguard.agent.reconciler import Reconciler
+from diskguard.kube.events import pod_event
+from diskguard.model import ContainerKey, PodInfo
+from diskguard.policy.annotations import (
     AUTO_BPS,
     AUTO_IOPS,
     LIMIT_REASON,
     SMART_LIMIT,
     parse_smart_annotations,
 )
-from diskguard.kube.events import pod_event
-from diskguard.model import ContainerKey, PodInfo
-from diskguard.plan import Enforcement, PodPlan
-from diskguard.reconciler import Reconciler
-from diskguard.smartlimit import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
-from diskguard.smartlimit import pod_decision as combine_decisions
+from diskguard.policy.plan import Enforcement, PodPlan
+from diskguard.policy.smart import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
+from diskguard.policy.smart import pod_decision as combine_decisions
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 import trio
 
+from diskguard.agent.measuring import Listener
+from diskguard.agent.reconciler import Reconciler
 from diskguard.kube.cadvisor import CadvisorParseError, CadvisorRateTracker, parse_cadvisor
 from diskguard.kube.kubelet import KubeletClient, KubeletError
 from diskguard.model import ContainerKey, Device
-from diskguard.reconciler import Reconciler
-from diskguard.sampling import Listener
-from diskguard.smartlimit import Sample
+from diskguard.policy.smart import Sample
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from diskguard.limitvalues import LimitValueError, parse_bps, parse_iops
+from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
 
 # Annotation key suffix -> (parser, the IOLimits fields it sets). A direction-specific key
 # outranks the combined key, which outranks the env default (see policy.resolve_limits).

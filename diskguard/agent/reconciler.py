@@ -22,17 +22,17 @@ from typing import Any
 import attrs
 import trio
 
-from diskguard.annotations import LIMIT_KEYS
-from diskguard.applier import Applier, ApplyResult
-from diskguard.filters import ExclusionFilter
+from diskguard.agent.namespaces import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
-from diskguard.limitvalues import shown
 from diskguard.model import CgroupVersion, ContainerKey, IOLimits, PodInfo, Runtime
-from diskguard.namespaces import NamespacePolicies
-from diskguard.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
-from diskguard.policy import Guardrails, KeyMemory
+from diskguard.node.applier import Applier, ApplyResult
+from diskguard.policy.annotations import LIMIT_KEYS
+from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
+from diskguard.policy.resolve import Guardrails, KeyMemory
+from diskguard.policy.values import shown
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, Rates
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
-from diskguard.reset import container_cgroups, kubepods_dirs
 from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sampler
 from diskguard.sampler.latency import (
     DeviceLatency,
@@ -32,6 +31,7 @@ from diskguard.sampler.latency import (
     latency_between,
     percentiles,
 )
+from diskguard.tools.reset import container_cgroups, kubepods_dirs
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def run_top(
     rows_limit: int,
     echo: Callable[[str], None],
 ) -> None:
-    from diskguard.agent import inspect_node
+    from diskguard.agent.run import inspect_node
 
     node = inspect_node(config)
     driver = None if config.cgroup_driver == "auto" else CgroupDriver(config.cgroup_driver)

@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 
 from diskguard.model import ContainerInfo, PodInfo
-from diskguard.selector import Selector, SelectorError, parse_selector
+from diskguard.policy.labels import Selector, SelectorError, parse_selector
 
 FilterField = Literal["keywords", "namespaces", "label_selector", "regex"]
 

@@ -1,0 +1,1 @@
+"""One-shot commands: top, doctor, reset-all, status, demo."""

@@ -1,0 +1,1 @@
+"""Read-only HTTP: server, Prometheus metrics and /status."""
