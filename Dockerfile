@@ -30,8 +30,12 @@ ARG VERSION=0.2.0.dev0
 COPY README.md /src/
 COPY bpf/ /src/bpf/
 COPY diskguard/ /src/diskguard/
+# VERSION must be a PEP 440 version (it becomes Python source and the wheel's version).
+RUN echo "$VERSION" | grep -Eqx '[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[a-z0-9]+(\.[a-z0-9]+)*)?' \
+    || { echo "VERSION=$VERSION is not a PEP 440 version (e.g. 0.2.0, 0.3.0rc1, 0.3.0.dev4)" >&2; exit 1; }
+# PIP_CONSTRAINT reaches pip's isolated build environment too: setuptools/wheel are pinned.
 RUN printf '__version__ = "%s"\n' "$VERSION" >/src/diskguard/_version.py \
-    && /opt/diskguard/venv/bin/pip install --no-deps -c /src/scripts/constraints.txt /src \
+    && PIP_CONSTRAINT=/src/scripts/constraints.txt /opt/diskguard/venv/bin/pip install --no-deps /src \
     && /opt/diskguard/venv/bin/pip uninstall -y setuptools pip \
     && /opt/diskguard/venv/bin/diskguard --version
 

@@ -12,7 +12,13 @@ export DEBIAN_FRONTEND=noninteractive
 
 runtime_pkgs=(python3 python3-bpfcc)
 demo_pkgs=(python3-venv python3-pip fio e2fsprogs)
-dev_pkgs=(linux-headers-amd64 bpfcc-tools bpftool qemu-system-x86 busybox-static kmod cpio zstd procps
+# Kernel headers for BCC: the running kernel's own package where Debian has one (a cloud
+# kernel, `-cloud-amd64`, needs its own flavour); otherwise the stock amd64 flavour.
+headers=linux-headers-amd64
+if apt-cache show "linux-headers-$(uname -r)" >/dev/null 2>&1; then
+  headers="linux-headers-$(uname -r)"
+fi
+dev_pkgs=("$headers" bpfcc-tools bpftool qemu-system-x86 busybox-static kmod cpio zstd procps
   prometheus docker.io mmdebstrap)
 
 pkgs=("${runtime_pkgs[@]}")

@@ -24,5 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "setup-venv: installing diskguard ($kind) into $venv"
 # pip's own output (one line per package) is the progress; no progress bars in CI logs.
-"$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+# PIP_CONSTRAINT (unlike -c) also reaches the isolated environment pip builds diskguard in,
+# so the build backend (setuptools, wheel) is pinned too.
+PIP_CONSTRAINT="$here/scripts/constraints.txt" "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
   -c "$here/scripts/constraints.txt" "${target[@]}"

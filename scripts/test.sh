@@ -26,6 +26,10 @@ lap_start=$SECONDS
 .venv/bin/mypy
 # Declared dependencies equal imported ones (runtime vs test extra).
 .venv/bin/deptry .
+# Again with the `demo` extra treated as non-runtime: the agent itself (everything but the
+# bundled fakes and the demo command) must run on the runtime dependencies alone.
+.venv/bin/deptry . -ee tests -ee bench -ee build -ee scripts \
+  -ee 'diskguard/testing' -ee 'diskguard/tools/demo\.py' -oddg test,demo
 # The floors and "product code never imports testing" (pyproject.toml [tool.importlinter]).
 .venv/bin/lint-imports
 lap "static checks"

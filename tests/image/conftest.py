@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_lab import BuiltImage, docker, docker_engine, ensure_base_image
+from docker_lab import BuiltImage, docker, docker_engine, docker_streaming, ensure_base_image
 
 VERSION = "0.0.0+imagelane"
 TAG = "diskguard:image-lane"
@@ -27,7 +27,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def image(engine: None, fresh_clone: Path) -> BuiltImage:
+def image(engine: None, fresh_clone: Path, request: pytest.FixtureRequest) -> BuiltImage:
     ensure_base_image()
     # Like a user behind a TLS-intercepting proxy: the machine's own extra CAs go where the
     # builder stage trusts them (deploy/build-ca/README.md).
@@ -36,12 +36,22 @@ def image(engine: None, fresh_clone: Path) -> BuiltImage:
     started = time.monotonic()
     # --network host: the build's apt and pip reach the archive and PyPI through the VM's
     # network (the engine here runs without a bridge).
-    docker(
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def progress(line: str) -> None:
+        # The build's steps reach the terminal past pytest's capture: minutes of silence
+        # look like a hang.
+        if line.startswith("Step ") and capture is not None:
+            with capture.global_and_fixture_disabled():
+                print(f"  image build: {line[:120]}", flush=True)
+
+    docker_streaming(
         "build",
         "--network=host",
         f"--build-arg=VERSION={VERSION}",
         f"--tag={TAG}",
         str(fresh_clone),
+        progress=progress,
         timeout=1500,
     )
     seconds = time.monotonic() - started

@@ -14,8 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,6 +61,36 @@ def docker(
             f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def docker_streaming(
+    *argv: str, progress: Callable[[str], None], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`docker` whose output lines are also handed to `progress` as they come (a cold image
+    build takes minutes: the lane shows its steps instead of silence)."""
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    proc = subprocess.Popen(
+        [docker_cli(), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            progress(line.rstrip("\n"))
+        code = proc.wait()
+    finally:
+        killer.cancel()
+    out = "".join(lines)
+    if code != 0:
+        raise AssertionError(f"docker {' '.join(argv)} exited {code}\n--- output\n{out[-12000:]}")
+    return subprocess.CompletedProcess(proc.args, code, out, "")
 
 
 def engine_answers() -> bool:
