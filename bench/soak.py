@@ -14,6 +14,10 @@ cgroup), and annotation edits. Reported:
     sampled on a subset of "probe" pods that only the probe edits: p50 / p99 / max.
   * agent RSS at start (after the initial reconcile) and at the end (drift), from /proc.
   * agent CPU (utime + stime) over the churn, as a share of one core.
+  * the agent's cost to the API server, from the fake server's traffic meter, by kind of
+    call: the start (initial lists and watches), a quiet hour (projected from a `--quiet`
+    window with no pod events) and per 1,000 pod events of churn. The fake sends a watch
+    bookmark every 60 s, as kube-apiserver's watch cache does.
 
 Needs root, a cgroup IO hierarchy (v1 blkio or v2 io; CGROUP_ROOT overrides where to look)
 and losetup/mkfs.ext4. Everything made here (cgroups, the loop disk, the agent) is uniquely
@@ -59,6 +63,7 @@ from diskguard.model import (
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup, parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
+from diskguard.testing.fakeapi.control import Traffic
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk
 
@@ -438,6 +443,7 @@ class Settings:
     settle: float
     probe_rate: float
     seed: int
+    quiet: float = 60.0
 
 
 @attrs.frozen
@@ -455,6 +461,11 @@ class Result:
     agent_containers: dict[str, float]
     events_dropped: float
     exit_code: int | None
+    # API traffic by kind of call: the start, the quiet window, the churn (deltas)
+    traffic_start: dict[str, Traffic] = attrs.field(factory=dict)
+    traffic_quiet: dict[str, Traffic] = attrs.field(factory=dict)
+    traffic_churn: dict[str, Traffic] = attrs.field(factory=dict)
+    quiet_s: float = 0.0
 
 
 def wait_converged(node: Node, agent: Agent, timeout: float) -> float:
@@ -479,6 +490,15 @@ def soak(s: Settings, node: Node, env: dict[str, str], log_path: Path) -> Result
         agent.wait_serving()
         initial = wait_converged(node, agent, timeout=180)
         time.sleep(1.0)
+        traffic_start = node.api.traffic()
+        # The quiet window: no pod events at all, what a node costs the API server between
+        # changes (watches held open, bookmarks, resyncs that find nothing to do).
+        quiet_started = time.monotonic()
+        while time.monotonic() - quiet_started < s.quiet:
+            agent.check_alive()
+            time.sleep(min(1.0, s.quiet))
+        quiet_s = time.monotonic() - quiet_started
+        traffic_quiet_end = node.api.traffic()
         rss_start, cpu_start = agent.rss_kib(), agent.cpu_seconds()
         print(f"initial reconcile of {2 * s.pods} containers: {initial:.2f} s; churn begins",
               flush=True)
@@ -527,10 +547,19 @@ def soak(s: Settings, node: Node, env: dict[str, str], log_path: Path) -> Result
         metrics = agent.metrics()
         states = {dict(k)["state"]: v for k, v in metrics.get("diskguard_containers", {}).items()}
         dropped = sum(metrics.get("diskguard_events_dropped_total", {}).values())
+        traffic_end = node.api.traffic()
     return Result(
         s, tuple(checks), node.counts, tuple(probe.lags), probe.late, initial, rss_start,
         rss_end, cpu, churn_s, states, dropped, agent.proc.returncode,
+        traffic_start=traffic_start,
+        traffic_quiet=traffic_delta(traffic_quiet_end, traffic_start),
+        traffic_churn=traffic_delta(traffic_end, traffic_quiet_end),
+        quiet_s=quiet_s,
     )
+
+
+def traffic_delta(later: dict[str, Traffic], earlier: dict[str, Traffic]) -> dict[str, Traffic]:
+    return {k: v - earlier.get(k, Traffic()) for k, v in later.items()}
 
 
 def one_event(node: Node, rng: random.Random, target: int) -> None:
@@ -595,7 +624,43 @@ def print_report(r: Result, command: str, load: tuple[float, float, float]) -> N
     print("   checkpoints pause the churn and let the agent settle before reading every "
           "container's")
     print("   kernel files; RSS start is after the initial reconcile)")
+    print_traffic(r)
     print("=" * 78)
+
+
+def pod_events(r: Result) -> int:
+    c = r.counts
+    return (c.creates - r.settings.pods) + c.deletes + c.restarts + c.edits + c.probes
+
+
+def print_traffic(r: Result) -> None:
+    """The agent's API-server cost by kind of call (bodies only, no headers or TLS)."""
+    events = max(1, pod_events(r))
+    hour = 3600 / max(r.quiet_s, 1e-9)
+    kinds = sorted(set(r.traffic_start) | set(r.traffic_quiet) | set(r.traffic_churn))
+    print()
+    print(f"  API-server cost ({r.settings.pods} pods x 2 containers; {r.quiet_s:.0f} s quiet "
+          f"window projected to an hour; churn: {events} pod events)")
+    print(f"  {'call':<36}{'start':>16}{'quiet, per hour':>20}{'per 1,000 events':>20}")
+    print(f"  {'':<36}{'req   KiB':>16}{'req     KiB':>20}{'req     KiB':>20}")
+    total = [Traffic(), Traffic(), Traffic()]
+    for kind in kinds:
+        st = r.traffic_start.get(kind, Traffic())
+        qu = r.traffic_quiet.get(kind, Traffic())
+        ch = r.traffic_churn.get(kind, Traffic())
+        total = [total[0] + st, total[1] + qu, total[2] + ch]
+        print(f"  {kind[:35]:<36}{st.requests:>6}{kib(st):>10.1f}"
+              f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
+              f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}")
+    st, qu, ch = total
+    print(f"  {'all':<36}{st.requests:>6}{kib(st):>10.1f}"
+          f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
+          f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}")
+    print("  (KiB = request + response bodies; a watch's KiB are its events and bookmarks)")
+
+
+def kib(t: Traffic) -> float:
+    return (t.bytes_in + t.bytes_out) / 1024
 
 
 # ---------------------------------------------------------------- main
@@ -607,6 +672,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pods", type=int, help="pods of 2 containers (default 500; quick 100)")
     p.add_argument("--duration", type=float, help="seconds of churn (default 300; quick 60)")
     p.add_argument("--rate", type=float, default=20.0, help="pod events per second (20)")
+    p.add_argument("--quiet", type=float, help="seconds without events before the churn, for "
+                   "the API cost of a quiet node (default 60; quick 20)")
     p.add_argument("--checkpoint", type=float, default=30.0, help="seconds between checks")
     p.add_argument("--settle", type=float, default=1.5, help="seconds the agent gets per check")
     p.add_argument("--seed", type=int, default=1)
@@ -620,8 +687,9 @@ def main(argv: Sequence[str]) -> int:
     if pods < 10 or duration <= 0 or args.rate <= 2:
         print("soak: need --pods >= 10, --duration > 0, --rate > 2", file=sys.stderr)
         return 2
+    quiet = args.quiet if args.quiet is not None else (20.0 if args.quick else 60.0)
     settings = Settings(pods, duration, args.rate, args.checkpoint, args.settle,
-                        probe_rate=min(2.0, args.rate / 10), seed=args.seed)
+                        probe_rate=min(2.0, args.rate / 10), seed=args.seed, quiet=quiet)
     command = shlex.join([interpreter(), "bench/soak.py", *argv])
     if os.geteuid() != 0:
         print("soak: needs root (cgroups, loop device)", file=sys.stderr)
@@ -641,7 +709,7 @@ def main(argv: Sequence[str]) -> int:
             kubelet = KubeletRoot(hierarchy, f"dgsoak{uuid.uuid4().hex[:8]}")
             undo.callback(kubelet.cleanup)
             api = undo.enter_context(
-                FakeAPIServer(bookmark_interval=5.0, history_limit=200_000)
+                FakeAPIServer(bookmark_interval=60.0, history_limit=200_000)
             )
             kubeconfig = workdir / "kubeconfig"
             api.write_kubeconfig(kubeconfig)

@@ -28,7 +28,7 @@ from diskguard.testing.fakeapi import (
     make_namespace,
     make_pod,
 )
-from diskguard.testing.fakeapi.control import Fault
+from diskguard.testing.fakeapi.control import Fault, call_kind
 from diskguard.testing.fakeapi.objects import container_ids
 from diskguard.testing.fakeapi.patching import merge_patch, strategic_merge_patch
 from diskguard.testing.fakeapi.resources import PODS
@@ -859,3 +859,51 @@ def test_selector_parsing_errors_are_clear() -> None:
             parse_label_selector(text)
     assert parse_label_selector("a notin (x)").matches({"metadata": {}})
     assert Fault.from_json({"method": "get", "path_regex": "x"}).method == "GET"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "kind"),
+    [
+        ("GET", "/api/v1/pods", {}, "list pods"),
+        ("GET", "/api/v1/pods", {"watch": "true"}, "watch pods"),
+        ("GET", "/api/v1/watch/namespaces", {}, "watch namespaces"),
+        ("GET", "/api/v1/namespaces", {}, "list namespaces"),
+        ("GET", "/api/v1/namespaces/default", {}, "get namespaces"),
+        ("GET", "/api/v1/namespaces/default/pods/a", {}, "get pods"),
+        ("PATCH", "/api/v1/namespaces/default/pods/a", {}, "patch pods"),
+        ("POST", "/api/v1/namespaces/default/events", {}, "create events"),
+        (
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            {},
+            "create selfsubjectaccessreviews",
+        ),
+        ("GET", "/version", {}, "get /version"),
+    ],
+)
+def test_call_kinds_use_the_kubernetes_verbs(
+    method: str, path: str, query: dict[str, str], kind: str
+) -> None:
+    assert call_kind(method, path, query) == kind
+
+
+def test_traffic_meter_counts_requests_and_body_bytes_of_lists_and_watches(
+    api: FakeAPIServer, v1: client.CoreV1Api
+) -> None:
+    api.create("pods", make_pod("a"))
+    listed = v1.list_namespaced_pod("default", _preload_content=False)
+    body = listed.data
+    rv = json.loads(body)["metadata"]["resourceVersion"]
+    w = RawWatch(v1, resource_version=rv, allow_watch_bookmarks=True)
+    try:
+        api.patch_annotations("pods", "default", "a", {"k": "v"})
+        event = next(iter(w.lines))
+    finally:
+        w.close()
+    traffic = api.traffic()
+    assert traffic["list pods"].requests == 1
+    assert traffic["list pods"].bytes_out == len(body)
+    assert traffic["watch pods"].requests == 1
+    # the MODIFIED event's line (and its newline) went out on the watch
+    assert traffic["watch pods"].bytes_out >= len(event) + 1
+    assert traffic["list pods"].bytes_in == traffic["watch pods"].bytes_in == 0

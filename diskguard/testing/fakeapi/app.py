@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors
 from .authz import (
@@ -34,7 +34,7 @@ from .authz import (
     request_attributes,
     review_attributes,
 )
-from .control import Fault, FaultPlan, RecordedRequest, RequestLog
+from .control import Fault, FaultPlan, RecordedRequest, RequestLog, TrafficMeter, call_kind
 from .errors import ApiError
 from .resources import ResourceType
 from .selectors import FieldTerm, Selection, parse_field_selector, parse_label_selector
@@ -61,6 +61,7 @@ class FakeAPIState:
 
     store: Store
     requests: RequestLog = attrs.Factory(RequestLog)
+    traffic: TrafficMeter = attrs.Factory(TrafficMeter)
     faults: FaultPlan = attrs.Factory(FaultPlan)
     bookmark_interval: float = 1.0
     # Set by a server that can stop listening: schedules an outage of that many seconds.
@@ -143,6 +144,9 @@ class _Harness:
             )
         )
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        kind = call_kind(method, path, query)
+        self.state.traffic.add(kind, requests=1, bytes_in=len(body))
+        send = _counting(send, self.state.traffic, kind)
         fault = self.state.faults.take(
             method,
             path,
@@ -214,6 +218,17 @@ class _Harness:
                 await released.wait()
                 nursery.cancel_scope.cancel()
         return not client_left
+
+
+def _counting(send: Send, traffic: TrafficMeter, kind: str) -> Send:
+    """`send` that adds every response body chunk (each watch event too) to `traffic`."""
+
+    async def counted(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            traffic.add(kind, bytes_out=len(message.get("body", b"")))
+        await send(message)
+
+    return counted
 
 
 def _is_watch(path: str, query: dict[str, str]) -> bool:

@@ -73,6 +73,84 @@ class RequestLog:
                 self._cond.wait(remaining)
 
 
+@attrs.frozen
+class Traffic:
+    """Requests and bytes of one kind of API call (e.g. `watch pods`), as the server saw them.
+
+    `bytes_in` counts request bodies, `bytes_out` response bodies (a watch's every event and
+    bookmark included), neither counting HTTP headers or TLS framing."""
+
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(
+            self.requests + other.requests,
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+        )
+
+    def __sub__(self, other: Traffic) -> Traffic:
+        return Traffic(
+            self.requests - other.requests,
+            self.bytes_in - other.bytes_in,
+            self.bytes_out - other.bytes_out,
+        )
+
+
+class TrafficMeter:
+    """What an API client costs the server, by kind of call (`verb resource`): the figures
+    behind the README's API-server cost table (bench/soak.py reads them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kinds: dict[str, Traffic] = {}
+
+    def add(self, kind: str, *, requests: int = 0, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        with self._lock:
+            self._kinds[kind] = self._kinds.get(kind, Traffic()) + Traffic(
+                requests, bytes_in, bytes_out
+            )
+
+    def snapshot(self) -> dict[str, Traffic]:
+        with self._lock:
+            return dict(self._kinds)
+
+
+def call_kind(method: str, path: str, query: Mapping[str, str]) -> str:
+    """`verb resource` of a request, with the Kubernetes verbs: `list pods`, `watch pods`,
+    `patch pods`, `create events`, `create selfsubjectaccessreviews`, ..."""
+    parts = [p for p in path.split("/") if p]
+    watch_path = "watch" in parts[:4]
+    if parts[:2] == ["api", "v1"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        rest = parts[3:]
+    else:
+        return f"{method.lower()} {path}"
+    if rest[:1] == ["watch"]:
+        rest = rest[1:]
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        resource, name = rest[2], rest[3] if len(rest) > 3 else None
+    elif rest:
+        resource, name = rest[0], rest[1] if len(rest) > 1 else None
+    else:
+        return f"{method.lower()} {path}"
+    if method == "GET":
+        if name is not None:
+            verb = "get"
+        elif watch_path or query.get("watch", "").lower() in ("true", "1"):
+            verb = "watch"
+        else:
+            verb = "list"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            method, method.lower()
+        )
+    return f"{verb} {resource}"
+
+
 def _upper_or_none(method: str | None) -> str | None:
     return method.upper() if method else None
 

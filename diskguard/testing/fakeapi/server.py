@@ -20,7 +20,7 @@ from diskguard.testing.threadserver import ThreadedServer
 
 from .app import FakeAPIState, build_app
 from .authz import DEFAULT_USER, Grants
-from .control import Fault, RecordedRequest
+from .control import Fault, RecordedRequest, Traffic
 from .patching import MERGE_PATCH
 from .resources import CORE_V1, Registry
 from .selectors import Selection, parse_field_selector, parse_label_selector
@@ -276,6 +276,10 @@ class FakeAPIServer(ThreadedServer):
 
     def requests(self) -> builtins.list[RecordedRequest]:
         return self.state.requests.entries()
+
+    def traffic(self) -> dict[str, Traffic]:
+        """Requests and bytes so far by kind of call (`watch pods`, `patch pods`, ...)."""
+        return self.state.traffic.snapshot()
 
     def clear_requests(self) -> None:
         self.state.requests.clear()
