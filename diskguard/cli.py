@@ -14,6 +14,7 @@ import trio
 
 from diskguard.config import Config, ConfigError, load_config
 from diskguard.logs import configure_logging
+from diskguard.model import LimitField
 
 if TYPE_CHECKING:
     from diskguard.agent.run import NodeSetup
@@ -188,7 +189,7 @@ def status(namespace: str | None, pod: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per interval).")
 @click.option(
     "--sort",
-    type=click.Choice(["total", "riops", "wiops", "rbps", "wbps", "name"]),
+    type=click.Choice(["total", *(f.value for f in LimitField), "name"]),
     default="total",
     show_default=True,
     help="Sort key (IOPS read+write, one direction, or name).",

@@ -56,7 +56,72 @@ class Device:
         return f"{self.major}:{self.minor}"
 
 
-LIMIT_FIELDS = ("riops", "wiops", "rbps", "wbps")
+class LimitUnit(enum.StrEnum):
+    """What a limit counts (also the `unit` metrics label)."""
+
+    IOPS = "iops"
+    BPS = "bps"
+
+
+class Direction(enum.StrEnum):
+    """Which IO a limit holds back (also the `direction` metrics label)."""
+
+    READ = "read"
+    WRITE = "write"
+
+
+class LimitField(enum.StrEnum):
+    """One of the four limits the kernel keeps per cgroup and device.
+
+    The value is the IOLimits/Rates attribute and the cgroup v2 io.max key; everything else
+    that names the field (units, messages, env vars, v1 knob files) is derived here once."""
+
+    RIOPS = "riops"
+    WIOPS = "wiops"
+    RBPS = "rbps"
+    WBPS = "wbps"
+
+    @property
+    def unit(self) -> LimitUnit:
+        return LimitUnit.IOPS if self in (LimitField.RIOPS, LimitField.WIOPS) else LimitUnit.BPS
+
+    @property
+    def direction(self) -> Direction:
+        return Direction.READ if self in (LimitField.RIOPS, LimitField.RBPS) else Direction.WRITE
+
+    @property
+    def words(self) -> str:
+        """How messages name the field: `read IOPS`, `write B/s`."""
+        return f"{self.direction} {'IOPS' if self.unit is LimitUnit.IOPS else 'B/s'}"
+
+    @property
+    def env_suffix(self) -> str:
+        """The tail of the env vars for this field: `READ_IOPS` (LIMIT_CEILING_READ_IOPS)."""
+        return f"{self.direction}_{self.unit}".upper()
+
+    @property
+    def v1_knob(self) -> str:
+        """The cgroup v1 blk-throttle file: `blkio.throttle.read_iops_device`."""
+        return f"blkio.throttle.{self.direction}_{self.unit}_device"
+
+    @property
+    def v2_key(self) -> str:
+        """The key in cgroup v2 io.max lines: `riops`."""
+        return self.value
+
+    @property
+    def annotation_suffixes(self) -> tuple[str, str]:
+        """The limit-key suffixes that may set this field, strongest first:
+        the direction key (`read-iops`), then the combined key (`iops`)."""
+        return (f"{self.direction}-{self.unit}", str(self.unit))
+
+    @property
+    def kernel_max(self) -> int:
+        """The largest limit the kernel keeps for this field."""
+        return MAX_IOPS if self.unit is LimitUnit.IOPS else MAX_BPS
+
+
+LIMIT_FIELDS: tuple[LimitField, ...] = tuple(LimitField)
 
 
 @attrs.frozen
@@ -68,11 +133,35 @@ class IOLimits:
     rbps: int = 0
     wbps: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {f: getattr(self, f) for f in LIMIT_FIELDS}
+    @classmethod
+    def of(cls, values: Mapping[LimitField, int]) -> IOLimits:
+        """Limits from per-field values (a field not given is unlimited)."""
+        return cls(**{LimitField(f).value: v for f, v in values.items()})
+
+    @classmethod
+    def per_unit(cls, iops: int, bps: int) -> IOLimits:
+        """The same IOPS limit both ways and the same bytes/s limit both ways."""
+        return cls(riops=iops, wiops=iops, rbps=bps, wbps=bps)
+
+    def get(self, field: LimitField) -> int:
+        match field:
+            case LimitField.RIOPS:
+                return self.riops
+            case LimitField.WIOPS:
+                return self.wiops
+            case LimitField.RBPS:
+                return self.rbps
+            case LimitField.WBPS:
+                return self.wbps
+
+    def replace(self, field: LimitField, value: int) -> IOLimits:
+        return attrs.evolve(self, **{field.value: value})
+
+    def as_dict(self) -> dict[LimitField, int]:
+        return {f: self.get(f) for f in LimitField}
 
     def is_unlimited(self) -> bool:
-        return not any(getattr(self, f) for f in LIMIT_FIELDS)
+        return not any(self.get(f) for f in LimitField)
 
     def stricter(self, other: IOLimits) -> IOLimits:
         """Per field, the stricter of two limits (0 = unlimited never wins over a number)."""
@@ -84,7 +173,7 @@ class IOLimits:
                 return a
             return min(a, b)
 
-        return IOLimits(*(pick(getattr(self, f), getattr(other, f)) for f in LIMIT_FIELDS))
+        return IOLimits.of({f: pick(self.get(f), other.get(f)) for f in LimitField})
 
 
 UNLIMITED = IOLimits()
@@ -203,3 +292,18 @@ class Rates:
     wiops: float = 0.0
     rbps: float = 0.0
     wbps: float = 0.0
+
+    def get(self, field: LimitField) -> float:
+        match field:
+            case LimitField.RIOPS:
+                return self.riops
+            case LimitField.WIOPS:
+                return self.wiops
+            case LimitField.RBPS:
+                return self.rbps
+            case LimitField.WBPS:
+                return self.wbps
+
+    @classmethod
+    def of(cls, values: Mapping[LimitField, float]) -> Rates:
+        return cls(**{LimitField(f).value: v for f, v in values.items()})

@@ -107,12 +107,12 @@ def test_tenant_named_exclusion_gets_the_ceilings(
     assert c.resolution.limits == CEILINGS
     assert c.resolution.keep == frozenset()
     assert not c.left_alone
-    assert source_kind(c.resolution.sources["wiops"]) == "ceiling"
+    assert source_kind(c.resolution.origins["wiops"]) == "ceiling"
     assert c.resolution.sources["wiops"] == (
         f"excluded by {rule.value}, clamped to the env ceiling LIMIT_CEILING_WRITE_IOPS=800"
     )
     assert c.resolution.sources["rbps"] == f"excluded by {rule.value}, no ceiling"
-    assert source_kind(c.resolution.sources["rbps"]) == "excluded"
+    assert source_kind(c.resolution.origins["rbps"]) == "excluded"
 
 
 def test_regex_exclusion_gets_the_ceilings() -> None:

@@ -32,7 +32,7 @@ from diskguard.policy.annotations import LIMIT_KEYS
 from diskguard.policy.exclusion import ExclusionFilter
 from diskguard.policy.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
 from diskguard.policy.resolve import Guardrails, KeyMemory
-from diskguard.policy.values import shown
+from diskguard.policy.values import render_limit, shown
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ class Reconciler:
                 + (
                     "as the kernel holds it"
                     if field in res.keep
-                    else _show(getattr(res.limits, field))
+                    else render_limit(res.limits.get(field))
                 )
                 + f" ({res.sources[field]})"
                 for field in LIMIT_KEYS[suffix][1]
@@ -453,15 +453,15 @@ class Reconciler:
     def _warn_raised(self, plan: PodPlan) -> None:
         """One Warning Event per distinct set of limits raised to the kernel's minimum."""
         res = plan.resolution
-        signature = frozenset((f, getattr(res.limits, f)) for f in res.raised)
+        signature = frozenset((f, res.limits.get(f)) for f in res.raised)
         if not signature or self._raised_warned.get(plan.pod.uid) == signature:
             if not signature:
                 self._raised_warned.pop(plan.pod.uid, None)
             return
         self._raised_warned[plan.pod.uid] = signature
-        if not any(res.sources[f].startswith(("annotation", "last good")) for f in res.raised):
+        if not any(res.origins[f].requested_by_pod for f in res.raised):
             return  # not the pod's own request: the administrator's values, said in /status
-        fields = ", ".join(f"{f}={getattr(res.limits, f)}" for f in sorted(res.raised))
+        fields = ", ".join(f"{f}={res.limits.get(f)}" for f in sorted(res.raised))
         self._emit(
             pod_event(
                 plan.pod,
@@ -483,7 +483,8 @@ class Reconciler:
             return
         self._clamps_warned[plan.pod.uid] = signature
         asked = "; ".join(
-            f"{c.key}={_show(c.asked)} asked, {c.field}={_show(c.enforced)} enforced "
+            f"{c.key}={render_limit(c.asked)} asked, "
+            f"{c.field}={render_limit(c.enforced)} enforced "
             f"({plan.resolution.sources[c.field]})"
             for c in clamps
         )
@@ -503,7 +504,3 @@ def _outcome(result: ApplyResult) -> str:
     if result.cgroup is None:
         return "cgroup_missing"
     return "changed" if result.wrote else "unchanged"
-
-
-def _show(value: int) -> str:
-    return str(value) if value else "unlimited"

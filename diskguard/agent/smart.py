@@ -36,7 +36,15 @@ from diskguard.policy.annotations import (
     parse_smart_annotations,
 )
 from diskguard.policy.plan import Enforcement, PodPlan
-from diskguard.policy.smart import AutoLimit, Bucket, Decision, Sample, SmartSettings, decide
+from diskguard.policy.smart import (
+    AutoLimit,
+    Bucket,
+    Decision,
+    Sample,
+    SmartAction,
+    SmartSettings,
+    decide,
+)
 from diskguard.policy.smart import pod_decision as combine_decisions
 
 log = logging.getLogger(__name__)
@@ -142,10 +150,10 @@ class SmartLimiter:
                 cplan.ref.container,
             )
         decision = combine_decisions(per_container, current)
-        if decision.action == "apply":
+        if decision.action is SmartAction.APPLY:
             self.decisions[uid] = decision
             await self._apply(pod, decision)
-        elif decision.action == "lift":
+        elif decision.action is SmartAction.LIFT:
             self.decisions[uid] = decision
             await self._lift(pod, decision.reason)
 
@@ -172,7 +180,7 @@ class SmartLimiter:
         if decision.auto.bps:
             parts.append(f"{decision.auto.bps} B/s")
         message = f"automatic limit {' and '.join(parts)}: {decision.reason}"
-        if await self._patch(pod, annotations, "apply", message):
+        if await self._patch(pod, annotations, SmartAction.APPLY, message):
             self._emit(pod_event(pod, "SmartLimitApplied", message))
 
     async def _lift(self, pod: PodInfo, reason: str) -> None:
@@ -180,11 +188,11 @@ class SmartLimiter:
             f"{self._prefix}/{k}": None for k in (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON)
         }
         message = f"automatic limit removed: {reason}"
-        if await self._patch(pod, annotations, "lift", message):
+        if await self._patch(pod, annotations, SmartAction.LIFT, message):
             self._emit(pod_event(pod, "SmartLimitRemoved", message))
 
     async def _patch(
-        self, pod: PodInfo, annotations: dict[str, str | None], action: str, message: str
+        self, pod: PodInfo, annotations: dict[str, str | None], action: SmartAction, message: str
     ) -> bool:
         if self.dry_run:
             log.info("smart limit (dry run) would %s on %s: %s", action, pod.key, message)

@@ -18,6 +18,7 @@ from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.node.state import LimitRecord, Rule, rule
 from diskguard.policy.plan import ContainerPlan
 from diskguard.policy.resolve import limits_to_enforce
+from diskguard.policy.values import Unlimited, render_limit
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +218,10 @@ def _short(text: str, limit: int = 200) -> str:
 
 def _describe(device: Device, have: IOLimits, want: IOLimits) -> list[str]:
     def show(v: int) -> str:
-        return str(v) if v else "max"
+        return render_limit(v, Unlimited.KERNEL)
 
     return [
         f"{device} {field} {show(old)}->{show(new)}"
         for field, old in have.as_dict().items()
-        if old != (new := getattr(want, field))
+        if old != (new := want.get(field))
     ]

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Protocol
 
 from diskguard.model import (
-    LIMIT_FIELDS,
-    MAX_BPS,
-    MAX_IOPS,
     V2_MIN_LIMIT,
     CgroupVersion,
     Device,
     IOLimits,
+    LimitField,
+    LimitUnit,
 )
+from diskguard.policy.values import Unlimited, render_limit
 
 DeviceKey = tuple[int, int]
 
@@ -65,7 +65,7 @@ class LimitBackend(Protocol):
 def check_limits(limits: IOLimits, where: str = "") -> None:
     """Refuse values the kernel would reject or silently clamp."""
     for field, value in limits.as_dict().items():
-        top = MAX_IOPS if field.endswith("iops") else MAX_BPS
+        top = field.kernel_max
         if not 0 <= value <= top:
             raise LimitRejectedError(f"{where}{field}={value} is outside 0..{top}")
 
@@ -78,12 +78,15 @@ UINT_MAX = 2**32 - 1
 def kernel_view(limits: IOLimits) -> IOLimits:
     """`limits` as the kernel will read them back: an IOPS limit of UINT_MAX is
     blk-throttle's own "no limit", so it reads back as unlimited (0) on v1 and v2."""
-    return IOLimits(
-        **{f: 0 if f.endswith("iops") and v >= UINT_MAX else v for f, v in limits.as_dict().items()}
+    return IOLimits.of(
+        {
+            f: 0 if f.unit is LimitUnit.IOPS and v >= UINT_MAX else v
+            for f, v in limits.as_dict().items()
+        }
     )
 
 
-def _refused_fields(errors: list[tuple[str, LimitError]]) -> None:
+def _refused_fields(errors: list[tuple[LimitField, LimitError]]) -> None:
     """Raise for the fields the kernel refused, after the others were written: the most
     telling error type (a vanished cgroup, then a refused device) wins."""
     if not errors:
@@ -157,10 +160,10 @@ def _parse_devkey(text: str, where: str) -> DeviceKey:
         raise LimitError(f"unexpected device {text!r} in {where}") from exc
 
 
-def _changed(want: IOLimits, have: IOLimits) -> Iterable[tuple[str, int]]:
-    for field in LIMIT_FIELDS:
-        value = getattr(want, field)
-        if value != getattr(have, field):
+def _changed(want: IOLimits, have: IOLimits) -> Iterable[tuple[LimitField, int]]:
+    for field in LimitField:
+        value = want.get(field)
+        if value != have.get(field):
             yield field, value
 
 
@@ -169,15 +172,10 @@ class V1Backend:
 
     version = CgroupVersion.V1
 
-    KNOBS: Mapping[str, str] = {
-        "riops": "blkio.throttle.read_iops_device",
-        "wiops": "blkio.throttle.write_iops_device",
-        "rbps": "blkio.throttle.read_bps_device",
-        "wbps": "blkio.throttle.write_bps_device",
-    }
+    KNOBS: Mapping[LimitField, str] = {f: f.v1_knob for f in LimitField}
 
     def read(self, cgroup_dir: Path) -> dict[DeviceKey, IOLimits]:
-        fields: dict[DeviceKey, dict[str, int]] = {}
+        fields: dict[DeviceKey, dict[LimitField, int]] = {}
         for field, knob in self.KNOBS.items():
             for line in read_knob(cgroup_dir, knob).splitlines():
                 if not line.strip():
@@ -189,7 +187,7 @@ class V1Backend:
                     raise LimitError(f"unexpected line {line!r} in {cgroup_dir / knob}") from exc
                 key = _parse_devkey(dev, str(cgroup_dir / knob))
                 fields.setdefault(key, {})[field] = number
-        return {key: IOLimits(**values) for key, values in fields.items()}
+        return {key: IOLimits.of(values) for key, values in fields.items()}
 
     def write(
         self, cgroup_dir: Path, device: Device, want: IOLimits, have: IOLimits | None = None
@@ -201,7 +199,7 @@ class V1Backend:
             if have is None
             else have
         )
-        errors: list[tuple[str, LimitError]] = []
+        errors: list[tuple[LimitField, LimitError]] = []
         for field, value in _changed(want, have):
             try:
                 write_knob(cgroup_dir, self.KNOBS[field], f"{device} {value}")
@@ -236,17 +234,17 @@ class V2Backend:
             parts = line.split()
             if not parts:
                 continue
-            values: dict[str, int] = {}
+            values: dict[LimitField, int] = {}
             for item in parts[1:]:
                 key, sep, value = item.partition("=")
                 # Newer kernels may add keys; only the four limits are ours to read.
-                if not sep or key not in LIMIT_FIELDS:
+                if not sep or (field := _V2_KEYS.get(key)) is None:
                     continue
                 try:
-                    values[key] = 0 if value == "max" else int(value)
+                    values[field] = 0 if value == Unlimited.KERNEL else int(value)
                 except ValueError as exc:
                     raise LimitError(f"unexpected value {item!r} in {where}") from exc
-            result[_parse_devkey(parts[0], where)] = IOLimits(**values)
+            result[_parse_devkey(parts[0], where)] = IOLimits.of(values)
         return result
 
     def write(
@@ -260,7 +258,7 @@ class V2Backend:
             else have
         )
         changed = dict(_changed(want, have))
-        errors: list[tuple[str, LimitError]] = []
+        errors: list[tuple[LimitField, LimitError]] = []
         for field, value in changed.items():
             if value == 1:
                 # The plan raises 1 to MIN_LIMIT on v2; this guards any other caller.
@@ -273,7 +271,11 @@ class V2Backend:
                         ),
                     )
                 )
-        items = {f: f"{f}={v or 'max'}" for f, v in changed.items() if v != 1}
+        items = {
+            f: f"{f.v2_key}={render_limit(v, Unlimited.KERNEL)}"
+            for f, v in changed.items()
+            if v != 1
+        }
         if not items:
             _refused_fields(errors)
             return
@@ -292,6 +294,9 @@ class V2Backend:
                     except LimitRejectedError as one:
                         errors.append((field, one))
         _refused_fields(errors)
+
+
+_V2_KEYS = {f.v2_key: f for f in LimitField}
 
 
 def backend_for(version: CgroupVersion) -> LimitBackend:

@@ -6,25 +6,20 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from diskguard.model import Direction, LimitField, LimitUnit
 from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
+
+
+def _parser(unit: LimitUnit) -> Callable[[str], int]:
+    return parse_iops if unit is LimitUnit.IOPS else parse_bps
+
 
 # Annotation key suffix -> (parser, the IOLimits fields it sets). A direction-specific key
 # outranks the combined key, which outranks the env default (see policy.resolve_limits).
-LIMIT_KEYS: dict[str, tuple[Callable[[str], int], tuple[str, ...]]] = {
-    "read-iops": (parse_iops, ("riops",)),
-    "write-iops": (parse_iops, ("wiops",)),
-    "iops": (parse_iops, ("riops", "wiops")),
-    "read-bps": (parse_bps, ("rbps",)),
-    "write-bps": (parse_bps, ("wbps",)),
-    "bps": (parse_bps, ("rbps", "wbps")),
-}
-
-# For each IOLimits field, the keys that may set it, strongest first.
-FIELD_KEYS: dict[str, tuple[str, ...]] = {
-    "riops": ("read-iops", "iops"),
-    "wiops": ("write-iops", "iops"),
-    "rbps": ("read-bps", "bps"),
-    "wbps": ("write-bps", "bps"),
+LIMIT_KEYS: dict[str, tuple[Callable[[str], int], tuple[LimitField, ...]]] = {
+    suffix: (_parser(unit), tuple(f for f in LimitField if suffix in f.annotation_suffixes))
+    for unit in LimitUnit
+    for suffix in (f"{Direction.READ}-{unit}", f"{Direction.WRITE}-{unit}", str(unit))
 }
 
 

@@ -36,6 +36,7 @@ from diskguard.policy.resolve import (
     raise_to_kernel_minimum,
     resolve_limits,
 )
+from diskguard.policy.source import Source, SourceKind
 
 # The smallest limit each cgroup version's kernel interface accepts.
 KERNEL_MIN_LIMIT = {CgroupVersion.V1: 1, CgroupVersion.V2: V2_MIN_LIMIT}
@@ -107,7 +108,7 @@ def plan_pod(
     keys = key_set(pod.annotations, prefix, previous)
     parsed = keys.parsed
     smart = parse_smart_annotations(pod.annotations, prefix)
-    auto = IOLimits(smart.auto_iops, smart.auto_iops, smart.auto_bps, smart.auto_bps)
+    auto = IOLimits.per_unit(smart.auto_iops, smart.auto_bps)
     resolution = resolve_limits(
         keys,
         defaults,
@@ -115,7 +116,11 @@ def plan_pod(
         guardrails=guardrails,
         pod_namespace=pod.namespace,
         auto=auto,
-        auto_source=f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
+        auto_source=Source(
+            SourceKind.SMART,
+            f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
+            f"{prefix}/{AUTO_IOPS}",
+        ),
     )
     resolution = raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
     plans = []
@@ -133,7 +138,7 @@ def plan_pod(
         elif enforcement is Enforcement.CEILINGS:
             assert excluded is not None
             container_resolution = held_to_ceilings(
-                resolution, f"excluded by {excluded.rule.value}"
+                resolution, Source(SourceKind.EXCLUDED, f"excluded by {excluded.rule.value}")
             )
         else:
             container_resolution = None

@@ -19,15 +19,17 @@ from collections.abc import Mapping
 
 import attrs
 
-from diskguard.model import LIMIT_FIELDS, IOLimits
-from diskguard.policy.annotations import FIELD_KEYS, AnnotationLimits, parse_limit_annotations
+from diskguard.model import IOLimits, LimitField
+from diskguard.policy.annotations import LIMIT_KEYS, AnnotationLimits, parse_limit_annotations
+from diskguard.policy.source import ENV_DEFAULT, Source, SourceKind
+from diskguard.policy.values import render_limit
 
 # Memory of a set of limit keys: suffix -> last good value, or None when the last good value
 # is unknown to this process (the kernel's value is kept). A suffix missing from the mapping
 # was absent, so the next key in priority order decides.
 KeyMemory = Mapping[str, int | None]
 
-ENV_DEFAULT = "env default"
+SMART_LIMIT = Source(SourceKind.SMART, "smart limit")
 
 
 @attrs.frozen
@@ -35,15 +37,14 @@ class Candidate:
     """One key's say on one field: a value, or None for "keep what the kernel holds"."""
 
     value: int | None
-    source: str
-    key: str = ""  # the annotation key, when the candidate comes from one
+    source: Source
 
 
 @attrs.frozen
 class Clamp:
     """A pod asked for more than its ceiling allows."""
 
-    field: str
+    field: LimitField
     key: str
     asked: int  # 0 = unlimited
     enforced: int
@@ -55,36 +56,45 @@ class Resolution:
 
     # For fields in `keep`, the value used only where the kernel holds no limit yet.
     limits: IOLimits
-    keep: frozenset[str] = frozenset()
-    sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    keep: frozenset[LimitField] = frozenset()
+    origins: Mapping[LimitField, Source] = attrs.field(factory=dict, hash=False)
     memory: KeyMemory = attrs.field(factory=dict, hash=False)
     ceilings: IOLimits = IOLimits()
     # Per field with a ceiling, which setting it comes from (env or namespace).
-    ceiling_sources: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    ceiling_sources: Mapping[LimitField, str] = attrs.field(factory=dict, hash=False)
     clamps: tuple[Clamp, ...] = ()
     # The limits without the smart limit: the reference smart limit judges IO against.
     static: IOLimits = IOLimits()
     auto: IOLimits = IOLimits()  # the automatic limit in force (0 = none)
     # Fields whose limit was below the smallest the kernel accepts, raised to it (v2: 1 -> 2).
-    raised: frozenset[str] = frozenset()
+    raised: frozenset[LimitField] = frozenset()
+
+    @property
+    def sources(self) -> dict[LimitField, str]:
+        """Per field, where its value came from, in words (for people: Events, /status)."""
+        return {f: o.text for f, o in self.origins.items()}
 
     @property
     def annotation_driven(self) -> bool:
-        return any(src != ENV_DEFAULT for src in self.sources.values())
+        """Anything but the plain env defaults (a default raised to the kernel's minimum
+        counts too: the pod's Event says so)."""
+        return bool(self.raised) or any(
+            o.kind is not SourceKind.ENV_DEFAULT or o.clamped for o in self.origins.values()
+        )
 
     def describe(self) -> str:
         """One line for Events and logs: `riops=100 (annotation iops-limit/iops), ...`."""
         parts = []
-        for field in LIMIT_FIELDS:
-            value = getattr(self.limits, field)
-            shown = "kept" if field in self.keep else (str(value) if value else "unlimited")
-            parts.append(f"{field}={shown} ({self.sources.get(field, '?')})")
+        for field in LimitField:
+            shown = "kept" if field in self.keep else render_limit(self.limits.get(field))
+            origin = self.origins.get(field)
+            parts.append(f"{field}={shown} ({origin.text if origin else '?'})")
         return ", ".join(parts)
 
 
 def _remember(parsed: AnnotationLimits, previous: KeyMemory | None) -> dict[str, int | None]:
     memory: dict[str, int | None] = {}
-    for suffix in {s for keys in FIELD_KEYS.values() for s in keys}:
+    for suffix in LIMIT_KEYS:
         if suffix in parsed.values:
             memory[suffix] = parsed.values[suffix]
         elif suffix in parsed.invalid:
@@ -97,22 +107,25 @@ def _remember(parsed: AnnotationLimits, previous: KeyMemory | None) -> dict[str,
 
 
 def _candidates(
-    parsed: AnnotationLimits, memory: KeyMemory, key_of: Mapping[str, str], what: str
-) -> dict[str, list[Candidate]]:
+    parsed: AnnotationLimits, memory: KeyMemory, key_of: Mapping[str, str], kind: SourceKind
+) -> dict[LimitField, list[Candidate]]:
     """Per field, this layer's candidates in priority order."""
-    out: dict[str, list[Candidate]] = {}
-    for field in LIMIT_FIELDS:
+    what = "annotation" if kind is SourceKind.ANNOTATION else "namespace annotation"
+    out: dict[LimitField, list[Candidate]] = {}
+    for field in LimitField:
         chain = []
-        for suffix in FIELD_KEYS[field]:
+        for suffix in field.annotation_suffixes:
             key = key_of[suffix]
             if suffix in parsed.values:
-                chain.append(Candidate(parsed.values[suffix], f"{what} {key}", key))
+                chain.append(Candidate(parsed.values[suffix], Source(kind, f"{what} {key}", key)))
             elif suffix in parsed.invalid and suffix in memory:
                 remembered = memory[suffix]
                 if remembered is None:
-                    chain.append(Candidate(None, f"kept from the kernel: {key} is invalid", key))
+                    kept = Source(SourceKind.KERNEL, f"kept from the kernel: {key} is invalid", key)
+                    chain.append(Candidate(None, kept))
                 else:
-                    chain.append(Candidate(remembered, f"last good value of {key}", key))
+                    good = Source(SourceKind.LAST_GOOD, f"last good value of {key}", key)
+                    chain.append(Candidate(remembered, good))
         out[field] = chain
     return out
 
@@ -123,7 +136,7 @@ class KeySet:
 
     parsed: AnnotationLimits
     memory: KeyMemory = attrs.field(hash=False)
-    candidates: Mapping[str, list[Candidate]] = attrs.field(hash=False)
+    candidates: Mapping[LimitField, list[Candidate]] = attrs.field(hash=False)
 
 
 def key_set(
@@ -132,12 +145,13 @@ def key_set(
     previous: KeyMemory | None,
     *,
     stem: str = "",
-    what: str = "annotation",
+    kind: SourceKind = SourceKind.ANNOTATION,
 ) -> KeySet:
+    """`kind`: ANNOTATION for a pod's keys, NAMESPACE for a namespace's."""
     parsed = parse_limit_annotations(annotations, prefix, stem)
     memory = _remember(parsed, previous)
-    keys = {s: f"{prefix}/{stem}{s}" for keys in FIELD_KEYS.values() for s in keys}
-    return KeySet(parsed, memory, _candidates(parsed, memory, keys, what))
+    keys = {s: f"{prefix}/{stem}{s}" for s in LIMIT_KEYS}
+    return KeySet(parsed, memory, _candidates(parsed, memory, keys, kind))
 
 
 @attrs.frozen
@@ -163,9 +177,9 @@ def namespace_policy(
     return NamespacePolicy(
         name=name,
         defaults=key_set(
-            annotations, prefix, prev_defaults, stem="default-", what="namespace annotation"
+            annotations, prefix, prev_defaults, stem="default-", kind=SourceKind.NAMESPACE
         ),
-        maxima=key_set(annotations, prefix, prev_maxima, stem="max-", what="namespace annotation"),
+        maxima=key_set(annotations, prefix, prev_maxima, stem="max-", kind=SourceKind.NAMESPACE),
     )
 
 
@@ -189,23 +203,23 @@ def resolve_limits(
     guardrails: Guardrails = Guardrails(),
     pod_namespace: str = "",
     auto: IOLimits = IOLimits(),
-    auto_source: str = "smart limit",
+    auto_source: Source = SMART_LIMIT,
 ) -> Resolution:
     """Resolve one pod's limits from its keys, its namespace's policy, the env and the
     automatic (smart) limit, which can only make a limit stricter."""
-    values: dict[str, int] = {}
-    keep: set[str] = set()
-    sources: dict[str, str] = {}
-    ceilings: dict[str, int] = {}
-    ceiling_sources: dict[str, str] = {}
+    values: dict[LimitField, int] = {}
+    keep: set[LimitField] = set()
+    sources: dict[LimitField, Source] = {}
+    ceilings: dict[LimitField, int] = {}
+    ceiling_sources: dict[LimitField, str] = {}
     clamps: list[Clamp] = []
     env_ceilings_apply = pod_namespace not in guardrails.allow_unlimited_namespaces
-    for field in LIMIT_FIELDS:
+    for field in LimitField:
         chain = list(pod.candidates[field])
         if namespace is not None:
             # A namespace key that is invalid with no good value seen is ignored.
             chain += [c for c in namespace.defaults.candidates[field] if c.value is not None]
-        chain.append(Candidate(getattr(defaults, field), ENV_DEFAULT))
+        chain.append(Candidate(defaults.get(field), ENV_DEFAULT))
         chosen = next(c for c in chain if c.value is not None)
         if chain[0].value is None:
             keep.add(field)
@@ -218,52 +232,52 @@ def resolve_limits(
         if ceiling:
             ceiling_sources[field] = ceiling_source
         if ceiling and (value == 0 or value > ceiling):
-            if chosen.key and chosen.source.startswith("annotation"):
-                clamps.append(Clamp(field, chosen.key, value, ceiling))
-            sources.setdefault(field, f"{chosen.source}, clamped to the {ceiling_source}")
+            if chosen.source.kind is SourceKind.ANNOTATION:
+                clamps.append(Clamp(field, chosen.source.key, value, ceiling))
+            sources.setdefault(field, chosen.source.clamped_to(ceiling_source))
             value = ceiling
         values[field] = value
         sources.setdefault(field, chosen.source)
-    static = IOLimits(**values)
+    static = IOLimits.of(values)
     effective = static.stricter(auto)
-    for field in LIMIT_FIELDS:
-        if getattr(effective, field) != getattr(static, field):
+    for field in LimitField:
+        if effective.get(field) != static.get(field):
             sources[field] = auto_source
     return Resolution(
         limits=effective,
         static=static,
         auto=auto,
         keep=frozenset(keep),
-        sources=sources,
+        origins=sources,
         memory=pod.memory,
-        ceilings=IOLimits(**ceilings),
+        ceilings=IOLimits.of(ceilings),
         ceiling_sources=ceiling_sources,
         clamps=tuple(clamps),
     )
 
 
-def held_to_ceilings(resolution: Resolution, why: str) -> Resolution:
+def held_to_ceilings(resolution: Resolution, why: Source) -> Resolution:
     """The limits of a container that an exclusion rule a tenant can satisfy (a keyword in
     its name or image, its pod's labels, a regex on its names) exempts from the pod's
     limits: none of the defaults, none of the pod's annotations, no smart limit - but never
     more than the ceilings, which only the administrator's namespace settings lift (see
     `resolve_limits`: `ALLOW_UNLIMITED_NAMESPACES` drops the env ceilings).
 
-    `why` starts every field's source; keep tenant-chosen text out of it (the source is
-    classified by its wording, see status.source_kind)."""
+    `why` starts every field's source; keep tenant-chosen text out of it (it is shown in
+    Events and /status)."""
     ceilings = resolution.ceilings
     sources = {
         field: (
-            f"{why}, clamped to the {resolution.ceiling_sources.get(field, 'ceiling')}"
-            if getattr(ceilings, field)
-            else f"{why}, no ceiling"
+            why.clamped_to(resolution.ceiling_sources.get(field, "ceiling"))
+            if ceilings.get(field)
+            else why.noted("no ceiling")
         )
-        for field in LIMIT_FIELDS
+        for field in LimitField
     }
     return Resolution(
         limits=ceilings,
         static=ceilings,
-        sources=sources,
+        origins=sources,
         memory=resolution.memory,
         ceilings=ceilings,
         ceiling_sources=resolution.ceiling_sources,
@@ -271,22 +285,17 @@ def held_to_ceilings(resolution: Resolution, why: str) -> Resolution:
 
 
 def _ceiling(
-    field: str, namespace: NamespacePolicy | None, guardrails: Guardrails, env_applies: bool
+    field: LimitField, namespace: NamespacePolicy | None, guardrails: Guardrails, env_applies: bool
 ) -> tuple[int, str]:
-    env = getattr(guardrails.ceilings, field) if env_applies else 0
+    env = guardrails.ceilings.get(field) if env_applies else 0
     ns = _first_value(namespace.maxima.candidates[field]) if namespace is not None else None
-    ns_key = next(
-        (c.key for c in (namespace.maxima.candidates[field] if namespace else []) if c.value),
-        "",
-    )
+    maxima = namespace.maxima.candidates[field] if namespace is not None else []
+    ns_key = next((c.source.key for c in maxima if c.value), "")
     if ns and (not env or ns < env):
         return ns, f"namespace ceiling {ns_key}={ns}"
     if env:
-        return env, f"env ceiling LIMIT_CEILING_{_ENV_NAME[field]}={env}"
+        return env, f"env ceiling LIMIT_CEILING_{field.env_suffix}={env}"
     return 0, ""
-
-
-_ENV_NAME = {"riops": "READ_IOPS", "wiops": "WRITE_IOPS", "rbps": "READ_BPS", "wbps": "WRITE_BPS"}
 
 
 def raise_to_kernel_minimum(resolution: Resolution, minimum: int) -> Resolution:
@@ -297,24 +306,23 @@ def raise_to_kernel_minimum(resolution: Resolution, minimum: int) -> Resolution:
         return resolution
 
     def up(limits: IOLimits) -> IOLimits:
-        return IOLimits(
-            **{f: minimum if 0 < v < minimum else v for f, v in limits.as_dict().items()}
+        return IOLimits.of(
+            {f: minimum if 0 < v < minimum else v for f, v in limits.as_dict().items()}
         )
 
     raised = frozenset(f for f, v in resolution.limits.as_dict().items() if 0 < v < minimum)
     if not raised and up(resolution.ceilings) == resolution.ceilings:
         return resolution
-    sources = dict(resolution.sources)
+    sources = dict(resolution.origins)
     for field in raised:
-        sources[field] = (
-            f"{sources.get(field, ENV_DEFAULT)}, raised to {minimum} "
-            "(the smallest limit the kernel accepts)"
+        sources[field] = sources.get(field, ENV_DEFAULT).noted(
+            f"raised to {minimum} (the smallest limit the kernel accepts)"
         )
     return attrs.evolve(
         resolution,
         limits=up(resolution.limits),
         ceilings=up(resolution.ceilings),
-        sources=sources,
+        origins=sources,
         raised=raised,
     )
 
@@ -325,8 +333,8 @@ def limits_to_enforce(resolution: Resolution, kernel: IOLimits) -> IOLimits:
         return resolution.limits
     values = resolution.limits.as_dict()
     for field in resolution.keep:
-        held = getattr(kernel, field)
-        ceiling = getattr(resolution.ceilings, field)
+        held = kernel.get(field)
+        ceiling = resolution.ceilings.get(field)
         if held:
             values[field] = min(held, ceiling) if ceiling else held
-    return IOLimits(**values)
+    return IOLimits.of(values)

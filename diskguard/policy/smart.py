@@ -19,12 +19,13 @@ runs at its automatic limit, well above that, so apply and lift never alternate.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Mapping, Sequence
 
 import attrs
 
-from diskguard.model import IOLimits, Rates
+from diskguard.model import IOLimits, LimitField, LimitUnit, Rates
 
 # Samples may jitter around the nominal interval: a gap shorter than this fraction of one
 # interval is not a gap.
@@ -73,7 +74,7 @@ class AutoLimit:
     bps: int = 0
 
     def as_limits(self) -> IOLimits:
-        return IOLimits(riops=self.iops, wiops=self.iops, rbps=self.bps, wbps=self.bps)
+        return IOLimits.per_unit(self.iops, self.bps)
 
     @property
     def active(self) -> bool:
@@ -82,24 +83,29 @@ class AutoLimit:
 
 @attrs.frozen
 class Trigger:
-    metric: str  # riops | wiops | rbps | wbps
+    metric: LimitField = attrs.field(converter=LimitField)
     observed: float  # lowest rate in the window
     reference: int
     threshold: float
 
 
+class SmartAction(enum.StrEnum):
+    """What to do about a pod's automatic limit (also the `action` of patch counters)."""
+
+    APPLY = "apply"
+    LIFT = "lift"
+    NONE = "none"
+
+
 @attrs.frozen
 class Decision:
-    action: str  # "apply" | "lift" | "none"
+    action: SmartAction = attrs.field(converter=SmartAction)
     auto: AutoLimit = AutoLimit()
     triggers: tuple[Trigger, ...] = ()
     reason: str = ""
 
 
-NOTHING = Decision("none")
-
-_UNIT = {"riops": "iops", "wiops": "iops", "rbps": "bps", "wbps": "bps"}
-_WORDS = {"riops": "read IOPS", "wiops": "write IOPS", "rbps": "read B/s", "wbps": "write B/s"}
+NOTHING = Decision(SmartAction.NONE)
 
 
 @attrs.define
@@ -113,15 +119,15 @@ class Bucket:
     first_start: float | None = None
     last_at: float = 0.0
     covered: float = 0.0
-    amount: dict[str, float] = attrs.Factory(dict)
+    amount: dict[LimitField, float] = attrs.Factory(dict)
 
     def add(self, at: float, interval: float, rates: Rates) -> None:
         if self.first_start is None:
             self.first_start = at - interval
         self.last_at = at
         self.covered += interval
-        for m in _UNIT:
-            self.amount[m] = self.amount.get(m, 0.0) + getattr(rates, m) * interval
+        for m in LimitField:
+            self.amount[m] = self.amount.get(m, 0.0) + rates.get(m) * interval
 
     def close(self, max_interval: float) -> Sample | None:
         """The bucket as one Sample, or None if it is empty or has a gap (missed samples)."""
@@ -130,7 +136,7 @@ class Bucket:
         span = self.last_at - self.first_start
         if span - self.covered > _COVERAGE_SLACK * max_interval:
             return None
-        mean = Rates(**{m: v / self.covered for m, v in self.amount.items()})
+        mean = Rates.of({m: v / self.covered for m, v in self.amount.items()})
         return Sample(self.last_at, span, mean, mean)
 
 
@@ -151,11 +157,11 @@ def window_samples(samples: Sequence[Sample], now: float, window: float) -> list
     return inside
 
 
-def _reference(metric: str, static: IOLimits, settings: SmartSettings) -> int:
-    value = getattr(static, metric)
+def _reference(metric: LimitField, static: IOLimits, settings: SmartSettings) -> int:
+    value = static.get(metric)
     if value:
-        return int(value)
-    return settings.device_iops if _UNIT[metric] == "iops" else settings.device_bps
+        return value
+    return settings.device_iops if metric.unit is LimitUnit.IOPS else settings.device_bps
 
 
 def decide(
@@ -170,18 +176,18 @@ def decide(
     window = window_samples(samples, now, settings.window)
     if window is None:
         return NOTHING  # not enough history (e.g. right after start): judge nothing
-    lowest = {m: min(getattr(s.low, m) for s in window) for m in _UNIT}
-    highest = {m: max(getattr(s.high, m) for s in window) for m in _UNIT}
+    lowest = {m: min(s.low.get(m) for s in window) for m in LimitField}
+    highest = {m: max(s.high.get(m) for s in window) for m in LimitField}
 
     if current.active:
         calm = all(
             highest[m] < settings.remove_threshold * limit
-            for m in _UNIT
-            if (limit := getattr(current.as_limits(), m))
+            for m in LimitField
+            if (limit := current.as_limits().get(m))
         )
         if calm:
             return Decision(
-                "lift",
+                SmartAction.LIFT,
                 reason=(
                     f"{container}: IO stayed below {settings.remove_threshold:g} x the automatic "
                     f"limit for {settings.window:g}s"
@@ -190,50 +196,54 @@ def decide(
         return NOTHING
 
     triggers = []
-    for metric, unit in _UNIT.items():
+    for metric in LimitField:
         reference = _reference(metric, static, settings)
         if not reference:
             continue
-        threshold = settings.io_threshold if unit == "iops" else settings.bps_threshold
+        threshold = (
+            settings.io_threshold if metric.unit is LimitUnit.IOPS else settings.bps_threshold
+        )
         if lowest[metric] >= threshold * reference:
             triggers.append(Trigger(metric, lowest[metric], reference, threshold))
     if not triggers:
         return NOTHING
 
     auto_iops = auto_bps = 0
-    for unit in ("iops", "bps"):
-        fired = [t for t in triggers if _UNIT[t.metric] == unit]
+    for unit in LimitUnit:
+        fired = [t for t in triggers if t.metric.unit is unit]
         if not fired:
             continue
-        configured = settings.auto_iops if unit == "iops" else settings.auto_bps
-        floor = settings.min_iops if unit == "iops" else settings.min_bps
+        iops = unit is LimitUnit.IOPS
+        configured = settings.auto_iops if iops else settings.auto_bps
+        floor = settings.min_iops if iops else settings.min_bps
         computed = max(floor, int(min(t.observed for t in fired) * settings.reduction))
         value = configured or computed
-        if unit == "iops":
+        if iops:
             auto_iops = value
         else:
             auto_bps = value
     reason = "; ".join(
-        f"{container}: {_WORDS[t.metric]} stayed at or above {t.threshold:g} x {t.reference} "
+        f"{container}: {t.metric.words} stayed at or above {t.threshold:g} x {t.reference} "
         f"= {t.threshold * t.reference:g} for {settings.window:g}s (lowest {t.observed:.0f})"
         for t in triggers
     )
-    return Decision("apply", AutoLimit(auto_iops, auto_bps), tuple(triggers), reason)
+    return Decision(SmartAction.APPLY, AutoLimit(auto_iops, auto_bps), tuple(triggers), reason)
 
 
 def pod_decision(decisions: Mapping[str, Decision], current: AutoLimit) -> Decision:
     """Combine per-container decisions of one pod: any trigger applies; lift only when
     every judged container is calm."""
-    applies = [d for d in decisions.values() if d.action == "apply"]
+    applies = [d for d in decisions.values() if d.action is SmartAction.APPLY]
     if applies and not current.active:
         iops = min((d.auto.iops for d in applies if d.auto.iops), default=0)
         bps = min((d.auto.bps for d in applies if d.auto.bps), default=0)
         return Decision(
-            "apply",
+            SmartAction.APPLY,
             AutoLimit(iops, bps),
             tuple(t for d in applies for t in d.triggers),
             "; ".join(d.reason for d in applies),
         )
-    if current.active and decisions and all(d.action == "lift" for d in decisions.values()):
-        return Decision("lift", reason="; ".join(d.reason for d in decisions.values()))
+    lift = SmartAction.LIFT
+    if current.active and decisions and all(d.action is lift for d in decisions.values()):
+        return Decision(lift, reason="; ".join(d.reason for d in decisions.values()))
     return NOTHING

@@ -6,7 +6,9 @@ quantities (`10Mi`, `500k`, `1G`). Both are bounded by what the kernel accepts.
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from kubernetes.utils import parse_quantity
@@ -24,6 +26,28 @@ _QUANTITY_CHARS = re.compile(r"[-+0-9.eEkKMGTPinum]+")
 MAX_VALUE_LENGTH = 64
 # How much of a refused value messages show.
 SHOWN_LENGTH = 40
+
+
+class Unlimited(enum.StrEnum):
+    """How a limit of 0 (unlimited) is shown, by audience."""
+
+    WORDS = "unlimited"  # Events, logs, messages
+    KERNEL = "max"  # the kernel's spelling (io.max), in the applier's change lists
+    TABLE = "-"  # the columns of `diskguard top` / `diskguard status`
+
+
+def render_limit(
+    value: int | None, unlimited: Unlimited = Unlimited.WORDS, number: Callable[[int], str] = str
+) -> str:
+    """A limit for people: `number(value)`, or how `unlimited` spells 0 (or a missing
+    value: JSON's null)."""
+    return number(value) if value else str(unlimited)
+
+
+def limit_json(value: int) -> int | None:
+    """A limit for JSON: 0 (unlimited) becomes null, so a reader never mistakes it for
+    "zero IO allowed"."""
+    return value or None
 
 
 class LimitValueError(ValueError):

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from diskguard.config import Config, ListenAddress
+from diskguard.model import LimitField
+from diskguard.policy.values import Unlimited, render_limit
 
 
 class StatusUnavailable(Exception):
@@ -50,7 +52,7 @@ def fetch_status(
 def _limits(limits: Mapping[str, int | None] | None) -> str:
     if not limits:
         return "-"
-    return "/".join(str(limits.get(k) or "-") for k in ("riops", "wiops", "rbps", "wbps"))
+    return "/".join(render_limit(limits.get(k), Unlimited.TABLE) for k in LimitField)
 
 
 def render(status: Mapping[str, Any], echo: Callable[[str], None]) -> None:

@@ -21,9 +21,10 @@ import structlog
 
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
-from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, Rates
+from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, LimitField, Rates
 from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
+from diskguard.policy.values import Unlimited, limit_json, render_limit
 from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sampler
 from diskguard.sampler.latency import (
     DeviceLatency,
@@ -70,7 +71,7 @@ class Row:
             "write_iops": round(self.rates.wiops, 2),
             "read_bps": round(self.rates.rbps, 1),
             "write_bps": round(self.rates.wbps, 1),
-            "limits": {k: (v or None) for k, v in self.limits.as_dict().items()},
+            "limits": {k: limit_json(v) for k, v in self.limits.as_dict().items()},
             "sampler": sampler,
             # null: unavailable (cgroup sampler) or no request completed in the interval.
             **{k: (None if v is None else round(v, 6)) for k, v in self.percentiles().items()},
@@ -195,7 +196,7 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
         return sorted(rows, key=lambda r: (r.name, str(r.device)))
     if key == "total":
         return sorted(rows, key=lambda r: -(r.rates.riops + r.rates.wiops))
-    return sorted(rows, key=lambda r: -float(getattr(r.rates, key)))
+    return sorted(rows, key=lambda r: -r.rates.get(LimitField(key)))
 
 
 def _human(value: float) -> str:
@@ -207,9 +208,7 @@ def _human(value: float) -> str:
 
 
 def _limit(value: int, human: bool = False) -> str:
-    if not value:
-        return "-"
-    return _human(value) if human else str(value)
+    return render_limit(value, Unlimited.TABLE, _human if human else str)
 
 
 def _seconds(value: float | None) -> str:

@@ -21,19 +21,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from diskguard.agent.reconciler import ErrorStage
+from diskguard.model import LimitField
 from diskguard.policy.annotations import parse_smart_annotations
 from diskguard.sampler.latency import Direction
 from diskguard.web.status import source_kind
 
 if TYPE_CHECKING:
     from diskguard.agent.run import Agent
-
-_DIRECTIONS = (
-    ("riops", "read", "iops"),
-    ("wiops", "write", "iops"),
-    ("rbps", "read", "bps"),
-    ("wbps", "write", "bps"),
-)
 
 
 def version() -> str:
@@ -91,18 +85,18 @@ class AgentCollector(Collector):
                 if result is None or res is None:
                     continue
                 for device, held in result.kernel:
-                    for field, direction, unit in _DIRECTIONS:
+                    for field in LimitField:
                         limit.add_metric(
                             [
                                 ref.namespace,
                                 ref.pod,
                                 ref.container,
                                 str(device),
-                                direction,
-                                unit,
-                                source_kind(res.sources.get(field, "")),
+                                str(field.direction),
+                                str(field.unit),
+                                str(source_kind(res.origins.get(field))),
                             ],
-                            getattr(held, field),
+                            held.get(field),
                         )
         yield limit
 

@@ -6,42 +6,29 @@ from collections.abc import Mapping
 from typing import Any
 
 from diskguard.agent.reconciler import ErrorStage, Reconciler
-from diskguard.model import ContainerKey, Device, IOLimits, Rates
+from diskguard.model import ContainerKey, Device, IOLimits, LimitField, Rates
 from diskguard.node.applier import ApplyResult
 from diskguard.policy.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.policy.plan import ContainerPlan, PodPlan
+from diskguard.policy.source import Source, SourceLabel
+from diskguard.policy.values import limit_json
 from diskguard.sampler.latency import DeviceLatency, percentiles
 
 
 def limits_json(limits: IOLimits) -> dict[str, int | None]:
     """0 (unlimited) becomes null, so a reader never mistakes it for "zero IO allowed"."""
-    return {k: (v or None) for k, v in limits.as_dict().items()}
+    return {k: limit_json(v) for k, v in limits.as_dict().items()}
 
 
-def source_kind(source: str) -> str:
+def source_kind(source: Source | None) -> SourceLabel:
     """A short label for where a value came from (also a metrics label)."""
-    if source.startswith("smart limit"):
-        return "smart"
-    if "clamped" in source:
-        return "ceiling"
-    if source.startswith("excluded by"):
-        return "excluded"  # an excluded container's field that no ceiling holds
-    if source.startswith("kept from the kernel"):
-        return "kernel"
-    if source.startswith("namespace"):
-        return "namespace"
-    if source.startswith(("annotation", "last good")):
-        return "annotation"
-    return "default"
+    return SourceLabel.DEFAULT if source is None else source.label
 
 
 def rates_json(per_device: Mapping[Device, Rates] | None) -> dict[str, dict[str, float]] | None:
     if per_device is None:
         return None
-    return {
-        str(dev): {k: round(getattr(r, k), 1) for k in ("riops", "wiops", "rbps", "wbps")}
-        for dev, r in per_device.items()
-    }
+    return {str(dev): {k: round(r.get(k), 1) for k in LimitField} for dev, r in per_device.items()}
 
 
 def latency_json(
@@ -62,7 +49,7 @@ def smart_json(plan: PodPlan, prefix: str) -> dict[str, Any]:
     return {
         "active": smart.active,
         "opted_out": smart.opted_out,
-        "auto": {"iops": smart.auto_iops or None, "bps": smart.auto_bps or None},
+        "auto": {"iops": limit_json(smart.auto_iops), "bps": limit_json(smart.auto_bps)},
         "reason": _bounded(plan.pod.annotations.get(f"{prefix}/{LIMIT_REASON}"))
         if smart.active
         else None,
@@ -95,7 +82,7 @@ def container_json(
         desired = {
             "limits": limits_json(res.limits),
             "sources": dict(res.sources),
-            "source_kinds": {f: source_kind(s) for f, s in res.sources.items()},
+            "source_kinds": {f: source_kind(s) for f, s in res.origins.items()},
             "kept_from_kernel": sorted(res.keep),
             "ceilings": limits_json(res.ceilings),
             "static": limits_json(res.static),
