@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from diskguard.kube.kubelet import KubeletConfigError, KubeletSettings, kubelet_settings_from_env
-from diskguard.model import IOLimits
+from diskguard.model import IOLimits, LimitField
 from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
 from diskguard.policy.resolve import Guardrails
 from diskguard.policy.smart import SmartSettings
@@ -380,18 +380,10 @@ def default_exclusion() -> ExclusionFilter:
     return _exclusion({})
 
 
-_CEILING_VARIABLES = {
-    "riops": "LIMIT_CEILING_READ_IOPS",
-    "wiops": "LIMIT_CEILING_WRITE_IOPS",
-    "rbps": "LIMIT_CEILING_READ_BPS",
-    "wbps": "LIMIT_CEILING_WRITE_BPS",
-}
-
-
 def startup_warnings(config: Config) -> tuple[str, ...]:
     """What is allowed but unsafe in this configuration, said at start-up and in /status."""
     ceilings = config.guardrails.ceilings
-    missing = [var for field, var in _CEILING_VARIABLES.items() if not getattr(ceilings, field)]
+    missing = [f"LIMIT_CEILING_{f.env_suffix}" for f in LimitField if not ceilings.get(f)]
     if not missing:
         return ()
     return (

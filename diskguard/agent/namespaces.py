@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from diskguard.kube.events import EventRequest
-from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.kube.events import EventRequest, EventType, InvolvedKind
+from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
 from diskguard.policy.resolve import KeyMemory, NamespacePolicy, namespace_policy
 from diskguard.policy.values import shown
 
@@ -46,7 +46,7 @@ class NamespacePolicies:
                 self._forget(name)
                 changed.add(name)
         elif isinstance(event, Changed):
-            if event.kind == "DELETED":
+            if event.kind is ChangeKind.DELETED:
                 name = _name(event.object)
                 self._forget(name)
                 changed.add(name)
@@ -89,7 +89,7 @@ class NamespacePolicies:
                 continue
             self._emit(
                 EventRequest(
-                    kind="Namespace",
+                    kind=InvolvedKind.NAMESPACE,
                     namespace="",
                     name=policy.name,
                     uid=uid[:64],
@@ -98,7 +98,7 @@ class NamespacePolicies:
                         f"annotation {b.key}={shown(b.value)} ignored: {b.reason}; the last good "
                         "value of this key stays in force (none, if diskguard has not seen one)"
                     ),
-                    type="Warning",
+                    type=EventType.WARNING,
                 )
             )
         self._warned[policy.name] = bad

@@ -25,7 +25,7 @@ import trio
 from diskguard.agent.namespaces import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.pods import PodParseError, parse_pod
-from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
 from diskguard.model import CgroupVersion, ContainerKey, IOLimits, PodInfo, Runtime
 from diskguard.node.applier import Applier, ApplyResult
 from diskguard.policy.annotations import LIMIT_KEYS
@@ -161,7 +161,7 @@ class Reconciler:
             self._dirty |= set(self.pods)
             self._relisted = True
         elif isinstance(event, Changed):
-            if event.kind == "DELETED":
+            if event.kind is ChangeKind.DELETED:
                 meta = event.object.get("metadata") if isinstance(event.object, Mapping) else None
                 self._parse_failures.pop(_pod_key(event.object), None)
                 self._forget(str(meta.get("uid", "")) if isinstance(meta, Mapping) else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import enum
 import logging
 import secrets
 from collections.abc import Sequence
@@ -36,26 +37,38 @@ RATE = 50.0
 BURST = 100
 
 
+class InvolvedKind(enum.StrEnum):
+    """The kind of object an Event is about (the API's spelling)."""
+
+    POD = "Pod"
+    NAMESPACE = "Namespace"
+
+
+class EventType(enum.StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
 @attrs.frozen
 class EventRequest:
-    kind: str  # Pod | Namespace
+    kind: InvolvedKind = attrs.field(converter=InvolvedKind)
     namespace: str  # "" for cluster-scoped objects
     name: str
     uid: str
     reason: str
     message: str
-    type: str = "Normal"  # Normal | Warning
+    type: EventType = attrs.field(default=EventType.NORMAL, converter=EventType)
 
 
 def pod_event(pod: PodInfo, reason: str, message: str, *, warning: bool = False) -> EventRequest:
     return EventRequest(
-        kind="Pod",
+        kind=InvolvedKind.POD,
         namespace=pod.namespace,
         name=pod.name,
         uid=pod.uid,
         reason=reason,
         message=message,
-        type="Warning" if warning else "Normal",
+        type=EventType.WARNING if warning else EventType.NORMAL,
     )
 
 
@@ -68,14 +81,14 @@ def event_body(req: EventRequest, node_name: str, now: dt.datetime) -> dict[str,
         "metadata": {"name": f"{req.name}.{secrets.token_hex(8)}", "namespace": namespace},
         "involvedObject": {
             "apiVersion": "v1",
-            "kind": req.kind,
+            "kind": req.kind.value,
             "namespace": req.namespace or None,
             "name": req.name,
             "uid": req.uid,
         },
         "reason": req.reason,
         "message": req.message[:1024],
-        "type": req.type,
+        "type": req.type.value,
         "source": {"component": "diskguard", "host": node_name},
         "reportingComponent": "diskguard",
         "reportingInstance": node_name,
@@ -166,7 +179,7 @@ class EventSink:
         return self.stats.dropped
 
     def emit(self, req: EventRequest) -> None:
-        log_fn = log.warning if req.type == "Warning" else log.info
+        log_fn = log.warning if req.type is EventType.WARNING else log.info
         log_fn("event %s %s/%s: %s", req.reason, req.namespace, req.name, req.message)
         self.queue.put(Queued(req, dt.datetime.now(dt.UTC), trio.current_time()))
 

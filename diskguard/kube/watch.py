@@ -20,6 +20,7 @@ Cancellation shuts the socket down so the thread ends promptly: no thread is lef
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import random
@@ -63,14 +64,23 @@ class Relisted:
     resource: str = "pods"
 
 
+class ChangeKind(enum.StrEnum):
+    """The watch event types that change an object (the API server's spelling)."""
+
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
 @attrs.frozen
 class Changed:
-    kind: str  # ADDED | MODIFIED | DELETED
+    kind: ChangeKind = attrs.field(converter=ChangeKind)
     object: Mapping[str, Any]
     resource: str = "pods"
 
 
 WatchEvent = Relisted | Changed
+_CHANGE_KINDS = frozenset(ChangeKind)
 
 
 @attrs.frozen
@@ -382,8 +392,8 @@ class ListWatcher:
                 rv = (obj.get("metadata") or {}).get("resourceVersion")
                 if rv:
                     resource_version = str(rv)
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self._emit(Changed(kind, obj, self.name), progress=True)
+                if kind in _CHANGE_KINDS:
+                    self._emit(Changed(ChangeKind(kind), obj, self.name), progress=True)
                     delivered = True
                 elif kind == "BOOKMARK":
                     trio.from_thread.run_sync(self._progressed)
