@@ -19,6 +19,7 @@ from diskguard.policy.annotations import LIMIT_KEYS
 from diskguard.policy.resolve import Guardrails, key_set, resolve_limits
 from diskguard.policy.source import Source, SourceKind, SourceLabel
 from diskguard.policy.values import Unlimited, limit_json, render_limit
+from diskguard.tools.status import render
 
 P = "iops-limit"
 
@@ -183,3 +184,29 @@ def test_origins_through_resolution() -> None:
     assert [(c.field, c.key, c.asked, c.enforced) for c in res.clamps] == [
         (LimitField.RIOPS, f"{P}/read-iops", 5000, 1000)
     ]
+
+
+def test_status_summary_renders_limits_as_before() -> None:
+    """`diskguard status`: limits in field order, unlimited (0 or null) as `-`."""
+    lines: list[str] = []
+    render(
+        {
+            "node": "n1",
+            "ready": True,
+            "version": "1",
+            "cgroup": {"version": "v2"},
+            "containers": [
+                {
+                    "namespace": "ns",
+                    "pod": "p",
+                    "container": "c",
+                    "desired": {"limits": {"riops": 100, "wiops": None, "rbps": 0, "wbps": 2048}},
+                    "kernel": {"8:0": {"riops": 100, "wiops": None, "rbps": None, "wbps": 2048}},
+                    "in_sync": True,
+                }
+            ],
+        },
+        lines.append,
+    )
+    assert lines[2] == "limits as riops/wiops/rbps/wbps (- = none)"
+    assert lines[4].split() == ["ns/p/c", "100/-/-/2048", "100/-/-/2048", "yes"]

@@ -71,7 +71,7 @@ def render(status: Mapping[str, Any], echo: Callable[[str], None]) -> None:
     if access.get("problem"):
         line += f" ({access['problem']})"
     echo(line)
-    echo("limits as riops/wiops/rbps/wbps (- = none)")
+    echo(f"limits as {'/'.join(LimitField)} ({Unlimited.TABLE} = none)")
     echo(f"{'CONTAINER':<60} {'DESIRED':<28} {'KERNEL':<28} SYNC")
     for c in status.get("containers") or []:
         name = f"{c['namespace']}/{c['pod']}/{c['container']}"
