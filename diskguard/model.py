@@ -307,3 +307,21 @@ class Rates:
     @classmethod
     def of(cls, values: Mapping[LimitField, float]) -> Rates:
         return cls(**{LimitField(f).value: v for f, v in values.items()})
+
+
+class ErrorStage(enum.Enum):
+    """Where an unexpected error stopped the work for one pod or container."""
+
+    EVENT = "event"  # taking in a watch event
+    PLAN = "plan"  # planning the pod's limits
+    APPLY = "apply"  # applying one container's limits to its cgroup
+
+
+@attrs.frozen
+class PodError:
+    """The latest unexpected error contained to one pod (or container), for /status."""
+
+    stage: ErrorStage
+    pod: str  # namespace/name
+    error: str
+    container: str = ""

@@ -29,6 +29,8 @@ class KubeletRateTask:
         reconciler: Reconciler,
         interval: float,
         devices: Sequence[Device],
+        *,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self._client = client
         self._reconciler = reconciler
@@ -38,7 +40,7 @@ class KubeletRateTask:
         names = [d.name for d in devices]
         self._devices: list[str] | None = names if all(names) else None
         self._tracker = CadvisorRateTracker(clock=trio.current_time)
-        self.listeners: list[Listener] = []
+        self._listeners = tuple(listeners)
         self.failing = ""
 
     def _keys(self) -> dict[tuple[str, str, str], ContainerKey]:
@@ -74,5 +76,5 @@ class KubeletRateTask:
             key = keys.get((pc.namespace, pc.pod, pc.container))
             if key is not None and pc in latest:
                 samples[key] = Sample.of(now, latest[pc].interval, r)
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(samples)

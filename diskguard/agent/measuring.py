@@ -8,7 +8,7 @@ inode of that directory, which is what the block layer charges IO to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -37,13 +37,25 @@ def combine(per_device: dict[Device, Rates]) -> Rates:
 
 
 class SamplingTask:
-    def __init__(self, sampler: Sampler, reconciler: Reconciler, interval: float) -> None:
+    """`kernel_lock` is the reconciler's: arming v1 counters writes throttle files, which
+    must not interleave with an apply batch. `listeners` get every pass's samples."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        reconciler: Reconciler,
+        interval: float,
+        *,
+        kernel_lock: trio.Lock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
         self.sampler = sampler
         self._reconciler = reconciler
         self.interval = interval
         self._tracker = RateTracker(history=2, clock=trio.current_time)
         self._targets: dict[Path, Target] = {}
-        self.listeners: list[Listener] = []
+        self._listeners = tuple(listeners)
+        self._kernel_lock = kernel_lock
         # For metrics, /status and top: the latest rates and cumulative counters.
         self.rates: dict[ContainerKey, dict[Device, Rates]] = {}
         self.counters: dict[ContainerKey, dict[Device, Counters]] = {}
@@ -101,7 +113,7 @@ class SamplingTask:
         targets = self._current_targets()
         started = trio.current_time()
         try:
-            async with self._reconciler.kernel_lock:  # v1 arming writes throttle files
+            async with self._kernel_lock:  # v1 arming writes throttle files
                 snapshot, latency = await trio.to_thread.run_sync(
                     self._read, list(targets.values())
                 )
@@ -126,5 +138,5 @@ class SamplingTask:
                 latest = self._tracker.latest(target)
                 interval = max((s.interval for s in latest.values()), default=self.interval)
                 samples[key] = Sample.of(now, interval, combine(per_device))
-        for listener in self.listeners:
+        for listener in self._listeners:
             listener(samples)

@@ -13,7 +13,6 @@ pod, counted (`pod_errors`), kept for /status, and never ends the task.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -26,13 +25,22 @@ from diskguard.agent.namespaces import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
-from diskguard.model import CgroupVersion, ContainerKey, IOLimits, PodInfo, Runtime
+from diskguard.model import (
+    CgroupVersion,
+    ContainerKey,
+    ErrorStage,
+    IOLimits,
+    PodError,
+    PodInfo,
+    Runtime,
+)
 from diskguard.node.applier import Applier, ApplyResult
 from diskguard.policy.annotations import LIMIT_KEYS
 from diskguard.policy.exclusion import ExclusionFilter
 from diskguard.policy.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
 from diskguard.policy.resolve import Guardrails, KeyMemory
 from diskguard.policy.values import render_limit, shown
+from diskguard.web.view import ContainerSnapshot, PodSnapshot, ReconcileSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +50,6 @@ RETRY_MAX = 1.0
 # (a kata/gVisor RuntimeClass, kubelet without per-QoS cgroups): the pod waits for its
 # next event or the resync instead of being looked for every second forever.
 RETRY_ATTEMPTS = 20
-
-
-class ErrorStage(enum.Enum):
-    """Where an unexpected error stopped the work for one pod or container."""
-
-    EVENT = "event"  # taking in a watch event
-    PLAN = "plan"  # planning the pod's limits
-    APPLY = "apply"  # applying one container's limits to its cgroup
-
-
-@attrs.frozen
-class PodError:
-    stage: ErrorStage
-    pod: str  # namespace/name
-    error: str
-    container: str = ""
 
 
 @attrs.frozen
@@ -90,6 +82,8 @@ class Reconciler:
         settings: ReconcileSettings,
         applier: Applier,
         emit: Callable[[EventRequest], None],
+        *,
+        kernel_lock: trio.Lock | None = None,
     ) -> None:
         self.settings = settings
         self._applier = applier
@@ -104,9 +98,10 @@ class Reconciler:
         self._parse_failures: dict[str, str] = {}
         self._dirty: set[str] = set()
         self._retry: dict[str, _Retry] = {}
-        # Held around every batch of kernel writes; the cgroup sampler holds it too, because
-        # arming v1 counters writes throttle files (see sampler/cgroupfs.py).
-        self.kernel_lock = trio.Lock()
+        # Held around every batch of kernel writes; shared with whatever else writes cgroup
+        # files (the cgroup sampler arming v1 counters, see sampler/cgroupfs.py; the move of
+        # limits to new data disks), which the agent's wiring hands the same lock.
+        self._kernel_lock = kernel_lock if kernel_lock is not None else trio.Lock()
         self.synced = trio.Event()  # set after the first full reconcile
         self.reconciles = 0
         # Outcome counters for /metrics: per container-apply, how it ended.
@@ -129,6 +124,44 @@ class Reconciler:
         self._dirty |= set(self.pods)
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+
+    # -- output --------------------------------------------------------------------------
+
+    def snapshot(self) -> ReconcileSnapshot:
+        """Everything the HTTP side (web.view) reads from the reconciler, as one frozen value.
+
+        The contract, whatever the tables behind it: `pods` holds every pod that has a plan
+        (in the order the pods were first planned), each with its latest `PodPlan` and, per
+        container of that plan and in its order, the latest `ApplyResult` for the
+        container's key (None before the first apply) and whether its cgroup wait was given
+        up (RETRY_ATTEMPTS tries without a cgroup; cleared by an apply that finds every
+        cgroup). `outcomes`, `error_counts` and `reconciles` are the counters since start;
+        `pod_errors` the latest unexpected error per pod (plus keyless ones), oldest first.
+        Read-only: it copies, never changes anything, and costs O(pods + containers).
+        """
+        pods = []
+        for uid, plan in self.plans.items():
+            given_up = self.cgroup_given_up.get(uid, ())
+            pods.append(
+                PodSnapshot(
+                    plan,
+                    tuple(
+                        ContainerSnapshot(
+                            c,
+                            self.results.get(c.ref.key),
+                            c.ref.container in given_up,
+                        )
+                        for c in plan.containers
+                    ),
+                )
+            )
+        return ReconcileSnapshot(
+            pods=tuple(pods),
+            outcomes=dict(self.outcomes),
+            error_counts=dict(self.error_counts),
+            pod_errors=tuple(self.pod_errors.values()),
+            reconciles=self.reconciles,
+        )
 
     # -- input ---------------------------------------------------------------------------
 
@@ -281,7 +314,7 @@ class Reconciler:
         container_plans = [c for p in pod_plans for c in p.containers]
         self.applying_since = trio.current_time()
         try:
-            async with self.kernel_lock:
+            async with self._kernel_lock:
                 results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
         except Exception as exc:
             # Applier.apply contains each container; this is the last line of defence.

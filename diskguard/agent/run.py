@@ -22,6 +22,7 @@ from diskguard.agent.kubelet_rates import KubeletRateTask
 from diskguard.agent.measuring import SamplingTask
 from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.agent.smart import SmartLimiter
+from diskguard.agent.view import AgentReadout
 from diskguard.config import Config, startup_warnings
 from diskguard.kube.access import SMART_LIMIT_ACCESS, AccessGate, denied_access
 from diskguard.kube.client import make_api_client
@@ -44,6 +45,16 @@ from diskguard.node.state import LimitRecord, StateDir
 from diskguard.policy.plan import runtime_override
 from diskguard.sampler import Sampler, SamplerKind, SamplerUnavailable, open_sampler
 from diskguard.web import server as web
+from diskguard.web.view import (
+    EventsState,
+    Health,
+    NodeState,
+    ReconcileSnapshot,
+    SamplingState,
+    Setup,
+    SmartState,
+    WatchState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +94,8 @@ def inspect_node(config: Config) -> NodeSetup:
 
 
 class Agent:
-    """The running agent's parts, reachable for the HTTP/status side and for tests."""
+    """The running agent's parts, reachable for tests; the HTTP side reads it only as a
+    `web.view.AgentView` (answered by `agent.view.AgentReadout`)."""
 
     def __init__(self, config: Config, node: NodeSetup, api_client: k8s.ApiClient) -> None:
         self.config = config
@@ -100,6 +112,9 @@ class Agent:
         )
         self.events = EventSink()
         self._events_unfinished: list[Posting] = []
+        # Every batch of cgroup writes holds it: the reconciler's applies, the cgroup
+        # sampler's v1 counter arming, the move of limits to new data disks.
+        self._kernel_lock = trio.Lock()
         self.reconciler = Reconciler(
             ReconcileSettings(
                 node_name=config.node_name,
@@ -114,6 +129,7 @@ class Agent:
             ),
             self.applier,
             self.events.emit,
+            kernel_lock=self._kernel_lock,
         )
         self.data_disks = DataDisks(
             config.data_mounts,
@@ -124,9 +140,10 @@ class Agent:
         )
         self._watch_send, self._watch_receive = trio.open_memory_channel[WatchEvent](100)
         self.http_binds: list[str] = []
+        # Published by _start_measuring once the sampler opened (a BPF compile takes
+        # seconds), and smart limit once it runs (after its RBAC grant); None until then.
         self.sampling: SamplingTask | None = None
         self.smart: SmartLimiter | None = None
-        self.kubelet_rates: KubeletRateTask | None = None
         self.sampler_problem = ""
         self._sampler: Sampler | None = None
         self.measuring = trio.Event()  # set once the sampler (if any) is running
@@ -157,6 +174,7 @@ class Agent:
                 interval=SMART_ACCESS_RECHECK,
             )
         self.config_warnings = startup_warnings(config)
+        self._readout = AgentReadout(self)
 
     # -- health ----------------------------------------------------------------------------
 
@@ -169,20 +187,9 @@ class Agent:
 
     async def _move_limits(self, devices: tuple[Device, ...]) -> None:
         """The data disks changed: limits go to the new ones, diskguard's come off the old."""
-        async with self.reconciler.kernel_lock:  # between two apply batches
+        async with self._kernel_lock:  # between two apply batches
             self.applier.set_devices(devices)
         self.reconciler.resync_now()
-
-    def record_status(self) -> dict[str, object] | None:
-        record = self.applier.record
-        if record is None:
-            return None
-        return {
-            "path": str(record.state.limit_record),
-            "rules": len(record.rules),
-            "saves": record.saves,
-            "problem": record.problem or None,
-        }
 
     def readiness_problem(self) -> str:
         if self.data_disks.problem:
@@ -210,31 +217,31 @@ class Agent:
     def ready(self) -> bool:
         return not self.readiness_problem()
 
-    def sampler_status(self) -> dict[str, object]:
-        if self.sampling is None:
-            return {"kind": None, "problem": self.sampler_problem or "not started"}
-        s = self.sampling
-        return {
-            "kind": s.sampler.kind,
-            "degraded": s.sampler.degraded,
-            "interval_seconds": s.interval,
-            "passes": s.passes,
-            "last_pass_ms": round(s.last_pass_seconds * 1000, 2),
-            "errors": s.errors,
-            # Why there is no per-container latency (null: there is).
-            "latency_unavailable": s.sampler.latency_problem,
-        }
+    # -- web.view.AgentView, answered by the readout (so the Agent itself can be served) ----
 
-    def smart_status(self) -> dict[str, object]:
-        smart = self.config.smart
-        return {
-            "enabled": smart.enabled and self.smart is not None,
-            "dry_run": smart.dry_run,
-            "window_seconds": smart.settings.window,
-            "monitor_interval_seconds": smart.monitor_interval,
-            "patches": dict(self.smart.patches) if self.smart else {},
-            "access": self.smart_access.as_json() if self.smart_access else None,
-        }
+    def health_snapshot(self) -> Health:
+        return self._readout.health_snapshot()
+
+    def setup_snapshot(self) -> Setup:
+        return self._readout.setup_snapshot()
+
+    def node_snapshot(self) -> NodeState:
+        return self._readout.node_snapshot()
+
+    def reconcile_snapshot(self) -> ReconcileSnapshot:
+        return self._readout.reconcile_snapshot()
+
+    def watch_snapshots(self) -> tuple[WatchState, ...]:
+        return self._readout.watch_snapshots()
+
+    def events_snapshot(self) -> EventsState:
+        return self._readout.events_snapshot()
+
+    def sampling_snapshot(self) -> SamplingState:
+        return self._readout.sampling_snapshot()
+
+    def smart_snapshot(self) -> SmartState:
+        return self._readout.smart_snapshot()
 
     async def _open_sampler(self) -> Sampler | None:
         """BPF when it can run (compiling takes seconds: in a thread), else the cgroup
@@ -273,7 +280,8 @@ class Agent:
                 if self.smart_access is not None:
                     nursery.start_soon(self.smart_access.run, name="smart-limit-access")
                 self.http_binds = await nursery.start(
-                    functools.partial(web.serve, self, self.config.http_addr), name="http"
+                    functools.partial(web.serve, self._readout, self.config.http_addr),
+                    name="http",
                 )
                 log.info(
                     "serving /healthz /readyz /metrics /status on %s", ", ".join(self.http_binds)
@@ -329,52 +337,62 @@ class Agent:
             name="events",
         )
 
-    async def _run_smart(
-        self, smart: SmartLimiter, rate_source: SamplingTask | KubeletRateTask
-    ) -> None:
+    async def _run_smart(self, smart: SmartLimiter) -> None:
         """Smart limit, once RBAC lets it patch pods (at once in dry run)."""
         if self.smart_access is not None:
             await self.smart_access.granted.wait()
         self.smart = smart
-        rate_source.listeners.append(smart.on_samples)
         await smart.run()
 
     async def _start_measuring(self, nursery: trio.Nursery) -> None:
-        """Open the sampler (BPF compiles in a thread), then start the tasks that use it."""
+        """Open the sampler (BPF compiles in a thread), then wire and start the tasks that
+        use it: the smart limiter first, so each rate source is built with its listener."""
         self._sampler = sampler = await self._open_sampler()
-        if self.kubelet is not None and self.config.smart.use_kubelet_api:
-            self.kubelet_rates = KubeletRateTask(
+        config = self.config
+        kubelet_rates = self.kubelet is not None and config.smart.use_kubelet_api
+        smart: SmartLimiter | None = None
+        if config.smart.enabled and (kubelet_rates or sampler is not None):
+            smart = SmartLimiter(
+                config.smart.settings,
+                config.smart.monitor_interval,
+                self.reconciler,
+                self.api,
+                self.events.emit,
+                config.annotation_prefix,
+                dry_run=config.smart.dry_run,
+                patches_per_minute=config.smart.patches_per_minute,
+                fresh_resource_version=config.kubelet.pod_source,
+            )
+        # Smart limit listens to one rate source: the kubelet's when asked for, else ours.
+        listeners = () if smart is None else (smart.on_samples,)
+        rates: KubeletRateTask | None = None
+        if self.kubelet is not None and kubelet_rates:
+            rates = KubeletRateTask(
                 self.kubelet,
                 self.reconciler,
-                max(self.config.sample_interval, self.config.kubelet.poll_interval),
+                max(config.sample_interval, config.kubelet.poll_interval),
                 self.node.devices,
+                listeners=listeners,
             )
         if sampler is not None:
-            self.sampling = SamplingTask(sampler, self.reconciler, self.config.sample_interval)
+            self.sampling = SamplingTask(
+                sampler,
+                self.reconciler,
+                config.sample_interval,
+                kernel_lock=self._kernel_lock,
+                listeners=() if kubelet_rates else listeners,
+            )
             log.info(
                 "IO sampler: %s%s",
                 sampler.kind,
                 f" (degraded: {sampler.degraded})" if sampler.degraded else "",
             )
-        rate_source = self.kubelet_rates or self.sampling
-        if self.config.smart.enabled and rate_source is not None:
-            smart = self.config.smart
-            smart_limiter = SmartLimiter(
-                smart.settings,
-                smart.monitor_interval,
-                self.reconciler,
-                self.api,
-                self.events.emit,
-                self.config.annotation_prefix,
-                dry_run=smart.dry_run,
-                patches_per_minute=smart.patches_per_minute,
-                fresh_resource_version=self.config.kubelet.pod_source,
-            )
-            nursery.start_soon(self._run_smart, smart_limiter, rate_source, name="smart-limit")
+        if smart is not None:
+            nursery.start_soon(self._run_smart, smart, name="smart-limit")
         if self.sampling is not None:
             nursery.start_soon(self.sampling.run, name="sampler")
-        if self.kubelet_rates is not None:
-            nursery.start_soon(self.kubelet_rates.run, name="kubelet-rates")
+        if rates is not None:
+            nursery.start_soon(rates.run, name="kubelet-rates")
         self.measuring.set()
 
 

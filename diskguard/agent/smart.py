@@ -85,10 +85,15 @@ class SmartLimiter:
         self._last_refill = 0.0
         self.decisions: dict[str, Decision] = {}  # per pod uid, last non-trivial decision
         self.patches = collections.Counter[str]()
+        # Samples count from the moment the task runs: the rate source is wired to it from
+        # the start, but the task may wait long for its RBAC grant.
+        self._running = False
 
     # -- input from the sampler ----------------------------------------------------------
 
     def on_samples(self, samples: dict[ContainerKey, Sample]) -> None:
+        if not self._running:
+            return
         for key, sample in samples.items():
             self._max_interval = max(self._max_interval, sample.interval)
             self._buckets.setdefault(key, Bucket()).add(sample.at, sample.interval, sample.low)
@@ -109,6 +114,7 @@ class SmartLimiter:
     # -- the task ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._running = True
         self._last_refill = trio.current_time()
         while True:
             await trio.sleep(self.monitor_interval)

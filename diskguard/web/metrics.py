@@ -7,9 +7,8 @@ objects up to date and there is no global registry: each agent owns its own.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -20,14 +19,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from diskguard.agent.reconciler import ErrorStage
-from diskguard.model import LimitField
+from diskguard.model import ContainerKey, ErrorStage, LimitField
 from diskguard.policy.annotations import parse_smart_annotations
 from diskguard.sampler.latency import Direction
 from diskguard.web.status import source_kind
+from diskguard.web.view import AgentView, ReconcileSnapshot, SamplingState, SmartState
 
-if TYPE_CHECKING:
-    from diskguard.agent.run import Agent
+Labels = tuple[str, str, str]  # namespace, pod, container
 
 
 def version() -> str:
@@ -42,25 +40,24 @@ def _le(bound: float) -> str:
 
 
 class AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, view: AgentView) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        agent = self._agent
-        rec = agent.reconciler
+        view = self._view
+        setup = view.setup_snapshot()
+        rec = view.reconcile_snapshot()
 
         info = GaugeMetricFamily(
             "diskguard_build_info",
             "diskguard version and runtime",
             labels=["version", "python", "cgroup_version"],
         )
-        info.add_metric(
-            [version(), platform.python_version(), agent.node.hierarchy.version.value], 1
-        )
+        info.add_metric([version(), platform.python_version(), setup.cgroup_version.value], 1)
         yield info
 
         ready = GaugeMetricFamily("diskguard_ready", "1 when /readyz answers ready")
-        ready.add_metric([], 1 if agent.ready() else 0)
+        ready.add_metric([], 1 if view.health_snapshot().ready else 0)
         yield ready
 
         limit = GaugeMetricFamily(
@@ -70,10 +67,10 @@ class AgentCollector(Collector):
             labels=["namespace", "pod", "container", "device", "direction", "unit", "source"],
         )
         states = {"limited": 0, "excluded": 0, "waiting_for_cgroup": 0, "error": 0}
-        for plan in rec.plans.values():
-            for cplan in plan.containers:
+        for pod in rec.pods:
+            for container in pod.containers:
+                cplan, result = container.plan, container.result
                 ref, res = cplan.ref, (None if cplan.left_alone else cplan.resolution)
-                result = rec.results.get(ref.key)
                 if res is None:
                     states["excluded"] += 1
                 elif result is not None and result.error:
@@ -142,20 +139,28 @@ class AgentCollector(Collector):
         failing = GaugeMetricFamily(
             "diskguard_watch_failing", "1 while the list/watch is failing", labels=["resource"]
         )
-        for watcher in (agent.pod_watcher, agent.namespace_watcher):
-            health = watcher.health
-            relists.add_metric([watcher.name], health.relists)
-            restarts.add_metric([watcher.name], health.restarts)
-            failing.add_metric([watcher.name], 1 if health.failing_since is not None else 0)
+        for watch in view.watch_snapshots():
+            relists.add_metric([watch.name], watch.relists)
+            restarts.add_metric([watch.name], watch.failures)
+            failing.add_metric([watch.name], 1 if watch.failing else 0)
         yield relists
         yield restarts
         yield failing
 
-        yield from self._sampling()
-        yield from self._latency()
-        yield from self._smart()
+        sampling = view.sampling_snapshot()
+        # A sampled container's labels: only containers the reconciler has applied.
+        names = {
+            c.plan.ref.key: (c.plan.ref.namespace, c.plan.ref.pod, c.plan.ref.container)
+            for pod in rec.pods
+            for c in pod.containers
+            if c.result is not None
+        }
+        yield from self._sampling(sampling, names)
+        yield from self._latency(sampling, names)
+        yield from self._smart(view.smart_snapshot(), rec, setup.annotation_prefix)
 
-        stats = agent.events.stats
+        events = view.events_snapshot()
+        stats = events.stats
         dropped = CounterMetricFamily(
             "diskguard_events_dropped",
             "Kubernetes Events dropped because the queue was full (the oldest goes first)",
@@ -176,28 +181,29 @@ class AgentCollector(Collector):
         queued = GaugeMetricFamily(
             "diskguard_events_queued", "Kubernetes Events waiting to be posted"
         )
-        queued.add_metric([], len(agent.events.queue))
+        queued.add_metric([], events.queued)
         yield queued
 
-    def _sampling(self) -> Iterator[Metric]:
-        agent = self._agent
+    def _sampling(
+        self, sampling: SamplingState, names: Mapping[ContainerKey, Labels]
+    ) -> Iterator[Metric]:
         sampler = GaugeMetricFamily(
             "diskguard_sampler_info",
             "The IO sampler in use (bpf or cgroup; none when no sampler could start), and "
             "why it is degraded if it is",
             labels=["kind", "degraded"],
         )
-        sampling = agent.sampling
-        if sampling is None:
-            sampler.add_metric(["none", agent.sampler_problem], 1)
+        state = sampling.sampler
+        if state is None:
+            sampler.add_metric(["none", sampling.problem], 1)
             yield sampler
             return
-        sampler.add_metric([sampling.sampler.kind, sampling.sampler.degraded or ""], 1)
+        sampler.add_metric([state.kind, state.degraded or ""], 1)
         yield sampler
         pass_seconds = GaugeMetricFamily(
             "diskguard_sampler_pass_seconds", "Duration of the last sampling pass"
         )
-        pass_seconds.add_metric([], sampling.last_pass_seconds)
+        pass_seconds.add_metric([], state.last_pass_seconds)
         yield pass_seconds
 
         labels = ["namespace", "pod", "container", "device", "direction"]
@@ -215,11 +221,7 @@ class AgentCollector(Collector):
             "Bytes/s over the last interval",
             labels=labels,
         )
-        names = {
-            key: (r.ref.namespace, r.ref.pod, r.ref.container)
-            for key, r in agent.reconciler.results.items()
-        }
-        for key, per_device in sampling.counters.items():
+        for key, per_device in state.counters.items():
             if key not in names:
                 continue
             for device, c in per_device.items():
@@ -227,7 +229,7 @@ class AgentCollector(Collector):
                 ops.add_metric([*names[key], str(device), "write"], c.wios)
                 nbytes.add_metric([*names[key], str(device), "read"], c.rbytes)
                 nbytes.add_metric([*names[key], str(device), "write"], c.wbytes)
-        for key, per_rates in sampling.rates.items():
+        for key, per_rates in state.rates.items():
             if key not in names:
                 continue
             for device, r in per_rates.items():
@@ -240,13 +242,14 @@ class AgentCollector(Collector):
         yield iops
         yield bps
 
-    def _latency(self) -> Iterator[Metric]:
+    def _latency(
+        self, sampling: SamplingState, names: Mapping[ContainerKey, Labels]
+    ) -> Iterator[Metric]:
         """Device service-time histograms, straight from the kernel's cumulative log2
         buckets. Absent (not zero) when the sampler measures no latency; a direction with no
         completed request yet has no series."""
-        agent = self._agent
-        sampling = agent.sampling
-        if sampling is None or sampling.latency is None:
+        state = sampling.sampler
+        if state is None or state.latency is None:
             return
         family = HistogramMetricFamily(
             "diskguard_container_io_latency_seconds",
@@ -254,37 +257,34 @@ class AgentCollector(Collector):
             "completion; excludes time a blk-throttle limit holds the IO back), log2 buckets",
             labels=["namespace", "pod", "container", "device", "direction"],
         )
-        results = agent.reconciler.results
-        for key, per_device in sampling.latency.items():
-            result = results.get(key)
-            if result is None:
+        for key, per_device in state.latency.items():
+            labels = names.get(key)
+            if labels is None:
                 continue
-            ref = result.ref
             for device, lat in per_device.items():
                 for direction in Direction:
                     hist = lat.get(direction)
                     if hist.count == 0:
                         continue
                     family.add_metric(
-                        [ref.namespace, ref.pod, ref.container, str(device), direction.value],
+                        [*labels, str(device), direction.value],
                         buckets=[(_le(le), n) for le, n in hist.cumulative()],
                         sum_value=hist.sum_ns / 1e9,
                     )
         yield family
 
-    def _smart(self) -> Iterator[Metric]:
-        agent = self._agent
+    def _smart(self, smart: SmartState, rec: ReconcileSnapshot, prefix: str) -> Iterator[Metric]:
         active = GaugeMetricFamily(
             "diskguard_smart_limit_active",
             "1 while a pod carries an automatic (smart) limit; the value labels say how much",
             labels=["namespace", "pod", "auto_iops", "auto_bps"],
         )
-        prefix = agent.config.annotation_prefix
-        for plan in agent.reconciler.plans.values():
-            smart = parse_smart_annotations(plan.pod.annotations, prefix)
-            if smart.active:
+        for pod in rec.pods:
+            info = pod.plan.pod
+            found = parse_smart_annotations(info.annotations, prefix)
+            if found.active:
                 active.add_metric(
-                    [plan.pod.namespace, plan.pod.name, str(smart.auto_iops), str(smart.auto_bps)],
+                    [info.namespace, info.name, str(found.auto_iops), str(found.auto_bps)],
                     1,
                 )
         yield active
@@ -294,13 +294,12 @@ class AgentCollector(Collector):
             "http_<code>, error)",
             labels=["outcome"],
         )
-        if agent.smart is not None:
-            for outcome, count in agent.smart.patches.items():
-                patches.add_metric([outcome], count)
+        for outcome, count in smart.patches.items():
+            patches.add_metric([outcome], count)
         yield patches
 
 
-def exposition(agent: Agent) -> bytes:
+def exposition(view: AgentView) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
+    registry.register(AgentCollector(view))
     return generate_latest(registry)

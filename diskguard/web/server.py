@@ -16,9 +16,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-import attrs
 import hypercorn.config
 import hypercorn.trio
 import hypercorn.typing
@@ -31,10 +30,8 @@ from starlette.routing import Route
 
 from diskguard.config import ListenAddress
 from diskguard.web.metrics import exposition, version
-from diskguard.web.status import containers_json, pod_errors_json
-
-if TYPE_CHECKING:
-    from diskguard.agent.run import Agent
+from diskguard.web.status import status_json
+from diskguard.web.view import AgentView
 
 log = logging.getLogger(__name__)
 
@@ -101,66 +98,29 @@ def _bind(
     return sock
 
 
-def build_app(agent: Agent) -> Starlette:
+def build_app(view: AgentView) -> Starlette:
     async def healthz(request: Request) -> Response:
-        problem = agent.liveness_problem()
+        problem = view.health_snapshot().liveness_problem
         if problem:
             return PlainTextResponse(f"unhealthy: {problem}\n", status_code=503)
         return PlainTextResponse("ok\n")
 
     async def readyz(request: Request) -> Response:
-        problem = agent.readiness_problem()
+        problem = view.health_snapshot().readiness_problem
         if problem:
             return PlainTextResponse(f"not ready: {problem}\n", status_code=503)
         return PlainTextResponse("ready\n")
 
     async def metrics(request: Request) -> Response:
-        return Response(exposition(agent), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(view), media_type=CONTENT_TYPE_LATEST)
 
     async def status(request: Request) -> Response:
         client = request.client.host if request.client else None
-        if agent.config.status_localhost_only and not is_loopback(client):
+        if view.setup_snapshot().status_localhost_only and not is_loopback(client):
             return PlainTextResponse(FORBIDDEN_STATUS, status_code=403)
         namespace = request.query_params.get("namespace")
         pod = request.query_params.get("pod")
-        body: dict[str, Any] = {
-            "version": version(),
-            "node": agent.config.node_name,
-            "ready": agent.ready(),
-            "readiness_problem": agent.readiness_problem() or None,
-            "warnings": list(agent.config_warnings),
-            "cgroup": {
-                "version": agent.node.hierarchy.version.value,
-                "hierarchy": str(agent.node.hierarchy.path),
-            },
-            "devices": [{"device": str(d), "name": d.name} for d in agent.applier.devices],
-            "data_disks": agent.data_disks.as_json(),
-            "limit_record": agent.record_status(),
-            "watches": {
-                w.name: {
-                    "relists": w.health.relists,
-                    "failures": w.health.restarts,
-                    "failing": w.health.failing_since is not None,
-                    "last_error": w.health.last_error or None,
-                    "backoff_seconds": round(w.health.backoff, 2),
-                    "connected": w.health.connected_since is not None,
-                }
-                for w in (agent.pod_watcher, agent.namespace_watcher)
-            },
-            "events": attrs.asdict(agent.events.stats) | {"queued": len(agent.events.queue)},
-            "sampler": agent.sampler_status(),
-            "smart_limit": agent.smart_status(),
-            "pod_errors": pod_errors_json(agent.reconciler),
-            "containers": containers_json(
-                agent.reconciler,
-                agent.sampling.rates if agent.sampling else {},
-                agent.config.annotation_prefix,
-                namespace,
-                pod,
-                latency=agent.sampling.latency_window if agent.sampling else None,
-            ),
-        }
-        return JSONResponse(body)
+        return JSONResponse(status_json(view, version(), namespace, pod))
 
     return Starlette(
         routes=[
@@ -173,7 +133,7 @@ def build_app(agent: Agent) -> Starlette:
 
 
 async def serve(
-    agent: Agent,
+    view: AgentView,
     address: ListenAddress,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -184,5 +144,5 @@ async def serve(
     config.accesslog = None
     config.errorlog = logging.getLogger("diskguard.http")
     config.graceful_timeout = 1.0
-    app = cast(hypercorn.typing.Framework, build_app(agent))
+    app = cast(hypercorn.typing.Framework, build_app(view))
     await hypercorn.trio.serve(app, config, task_status=task_status)

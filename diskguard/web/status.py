@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diskguard.agent.reconciler import ErrorStage, Reconciler
-from diskguard.model import ContainerKey, Device, IOLimits, LimitField, Rates
+import attrs
+
+from diskguard.model import ContainerKey, Device, ErrorStage, IOLimits, LimitField, Rates
 from diskguard.node.applier import ApplyResult
 from diskguard.policy.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.policy.plan import ContainerPlan, PodPlan
 from diskguard.policy.source import Source, SourceLabel
 from diskguard.policy.values import limit_json
 from diskguard.sampler.latency import DeviceLatency, percentiles
+from diskguard.web.view import (
+    AgentView,
+    ReconcileSnapshot,
+    ReconcileSource,
+    SamplerState,
+    SmartState,
+)
 
 
 def limits_json(limits: IOLimits) -> dict[str, int | None]:
@@ -113,8 +121,12 @@ def container_json(
     }
 
 
+def _snapshot(reconciler: ReconcileSnapshot | ReconcileSource) -> ReconcileSnapshot:
+    return reconciler if isinstance(reconciler, ReconcileSnapshot) else reconciler.snapshot()
+
+
 def containers_json(
-    reconciler: Reconciler,
+    reconciler: ReconcileSnapshot | ReconcileSource,
     rates: Mapping[ContainerKey, Mapping[Device, Rates]],
     prefix: str,
     namespace: str | None = None,
@@ -123,18 +135,19 @@ def containers_json(
     latency: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
-    for plan in sorted(reconciler.plans.values(), key=lambda p: (p.pod.namespace, p.pod.name)):
+    pods = _snapshot(reconciler).pods
+    for state in sorted(pods, key=lambda p: (p.plan.pod.namespace, p.plan.pod.name)):
+        plan = state.plan
         if namespace is not None and plan.pod.namespace != namespace:
             continue
         if pod is not None and plan.pod.name != pod:
             continue
-        given_up = reconciler.cgroup_given_up.get(plan.pod.uid, ())
-        for cplan in plan.containers:
+        for container in state.containers:
+            cplan, result = container.plan, container.result
             key = cplan.ref.key
-            result = reconciler.results.get(key)
             wait = None
             if result is not None and result.cgroup is None and not result.error:
-                wait = "given up" if cplan.ref.container in given_up else "retrying"
+                wait = "given up" if container.cgroup_given_up else "retrying"
             out.append(
                 container_json(
                     plan,
@@ -149,10 +162,11 @@ def containers_json(
     return out
 
 
-def pod_errors_json(reconciler: Reconciler) -> dict[str, Any]:
+def pod_errors_json(reconciler: ReconcileSnapshot | ReconcileSource) -> dict[str, Any]:
     """Unexpected errors contained to one pod or container: counts, and the latest ones."""
+    state = _snapshot(reconciler)
     return {
-        "counts": {stage.value: reconciler.error_counts.get(stage, 0) for stage in ErrorStage},
+        "counts": {stage.value: state.error_counts.get(stage, 0) for stage in ErrorStage},
         "latest": [
             {
                 "stage": e.stage.value,
@@ -160,6 +174,89 @@ def pod_errors_json(reconciler: Reconciler) -> dict[str, Any]:
                 "container": e.container or None,
                 "error": e.error,
             }
-            for e in reconciler.pod_errors.values()
+            for e in state.pod_errors
         ],
+    }
+
+
+def status_json(
+    view: AgentView, version: str, namespace: str | None = None, pod: str | None = None
+) -> dict[str, Any]:
+    """The whole /status document; `namespace` and `pod` narrow the containers listed."""
+    setup = view.setup_snapshot()
+    health = view.health_snapshot()
+    node = view.node_snapshot()
+    reconcile = view.reconcile_snapshot()
+    sampling = view.sampling_snapshot()
+    sampler = sampling.sampler
+    events = view.events_snapshot()
+    return {
+        "version": version,
+        "node": setup.node_name,
+        "ready": health.ready,
+        "readiness_problem": health.readiness_problem or None,
+        "warnings": list(setup.warnings),
+        "cgroup": {
+            "version": setup.cgroup_version.value,
+            "hierarchy": str(setup.cgroup_hierarchy),
+        },
+        "devices": [{"device": str(d), "name": d.name} for d in node.devices],
+        "data_disks": dict(node.data_disks),
+        "limit_record": None
+        if node.limit_record is None
+        else {
+            "path": str(node.limit_record.path),
+            "rules": node.limit_record.rules,
+            "saves": node.limit_record.saves,
+            "problem": node.limit_record.problem or None,
+        },
+        "watches": {
+            w.name: {
+                "relists": w.relists,
+                "failures": w.failures,
+                "failing": w.failing,
+                "last_error": w.last_error or None,
+                "backoff_seconds": round(w.backoff, 2),
+                "connected": w.connected,
+            }
+            for w in view.watch_snapshots()
+        },
+        "events": attrs.asdict(events.stats) | {"queued": events.queued},
+        "sampler": sampler_json(sampling.sampler, sampling.problem),
+        "smart_limit": smart_json_status(view.smart_snapshot()),
+        "pod_errors": pod_errors_json(reconcile),
+        "containers": containers_json(
+            reconcile,
+            sampler.rates if sampler else {},
+            setup.annotation_prefix,
+            namespace,
+            pod,
+            latency=sampler.latency_window if sampler else None,
+        ),
+    }
+
+
+def sampler_json(sampler: SamplerState | None, problem: str) -> dict[str, object]:
+    if sampler is None:
+        return {"kind": None, "problem": problem or "not started"}
+    return {
+        "kind": sampler.kind,
+        "degraded": sampler.degraded,
+        "interval_seconds": sampler.interval,
+        "passes": sampler.passes,
+        "last_pass_ms": round(sampler.last_pass_seconds * 1000, 2),
+        "errors": sampler.errors,
+        # Why there is no per-container latency (null: there is).
+        "latency_unavailable": sampler.latency_problem,
+    }
+
+
+def smart_json_status(smart: SmartState) -> dict[str, object]:
+    return {
+        "enabled": smart.enabled and smart.running,
+        "dry_run": smart.dry_run,
+        "window_seconds": smart.window_seconds,
+        "monitor_interval_seconds": smart.monitor_interval_seconds,
+        "patches": dict(smart.patches),
+        "access": None if smart.access is None else dict(smart.access),
     }
