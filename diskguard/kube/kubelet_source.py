@@ -47,7 +47,8 @@ class Source(enum.Enum):
 
 @attrs.define
 class KubeletSourceHealth:
-    """What the kubelet side of the pod source did; read by readiness, metrics, /status."""
+    """What the kubelet side of the pod source did; readiness reads `problem()` while the
+    kubelet is the active source (Agent.readiness_problem, so /readyz and diskguard_ready)."""
 
     polls: int = 0
     relists: int = 0  # snapshots sent to the reconciler
@@ -55,6 +56,7 @@ class KubeletSourceHealth:
     failing_since: float | None = None
     last_error: str = ""
     last_success: float | None = None
+    last_answer: float | None = None  # the end of the last poll, good or failed
 
     def succeeded(self, now: float) -> None:
         if self.failing_since is not None:
@@ -62,19 +64,19 @@ class KubeletSourceHealth:
         self.polls += 1
         self.failing_since = None
         self.last_error = ""
-        self.last_success = now
+        self.last_success = self.last_answer = now
 
     def problem(self, now: float, grace: float, interval: float) -> str:
         """Why the kubelet pod source is not healthy for readiness, or "": failing for
-        longer than `grace`, or no answer for longer than `grace` plus one poll interval
-        (a poll that hangs)."""
+        longer than `grace`, or no poll ended (well or not) for longer than `grace` plus one
+        poll interval (a poll that hangs). A kubelet answering errors is failing, not silent."""
         if self.failing_since is not None and now - self.failing_since > grace:
             return (
                 f"kubelet pod source failing for {now - self.failing_since:.0f}s "
                 f"({self.last_error})"
             )
-        if self.last_success is not None and now - self.last_success > grace + interval:
-            return f"no answer from the kubelet pod source for {now - self.last_success:.0f}s"
+        if self.last_answer is not None and now - self.last_answer > grace + interval:
+            return f"no answer from the kubelet pod source for {now - self.last_answer:.0f}s"
         return ""
 
     def failed(self, now: float, error: KubeletError) -> None:
@@ -85,6 +87,7 @@ class KubeletSourceHealth:
         if self.failing_since is None:
             self.failing_since = now
         self.last_error = str(error)
+        self.last_answer = now
 
 
 class SourceSelector:

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from diskguard.model import IOLimits
 from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
@@ -249,4 +251,59 @@ async def test_readiness_reports_a_kubelet_pod_source_that_stops_answering(
     with trio.fail_after(scaled(10)):
         while running.agent.readiness_problem():
             await trio.sleep(0.05)
+    assert cluster.kernel(cg) == IOLimits(100, 100)
+
+
+@pytest.mark.host_only  # readiness timing against a 2 s grace means little under emulation
+async def test_readyz_follows_the_kubelet_pod_source_while_it_is_the_one_in_use(
+    cluster: Cluster, start_agent: Any, kubelet_env: tuple[FakeKubelet, dict[str, str]]
+) -> None:
+    """/readyz, /metrics and /status read the pod source in use: the kubelet failing while it
+    is still that source (the API watch stands by idle and healthy) makes the agent not
+    ready; the kubelet answering again makes it ready. The limits hold throughout."""
+    kubelet, env = kubelet_env
+    pod = cluster.add_pod("web", annotations={f"{P}/iops": "100"})
+    kubelet.set_pods([cluster.api.get("pods", "default", "web")])
+    running = await start_agent(KUBELET_POD_SOURCE="true", READINESS_WATCH_GRACE="2", **env)
+    running.agent.pod_source.failures_to_fall_back = 1_000_000  # no fallback in this test
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=3)
+
+    async def ask() -> tuple[str, float, dict[str, Any]]:
+        """/readyz as status and text, diskguard_ready, /status."""
+        async with httpx.AsyncClient(base_url=running.agent.http_binds[0], timeout=5) as http:
+            readyz = await http.get("/readyz")
+            metrics = (await http.get("/metrics")).text
+            status = (await http.get("/status")).json()
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        ready = families["diskguard_ready"].samples[0].value
+        return f"{readyz.status_code} {readyz.text}", ready, status
+
+    async def until(want: bool) -> tuple[str, float, dict[str, Any]]:
+        """Ask until all three say `want` (ready or not)."""
+        answers: list[Any] = []
+        with trio.move_on_after(scaled(10)):
+            while True:
+                answer = await ask()
+                readyz, ready, status = answer
+                answers = [*answers[-2:], (readyz, ready, status["readiness_problem"])]
+                if (readyz.startswith("200"), ready == 1, status["ready"]) == (want,) * 3:
+                    return answer
+                await trio.sleep(0.05)
+        raise AssertionError(f"never {'ready' if want else 'not ready'}: {answers}")
+
+    await until(True)  # the first kubelet answers are in
+
+    kubelet.fail_next(1_000_000, status=500, body="kubelet is broken")
+    readyz, _, status = await until(False)
+    assert readyz.startswith("503 not ready: kubelet pod source"), readyz
+    assert "kubelet is broken" in readyz
+    assert "kubelet pod source" in status["readiness_problem"]
+    assert running.agent.pod_source.active.value == "kubelet"
+    assert not status["watches"]["pods"]["failing"]  # the idle API watch is not the reason
+
+    kubelet.clear_faults()
+    readyz, _, status = await until(True)
+    assert readyz == "200 ready\n" and status["readiness_problem"] is None
+    assert running.agent.pod_source.active.value == "kubelet"
     assert cluster.kernel(cg) == IOLimits(100, 100)
