@@ -37,8 +37,9 @@ def combine(per_device: dict[Device, Rates]) -> Rates:
 
 
 class SamplingTask:
-    """`kernel_lock` is the reconciler's: arming v1 counters writes throttle files, which
-    must not interleave with an apply batch. `listeners` get every pass's samples."""
+    """`kernel_lock` is the one the reconciler's apply batches hold (the agent hands both
+    the same lock): arming v1 counters writes throttle files, which must not interleave with
+    an apply batch. `listeners` get every pass's samples."""
 
     def __init__(
         self,
