@@ -349,9 +349,9 @@ class Agent:
         use it: the smart limiter first, so each rate source is built with its listener."""
         self._sampler = sampler = await self._open_sampler()
         config = self.config
-        kubelet_rates = self.kubelet is not None and config.smart.use_kubelet_api
+        use_kubelet_rates = self.kubelet is not None and config.smart.use_kubelet_api
         smart: SmartLimiter | None = None
-        if config.smart.enabled and (kubelet_rates or sampler is not None):
+        if config.smart.enabled and (use_kubelet_rates or sampler is not None):
             smart = SmartLimiter(
                 config.smart.settings,
                 config.smart.monitor_interval,
@@ -366,7 +366,7 @@ class Agent:
         # Smart limit listens to one rate source: the kubelet's when asked for, else ours.
         listeners = () if smart is None else (smart.on_samples,)
         rates: KubeletRateTask | None = None
-        if self.kubelet is not None and kubelet_rates:
+        if self.kubelet is not None and use_kubelet_rates:
             rates = KubeletRateTask(
                 self.kubelet,
                 self.reconciler,
@@ -380,7 +380,7 @@ class Agent:
                 self.reconciler,
                 config.sample_interval,
                 kernel_lock=self._kernel_lock,
-                listeners=() if kubelet_rates else listeners,
+                listeners=() if use_kubelet_rates else listeners,
             )
             log.info(
                 "IO sampler: %s%s",
