@@ -122,6 +122,8 @@ def container_json(
 
 
 def _snapshot(reconciler: ReconcileSnapshot | ReconcileSource) -> ReconcileSnapshot:
+    """A snapshot already taken (one /status answer reads one), or a fresh one from a source
+    (the reconciler itself, as tests hold it)."""
     return reconciler if isinstance(reconciler, ReconcileSnapshot) else reconciler.snapshot()
 
 
