@@ -22,6 +22,7 @@ import attrs
 import pytest
 import trio
 import trustme
+from agent.conftest import scaled
 
 from diskguard.model import Device, IOLimits
 from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
@@ -417,8 +418,15 @@ async def test_malformed_pod_from_the_kubelet_does_not_take_the_agent_down(
             )
         )
         try:
-            await trio.sleep(3.0)
+            # The good pod's limit proves a poll carrying the bad pod was taken in; a few
+            # more polls after it prove the agent keeps going (no fixed sleep: start-up on
+            # a loaded machine takes as long as it takes, within the lane's deadline).
+            await cluster.wait_kernel(cg, IOLimits(123, 123), timeout=30)
+            served = len(kubelet.requests())
+            await trio.to_thread.run_sync(
+                lambda: kubelet.wait_for_requests(served + 5, scaled(30))
+            )
             assert proc.poll() is None, agent_output(proc).decode()[-3000:]
-            await cluster.wait_kernel(cg, IOLimits(123, 123), timeout=5)
+            await cluster.wait_kernel(cg, IOLimits(123, 123))
         finally:
             await stop_process(proc)
