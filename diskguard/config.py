@@ -67,7 +67,6 @@ class Config:
     cgroup_version: str = "auto"  # auto | v1 | v2
     cgroup_driver: str = "auto"  # auto | cgroupfs | systemd
     container_runtime: str = "auto"  # auto | containerd | docker | cri-o
-    container_socket_path: str = ""
     kubelet_cgroup_root: str = "/"
     defaults: IOLimits = attrs.field(factory=lambda: IOLimits(500, 500, 0, 0))
     data_mounts: tuple[str, ...] = ("/data",)
@@ -300,9 +299,6 @@ def load_config(env: Mapping[str, str]) -> Config:
             _choice(("auto", "containerd", "docker", "cri-o")),
             "auto | containerd | docker | cri-o",
             "auto",
-        ),
-        container_socket_path=get(
-            "CONTAINER_SOCKET_PATH", _absolute_path, "an absolute path to a socket", ""
         ),
         kubelet_cgroup_root=get(
             "KUBELET_CGROUP_ROOT", _absolute_path, "an absolute cgroup path such as /", "/"
