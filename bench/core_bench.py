@@ -649,7 +649,7 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"core_bench: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), "auto")
+    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), None)
 
     print(f"command: {command}")
     log = print

@@ -451,7 +451,7 @@ def main() -> None:
     only = set(args.only)
     if os.geteuid() != 0:
         sys.exit("needs root")
-    hier = detect_cgroup("/sys/fs/cgroup", "auto")
+    hier = detect_cgroup("/sys/fs/cgroup", None)
     print(
         f"kernel {os.uname().release}, cgroup {hier.version.value} at {hier.path}, "
         f"{os.cpu_count()} CPUs"

@@ -92,7 +92,7 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
         spawn_in_cgroup,
     )
 
-    hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+    hierarchy = detect_cgroup("/sys/fs/cgroup", None)
     backend = backend_for(hierarchy.version)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp, loop_disk(Path(tmp)) as disk:
         assert disk.mount is not None

@@ -698,7 +698,7 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"soak: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), "auto")
+    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), None)
     print(f"command: {command}", flush=True)
     try:
         with sigterm_as_interrupt(), contextlib.ExitStack() as undo:

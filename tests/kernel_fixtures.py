@@ -75,7 +75,7 @@ def _lane(config: pytest.Config) -> CgroupHierarchy | str:
             lane = SKIP_ROOT
         else:
             try:
-                lane = detect_cgroup(CGROUP_ROOT, "auto")
+                lane = detect_cgroup(CGROUP_ROOT, None)
             except CgroupError as exc:
                 lane = f"needs a cgroup IO hierarchy: {exc}"
         config.stash[_LANE_KEY] = lane

@@ -49,20 +49,18 @@ def _v1_blkio(root: Path) -> Path | None:
     return blkio if (blkio / _V1_PROBE).exists() else None
 
 
-def detect_cgroup(root: str, requested: str) -> CgroupHierarchy:
+def detect_cgroup(root: str, requested: CgroupVersion | None) -> CgroupHierarchy:
     """Find the IO-limit hierarchy under `root` (usually /sys/fs/cgroup).
 
-    `requested` is "auto", "v1" or "v2". Auto prefers v2, but only when a v2 tree really
-    has the io controller: hybrid hosts mount an empty cgroup2 next to v1 blkio.
+    `requested` None is auto: it prefers v2, but only when a v2 tree really has the io
+    controller: hybrid hosts mount an empty cgroup2 next to v1 blkio.
     """
-    if requested not in ("auto", "v1", "v2"):
-        raise CgroupError(f"cgroup version must be auto, v1 or v2, not {requested!r}")
     base = Path(root)
-    if requested in ("auto", "v2"):
+    if requested is not CgroupVersion.V1:
         v2 = _v2_io_tree(base)
         if v2 is not None:
             return CgroupHierarchy(CgroupVersion.V2, v2)
-        if requested == "v2":
+        if requested is CgroupVersion.V2:
             raise CgroupError(
                 f"cgroup v2 requested, but neither {base} nor {base / 'unified'} is a cgroup2 "
                 "tree whose cgroup.controllers lists the io controller"
@@ -70,7 +68,7 @@ def detect_cgroup(root: str, requested: str) -> CgroupHierarchy:
     v1 = _v1_blkio(base)
     if v1 is not None:
         return CgroupHierarchy(CgroupVersion.V1, v1)
-    if requested == "v1":
+    if requested is CgroupVersion.V1:
         raise CgroupError(
             f"cgroup v1 requested, but {base / 'blkio' / _V1_PROBE} does not exist "
             "(blkio controller not mounted, or the kernel lacks blk-throttle)"

@@ -113,4 +113,3 @@ def alive(target: Target) -> bool:
 
 def zero_counters(devices: Sequence[Device]) -> dict[Device, Counters]:
     return dict.fromkeys(devices, Counters())
-
