@@ -60,7 +60,8 @@ from diskguard.model import (
     IOLimits,
     QoSClass,
 )
-from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup, parse_container_id
+from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
+from diskguard.node.kubepods import parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.control import Traffic

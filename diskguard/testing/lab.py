@@ -23,7 +23,8 @@ from typing import Any
 import attrs
 
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device
-from diskguard.node.cgroups import CgroupHierarchy, container_cgroup_path
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroup_path
 
 
 class LabError(RuntimeError):

@@ -22,9 +22,9 @@ from diskguard.model import CgroupDriver, CgroupVersion
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, resolve_data_devices
+from diskguard.node.kubepods import container_cgroups, kubepods_dirs
 from diskguard.sampler.bpf import COMPLETE_TRACEPOINT, blkcg_layout, latency_layout
 from diskguard.sampler.btf import BTF, VMLINUX_BTF, BTFError
-from diskguard.tools.reset import container_cgroups, kubepods_dirs
 
 
 def required_access(config: Config) -> tuple[Access, ...]:

@@ -22,7 +22,8 @@ import structlog
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, LimitField, Rates
-from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroups, kubepods_dirs, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
 from diskguard.policy.values import Unlimited, limit_json, render_limit
 from diskguard.sampler import RateTracker, Sampler, Target, open_sampler
@@ -32,7 +33,6 @@ from diskguard.sampler.latency import (
     latency_between,
     percentiles,
 )
-from diskguard.tools.reset import container_cgroups, kubepods_dirs
 
 log = logging.getLogger(__name__)
 

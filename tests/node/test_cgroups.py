@@ -10,13 +10,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, QoSClass, Runtime
-from diskguard.node.cgroups import (
-    CgroupError,
-    CgroupHierarchy,
-    cgroup_id,
+from diskguard.node.cgroups import CgroupError, CgroupHierarchy, cgroup_id, detect_cgroup
+from diskguard.node.kubepods import (
     container_cgroup_candidates,
     container_cgroup_path,
-    detect_cgroup,
     parse_container_id,
     pod_cgroup_path,
     resolve_container_cgroup,

@@ -36,8 +36,8 @@ from diskguard.model import (
     PodInfo,
 )
 from diskguard.node.applier import Applier
-from diskguard.node.cgroups import (
-    CgroupHierarchy,
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import (
     container_cgroup_candidates,
     parse_container_id,
     pod_cgroup_path,

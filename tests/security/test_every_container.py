@@ -25,7 +25,7 @@ from agent.conftest import (
 from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
 from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
-from diskguard.node.cgroups import parse_container_id
+from diskguard.node.kubepods import parse_container_id
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.fakekubelet import FakeKubelet
 from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
