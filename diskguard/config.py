@@ -26,6 +26,7 @@ from diskguard.model import (
     SamplerKind,
 )
 from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
+from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 from diskguard.policy.resolve import Guardrails
 from diskguard.policy.smart import SmartSettings
 from diskguard.policy.values import parse_bps, parse_iops
@@ -33,7 +34,6 @@ from diskguard.policy.values import parse_bps, parse_iops
 T = TypeVar("T")
 
 DEFAULT_EXCLUDE_KEYWORDS = "pause,istio-proxy,psmdb,kube-system,koordinator,apisix"
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class ConfigError(ValueError):
@@ -197,9 +197,6 @@ def _absolute_path(value: str) -> str:
     return value
 
 
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
 # Every boolean variable accepts the same spellings, in any case (README: Configuration).
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -286,14 +283,14 @@ _NO_NAMESPACES: tuple[str, ...] = ()
 
 def _namespace_list(value: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in value.split(",") if item.strip())
-    if any(not _NAMESPACE.fullmatch(item) for item in items):
+    if any(not is_dns1123_label(item) for item in items):
         raise ValueError
     return items
 
 
 def _prefix(value: str) -> str:
     value = value.strip()
-    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+    if not is_dns1123_subdomain(value):
         raise ValueError
     return value
 
@@ -314,7 +311,7 @@ def load_config(
             raise ConfigError(name, raw, accepted, str(exc)) from None
 
     node_name = env.get("NODE_NAME", "").strip()
-    if not node_name or len(node_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(node_name):
+    if not is_dns1123_subdomain(node_name):
         raise ConfigError(
             "NODE_NAME", node_name, "the node's name (a DNS subdomain); it is required"
         )
