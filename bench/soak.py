@@ -67,10 +67,10 @@ from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.control import Traffic
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk
+from diskguard.testing.oracle import expected_limits
 
 NODE = "soak-node"
 PREFIX = "iops-limit"
-DEFAULT = IOLimits(riops=500, wiops=500)  # the agent's env defaults (CONTAINER_IOPS_LIMIT)
 QOS = (QoSClass.BURSTABLE, QoSClass.BESTEFFORT, QoSClass.GUARANTEED)
 PROBE_TIMEOUT = 10.0
 
@@ -79,26 +79,6 @@ class SoakError(RuntimeError):
     pass
 
 
-def expected_limits(annotations: dict[str, str]) -> IOLimits:
-    """The README's priority table, independent of diskguard.policy: direction key >
-    combined key > env default (the soak only writes valid whole numbers and quantities
-    of Mi)."""
-
-    def value(raw: str) -> int:
-        return int(raw[:-2]) * 2**20 if raw.endswith("Mi") else int(raw)
-
-    def pick(direction: str, combined: str, fallback: int) -> int:
-        for key in (f"{PREFIX}/{direction}", f"{PREFIX}/{combined}"):
-            if key in annotations:
-                return value(annotations[key])
-        return fallback
-
-    return IOLimits(
-        riops=pick("read-iops", "iops", DEFAULT.riops),
-        wiops=pick("write-iops", "iops", DEFAULT.wiops),
-        rbps=pick("read-bps", "bps", DEFAULT.rbps),
-        wbps=pick("write-bps", "bps", DEFAULT.wbps),
-    )
 
 
 # ---------------------------------------------------------------- the node's pods
