@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-
 @pytest.fixture
 async def launch_agent(cluster: Cluster) -> AsyncIterator[Callable[..., Any]]:
     """`await launch_agent(devices=None, **env) -> RunningAgent`: the agent in this trio
@@ -151,5 +150,3 @@ async def wait_all(
         f"{len(wrong)} of {len(expected)} cgroups not converged after {timeout}s {what}: "
         + "; ".join(f"{cg}: kernel {got}, want {want}" for cg, got, want in wrong[:5])
     )
-
-
