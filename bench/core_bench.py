@@ -49,7 +49,8 @@ from diskguard.model import (
     IOLimits,
     QoSClass,
 )
-from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup, parse_container_id
+from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
+from diskguard.node.kubepods import parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod
@@ -649,7 +650,7 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"core_bench: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), "auto")
+    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), None)
 
     print(f"command: {command}")
     log = print

@@ -42,6 +42,7 @@ from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler  # no
 from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
 from diskguard.sampler.latency import latency_between  # noqa: E402
+from diskguard.testing.lab import FioResult, fio_result, start_fio  # noqa: E402
 
 
 class QuietLog:
@@ -60,41 +61,12 @@ def fio(
     seconds: float = 0,
     ios: int = 0,
     extra: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    path = prepare_fio_file(directory, 64)
-    argv = [
-        "fio",
-        "--name=b",
-        f"--filename={path}",
-        "--size=64M",
-        f"--rw={rw}",
-        "--bs=4k",
-        "--direct=1",
-        "--ioengine=psync",
-        "--output-format=json",
-        *extra,
-    ]
-    runtime = [f"--runtime={round(seconds * 1000)}ms", "--time_based"]
-    argv += runtime if seconds else [f"--number_ios={ios}"]
-    out = subprocess.run(
-        [
-            "sh",
-            "-c",
-            'echo $$ > "$1" && shift && exec "$@"',
-            "sh",
-            str(cgroup / "cgroup.procs"),
-            *argv,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    job = json.loads(out[out.index("{") :])["jobs"][0]
-    ios = job["read"]["total_ios"] + job["write"]["total_ios"]
-    # CPU the job itself used per IO: the program runs in the issuing task, so its cost
-    # lands here, and unlike IOPS this barely moves when other work shares the CPUs.
-    cpu_us = (job["usr_cpu"] + job["sys_cpu"]) / 100 * job["job_runtime"] * 1000
-    return {"read": job["read"], "write": job["write"], "cpu_us_per_io": cpu_us / max(ios, 1)}
+) -> FioResult:
+    """One 4k psync O_DIRECT job in the cgroup: for `seconds`, or `ios` IOs (lab's fio)."""
+    proc = start_fio(
+        cgroup, directory, rw, runtime=seconds or None, number_ios=ios or None, extra=extra
+    )
+    return fio_result(proc, timeout=(seconds or 600) + 60)
 
 
 @contextlib.contextmanager
@@ -119,7 +91,7 @@ def accuracy(hier: CgroupHierarchy, top: Path, disk: Device, mnt: Path, bpf: Bpf
         k0, b0 = kernel.read([target])[target][disk], bpf.read([target])[target][disk]
         res = fio(cg, mnt, rw, ios=5000)
         k1, b1 = kernel.read([target])[target][disk], bpf.read([target])[target][disk]
-        f = res[side]["total_ios"]
+        f = getattr(res, f"{side}_ios")
         b = getattr(b1, field) - getattr(b0, field)
         k = getattr(k1, field) - getattr(k0, field)
         print(f"  {rw:9}: fio {f}  bpf {b}  kernel {k}  bpf/fio {b / f:.4f}  ", end="")
@@ -199,8 +171,8 @@ def overhead(
             for on in order:
                 _attach(bpf, on)
                 res = fio(cg, mnt, rw, seconds=seconds)
-                got[on] = res[side]["iops"]
-                cpu[on].append(res["cpu_us_per_io"])
+                got[on] = getattr(res, f"{side}_iops")
+                cpu[on].append(res.cpu_us_per_io)
             ratios.append(got[True] / got[False])
             on_all.append(got[True])
             off_all.append(got[False])
@@ -451,7 +423,7 @@ def main() -> None:
     only = set(args.only)
     if os.geteuid() != 0:
         sys.exit("needs root")
-    hier = detect_cgroup("/sys/fs/cgroup", "auto")
+    hier = detect_cgroup("/sys/fs/cgroup", None)
     print(
         f"kernel {os.uname().release}, cgroup {hier.version.value} at {hier.path}, "
         f"{os.cpu_count()} CPUs"

@@ -86,13 +86,12 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
     from diskguard.testing.fakeapi.objects import make_pod
     from diskguard.testing.lab import (
         KubeletRoot,
-        fio_argv,
         loop_disk,
         prepare_fio_file,
-        spawn_in_cgroup,
+        start_fio,
     )
 
-    hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+    hierarchy = detect_cgroup("/sys/fs/cgroup", None)
     backend = backend_for(hierarchy.version)
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp, loop_disk(Path(tmp)) as disk:
         assert disk.mount is not None
@@ -135,11 +134,14 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
                 async with trio.open_nursery() as nursery:
                     await nursery.start(agent.run)
                     await agent.reconciler.synced.wait()
-                    path = prepare_fio_file(disk.mount, 64)
-                    argv = fio_argv(path, "randwrite", "4k", window_s * 4, size_mib=64)
+                    prepare_fio_file(disk.mount, 64)  # laid out before the clock starts
                     started = trio.current_time()
-                    fio = spawn_in_cgroup(
-                        cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    fio = start_fio(
+                        cg,
+                        disk.mount,
+                        runtime=window_s * 4,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
                     )
                     try:
                         key = (disk.device.major, disk.device.minor)

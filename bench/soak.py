@@ -60,16 +60,17 @@ from diskguard.model import (
     IOLimits,
     QoSClass,
 )
-from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup, parse_container_id
+from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
+from diskguard.node.kubepods import parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.control import Traffic
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk
+from diskguard.testing.oracle import expected_limits
 
 NODE = "soak-node"
 PREFIX = "iops-limit"
-DEFAULT = IOLimits(riops=500, wiops=500)  # the agent's env defaults (CONTAINER_IOPS_LIMIT)
 QOS = (QoSClass.BURSTABLE, QoSClass.BESTEFFORT, QoSClass.GUARANTEED)
 PROBE_TIMEOUT = 10.0
 
@@ -78,26 +79,6 @@ class SoakError(RuntimeError):
     pass
 
 
-def expected_limits(annotations: dict[str, str]) -> IOLimits:
-    """The README's priority table, independent of diskguard.policy: direction key >
-    combined key > env default (the soak only writes valid whole numbers and quantities
-    of Mi)."""
-
-    def value(raw: str) -> int:
-        return int(raw[:-2]) * 2**20 if raw.endswith("Mi") else int(raw)
-
-    def pick(direction: str, combined: str, fallback: int) -> int:
-        for key in (f"{PREFIX}/{direction}", f"{PREFIX}/{combined}"):
-            if key in annotations:
-                return value(annotations[key])
-        return fallback
-
-    return IOLimits(
-        riops=pick("read-iops", "iops", DEFAULT.riops),
-        wiops=pick("write-iops", "iops", DEFAULT.wiops),
-        rbps=pick("read-bps", "bps", DEFAULT.rbps),
-        wbps=pick("write-bps", "bps", DEFAULT.wbps),
-    )
 
 
 # ---------------------------------------------------------------- the node's pods
@@ -698,7 +679,7 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"soak: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 2
-    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), "auto")
+    hierarchy = detect_cgroup(os.environ.get("CGROUP_ROOT", "/sys/fs/cgroup"), None)
     print(f"command: {command}", flush=True)
     try:
         with sigterm_as_interrupt(), contextlib.ExitStack() as undo:

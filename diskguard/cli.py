@@ -155,7 +155,7 @@ def doctor(as_json: bool) -> None:
     """Check everything the agent depends on on this node, and explain what is wrong."""
     from diskguard.tools.doctor import environ, run_doctor
 
-    configure_logging("error", "text")
+    configure_logging("error")
     sys.exit(run_doctor(environ(), click.echo, as_json=as_json))
 
 
@@ -208,7 +208,7 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
     env = dict(os.environ)
     env.setdefault("NODE_NAME", socket.gethostname().lower())
     config = _config_or_exit(env)
-    configure_logging("warning", "text")
+    configure_logging("warning")
     _node_or_exit(config)  # clear start-up errors before opening the sampler
     try:
         run_top(
@@ -252,7 +252,7 @@ def demo(fio_seconds: float) -> None:
             "scripts/setup-venv.sh demo, or pip install 'diskguard[demo]'"
         ) from exc
 
-    configure_logging("warning", "text")
+    configure_logging("warning")
     run_demo(fio_seconds, click.echo)
 
 

@@ -6,16 +6,27 @@ value and the accepted form, and start-up stops. Nothing else in diskguard reads
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
-from diskguard.kube.kubelet import KubeletConfigError, KubeletSettings, kubelet_settings_from_env
-from diskguard.model import IOLimits, LimitField
+from diskguard.logs import LogFormat
+from diskguard.model import (
+    CgroupDriver,
+    CgroupVersion,
+    IOLimits,
+    LimitField,
+    Runtime,
+    SamplerKind,
+)
 from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
+from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 from diskguard.policy.resolve import Guardrails
 from diskguard.policy.smart import SmartSettings
 from diskguard.policy.values import parse_bps, parse_iops
@@ -23,14 +34,51 @@ from diskguard.policy.values import parse_bps, parse_iops
 T = TypeVar("T")
 
 DEFAULT_EXCLUDE_KEYWORDS = "pause,istio-proxy,psmdb,kube-system,koordinator,apisix"
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class ConfigError(ValueError):
+    """A variable with a bad value: the message names it, the value and the accepted form."""
+
     def __init__(self, variable: str, value: str, accepted: str, problem: str = "") -> None:
         why = f" ({problem})" if problem else ""
         super().__init__(f"{variable}={value!r} is invalid{why}: expected {accepted}")
         self.variable = variable
+        self.value = value
+        self.accepted = accepted
+        self.problem = problem
+
+
+# The kubelet's read-only HTTPS API (diskguard/kube/kubelet.py talks to it).
+IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+KUBELET_DEFAULT_PORT = 10250
+KUBELET_DEFAULT_POLL_INTERVAL = 5.0
+KUBELET_REQUEST_TIMEOUT = 10.0
+
+
+@attrs.frozen
+class KubeletSettings:
+    host: str = "localhost"
+    port: int = KUBELET_DEFAULT_PORT
+    # None: verify against the system trust store (no cluster CA found).
+    ca_path: str | None = None
+    client_cert_path: str | None = None
+    client_key_path: str | None = None
+    token_path: str | None = None
+    skip_verify: bool = False
+    pod_source: bool = False
+    poll_interval: float = KUBELET_DEFAULT_POLL_INTERVAL
+    timeout: float = KUBELET_REQUEST_TIMEOUT
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"https://{host}:{self.port}"
 
 
 @attrs.frozen
@@ -64,10 +112,10 @@ class ListenAddress:
 class Config:
     node_name: str
     cgroup_root: str = "/sys/fs/cgroup"
-    cgroup_version: str = "auto"  # auto | v1 | v2
-    cgroup_driver: str = "auto"  # auto | cgroupfs | systemd
-    container_runtime: str = "auto"  # auto | containerd | docker | cri-o
-    container_socket_path: str = ""
+    # None = auto: detected (version), either layout (driver), the containerID's scheme (runtime).
+    cgroup_version: CgroupVersion | None = None
+    cgroup_driver: CgroupDriver | None = None
+    container_runtime: Runtime | None = None
     kubelet_cgroup_root: str = "/"
     defaults: IOLimits = attrs.field(factory=lambda: IOLimits(500, 500, 0, 0))
     data_mounts: tuple[str, ...] = ("/data",)
@@ -78,7 +126,7 @@ class Config:
     annotation_prefix: str = "iops-limit"
     resync_interval: float = 60.0
     guardrails: Guardrails = attrs.field(factory=Guardrails)
-    sampler: str = "auto"  # auto | bpf | cgroup
+    sampler: SamplerKind = SamplerKind.AUTO
     sample_interval: float = 1.0
     smart: SmartConfig = attrs.field(factory=lambda: SmartConfig())
     kubelet: KubeletSettings = attrs.field(factory=KubeletSettings)
@@ -86,7 +134,7 @@ class Config:
     status_localhost_only: bool = True
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
-    log_format: str = "text"
+    log_format: LogFormat = LogFormat.TEXT
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -97,6 +145,35 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
         return low
 
     return parse
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _enum_or_auto(kind: type[E]) -> Callable[[str], E | None]:
+    """`auto` (None) or one of the enum's values, any case."""
+
+    def parse(value: str) -> E | None:
+        low = value.strip().lower()
+        if low == "auto":
+            return None
+        return _enum(kind)(low)
+
+    return parse
+
+
+def _enum(kind: type[E]) -> Callable[[str], E]:
+    def parse(value: str) -> E:
+        try:
+            return kind(value.strip().lower())
+        except ValueError:
+            raise ValueError from None  # the accepted form says it; not the enum's repr
+
+    return parse
+
+
+def _accepted(kind: type[enum.Enum], auto: bool = False) -> str:
+    return " | ".join((["auto"] if auto else []) + [str(member.value) for member in kind])
 
 
 def _seconds(value: str) -> float:
@@ -114,19 +191,22 @@ def _path_list(value: str) -> tuple[str, ...]:
 
 
 def _absolute_path(value: str) -> str:
-    if not value.strip().startswith("/"):
+    value = value.strip()
+    if not value.startswith("/") or "\0" in value:
         raise ValueError
-    return value.strip()
+    return value
 
 
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# Every boolean variable accepts the same spellings, in any case (README: Configuration).
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 def _bool(value: str) -> bool:
     low = value.strip().lower()
-    if low in ("true", "1", "yes", "on"):
+    if low in _TRUE:
         return True
-    if low in ("false", "0", "no", "off"):
+    if low in _FALSE:
         return False
     raise ValueError
 
@@ -203,19 +283,23 @@ _NO_NAMESPACES: tuple[str, ...] = ()
 
 def _namespace_list(value: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in value.split(",") if item.strip())
-    if any(not _NAMESPACE.fullmatch(item) for item in items):
+    if any(not is_dns1123_label(item) for item in items):
         raise ValueError
     return items
 
 
 def _prefix(value: str) -> str:
     value = value.strip()
-    if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+    if not is_dns1123_subdomain(value):
         raise ValueError
     return value
 
 
-def load_config(env: Mapping[str, str]) -> Config:
+def load_config(
+    env: Mapping[str, str], *, exists: Callable[[str], bool] = os.path.exists
+) -> Config:
+    """Parse every variable; `exists` decides whether the in-cluster kubelet defaults apply."""
+
     def get(name: str, parse: Callable[[str], T], accepted: str, default: T) -> T:
         raw = env.get(name)
         if raw is None or raw.strip() == "":
@@ -227,7 +311,7 @@ def load_config(env: Mapping[str, str]) -> Config:
             raise ConfigError(name, raw, accepted, str(exc)) from None
 
     node_name = env.get("NODE_NAME", "").strip()
-    if not node_name or len(node_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(node_name):
+    if not is_dns1123_subdomain(node_name):
         raise ConfigError(
             "NODE_NAME", node_name, "the node's name (a DNS subdomain); it is required"
         )
@@ -274,10 +358,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         ),
     )
 
-    try:
-        kubelet = kubelet_settings_from_env(env)
-    except KubeletConfigError as exc:
-        raise ConfigError(exc.variable, exc.value, exc.accepted, exc.problem) from None
+    kubelet = _kubelet(env, get, exists)
 
     return Config(
         node_name=node_name,
@@ -285,24 +366,21 @@ def load_config(env: Mapping[str, str]) -> Config:
         cgroup_root=get("CGROUP_ROOT", _absolute_path, "an absolute path", "/sys/fs/cgroup"),
         cgroup_version=get(
             "CGROUP_VERSION",
-            _choice(("auto", "v1", "v2")),
-            "auto | v1 | v2",
-            "auto",
+            _enum_or_auto(CgroupVersion),
+            _accepted(CgroupVersion, auto=True),
+            None,
         ),
         cgroup_driver=get(
             "CGROUP_DRIVER",
-            _choice(("auto", "cgroupfs", "systemd")),
-            "auto | cgroupfs | systemd",
-            "auto",
+            _enum_or_auto(CgroupDriver),
+            _accepted(CgroupDriver, auto=True),
+            None,
         ),
         container_runtime=get(
             "CONTAINER_RUNTIME",
-            _choice(("auto", "containerd", "docker", "cri-o")),
-            "auto | containerd | docker | cri-o",
-            "auto",
-        ),
-        container_socket_path=get(
-            "CONTAINER_SOCKET_PATH", _absolute_path, "an absolute path to a socket", ""
+            _enum_or_auto(Runtime),
+            _accepted(Runtime, auto=True),
+            None,
         ),
         kubelet_cgroup_root=get(
             "KUBELET_CGROUP_ROOT", _absolute_path, "an absolute cgroup path such as /", "/"
@@ -324,7 +402,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         resync_interval=get(
             "RESYNC_INTERVAL", _seconds, "a positive number of seconds, such as 60", 60.0
         ),
-        sampler=get("SAMPLER", _choice(("auto", "bpf", "cgroup")), "auto | bpf | cgroup", "auto"),
+        sampler=get("SAMPLER", _enum(SamplerKind), _accepted(SamplerKind), SamplerKind.AUTO),
         sample_interval=get(
             "SAMPLE_INTERVAL", _seconds, "a positive number of seconds, such as 1", 1.0
         ),
@@ -345,7 +423,84 @@ def load_config(env: Mapping[str, str]) -> Config:
             "debug | info | warning | error",
             "info",
         ),
-        log_format=get("LOG_FORMAT", _choice(("text", "json")), "text | json", "text"),
+        log_format=get("LOG_FORMAT", _enum(LogFormat), _accepted(LogFormat), LogFormat.TEXT),
+    )
+
+
+def _kubelet_host(value: str) -> str:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ValueError
+    return value.lower()
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value.strip())
+    except ValueError:
+        raise ValueError from None  # the accepted form says it
+    if not 1 <= port <= 65535:
+        raise ValueError
+    return port
+
+
+# A name the URL can carry as is: DNS labels, or an IP literal (checked separately).
+_HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
+
+
+def _kubelet(env: Mapping[str, str], get: Any, exists: Callable[[str], bool]) -> KubeletSettings:
+    path_form = "an absolute path to a file"
+    cert = get("KUBELET_CLIENT_CERT_PATH", _absolute_path, path_form, None)
+    key = get("KUBELET_CLIENT_KEY_PATH", _absolute_path, path_form, None)
+    if (cert is None) != (key is None):
+        missing, given = (
+            ("KUBELET_CLIENT_KEY_PATH", "KUBELET_CLIENT_CERT_PATH")
+            if key is None
+            else ("KUBELET_CLIENT_CERT_PATH", "KUBELET_CLIENT_KEY_PATH")
+        )
+        raise ConfigError(
+            missing,
+            env.get(missing, ""),
+            f"{path_form}, set together with {given}",
+            f"{given} is set",
+        )
+    return KubeletSettings(
+        host=get(
+            "KUBELET_HOST",
+            _kubelet_host,
+            "a host name or IP address (no scheme, no port), such as localhost or 10.0.0.5",
+            "localhost",
+        ),
+        port=get("KUBELET_PORT", _port, "a TCP port in 1..65535", KUBELET_DEFAULT_PORT),
+        ca_path=get(
+            "KUBELET_CA_PATH",
+            _absolute_path,
+            path_form,
+            IN_CLUSTER_CA if exists(IN_CLUSTER_CA) else None,
+        ),
+        client_cert_path=cert,
+        client_key_path=key,
+        token_path=get(
+            "KUBELET_TOKEN_PATH",
+            _absolute_path,
+            path_form,
+            IN_CLUSTER_TOKEN if exists(IN_CLUSTER_TOKEN) else None,
+        ),
+        skip_verify=get("KUBELET_SKIP_VERIFY", _bool, "true or false", False),
+        pod_source=get("KUBELET_POD_SOURCE", _bool, "true or false", False),
+        poll_interval=get(
+            "KUBELET_POLL_INTERVAL",
+            _seconds,
+            "a positive number of seconds, such as 5",
+            KUBELET_DEFAULT_POLL_INTERVAL,
+        ),
     )
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 
 import structlog
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = LogFormat.TEXT) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if fmt is LogFormat.JSON
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(

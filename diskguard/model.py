@@ -38,6 +38,14 @@ class Runtime(enum.Enum):
     CRIO = "cri-o"
 
 
+class SamplerKind(enum.Enum):
+    """SAMPLER: eBPF when it can run (AUTO), eBPF or nothing (BPF), cgroup counters (CGROUP)."""
+
+    AUTO = "auto"
+    BPF = "bpf"
+    CGROUP = "cgroup"
+
+
 class QoSClass(enum.Enum):
     GUARANTEED = "Guaranteed"
     BURSTABLE = "Burstable"

@@ -16,6 +16,7 @@ device whose space past its first GiB loop disks may use (see ScratchDisk).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -41,10 +42,9 @@ from diskguard.testing.lab import (
     KubeletRoot,
     LoopDisk,
     ScratchDisk,
-    fio_argv,
-    parse_fio_output,
     prepare_fio_file,
     remove_cgroup_tree,
+    run_fio,
     spawn_in_cgroup,
 )
 from diskguard.testing.lab import loop_disk as lab_loop_disk
@@ -75,7 +75,7 @@ def _lane(config: pytest.Config) -> CgroupHierarchy | str:
             lane = SKIP_ROOT
         else:
             try:
-                lane = detect_cgroup(CGROUP_ROOT, "auto")
+                lane = detect_cgroup(CGROUP_ROOT, None)
             except CgroupError as exc:
                 lane = f"needs a cgroup IO hierarchy: {exc}"
         config.stash[_LANE_KEY] = lane
@@ -281,47 +281,9 @@ FioIops = Callable[..., FioResult]
 
 @pytest.fixture
 def fio_iops(run_in_cgroup: RunInCgroup) -> FioIops:
-    """`fio_iops(cgroup_dir, directory, rw="randwrite", bs="4k", runtime=3, ...)`.
-
-    Runs one O_DIRECT fio job inside the cgroup on a file in `directory` (laid out
-    beforehand, outside the cgroup) and returns what fio measured.
-    """
+    """`fio_iops(cgroup_dir, directory, rw="randwrite", bs="4k", runtime=3, ...)`: lab's
+    `run_fio` (one synchronous IO at a time unless asked), started through run_in_cgroup so
+    teardown kills it whatever happens."""
     if shutil.which("fio") is None:
         pytest.skip("needs fio")
-
-    def run(
-        cgroup_dir: Path,
-        directory: Path,
-        rw: str = "randwrite",
-        bs: str = "4k",
-        runtime: float = 3,
-        *,
-        size_mib: int = 64,
-        ioengine: str = "psync",
-        iodepth: int = 1,
-        extra: Sequence[str] = (),
-    ) -> FioResult:
-        path = prepare_fio_file(Path(directory), size_mib)
-        argv = fio_argv(
-            path,
-            rw,
-            bs,
-            runtime,
-            size_mib=size_mib,
-            ioengine=ioengine,
-            iodepth=iodepth,
-            extra=extra,
-        )
-        # Started through run_in_cgroup so teardown kills it whatever happens.
-        proc = run_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=runtime + 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise RuntimeError(f"fio ran past {runtime + 60} s: {' '.join(argv)}") from None
-        if proc.returncode != 0:
-            raise RuntimeError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
-        return parse_fio_output(out)
-
-    return run
+    return functools.partial(run_fio, spawn=run_in_cgroup, ioengine="psync", iodepth=1)

@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.config import ConfigError, load_config, startup_warnings
-from diskguard.model import IOLimits
+from diskguard.logs import LogFormat
+from diskguard.model import CgroupDriver, CgroupVersion, IOLimits, Runtime, SamplerKind
 
 
 def test_defaults() -> None:
@@ -13,7 +14,8 @@ def test_defaults() -> None:
     assert c.defaults == IOLimits(riops=500, wiops=500, rbps=0, wbps=0)
     assert c.data_mounts == ("/data",)
     assert c.cgroup_root == "/sys/fs/cgroup"
-    assert (c.cgroup_version, c.cgroup_driver, c.container_runtime) == ("auto",) * 3
+    assert (c.cgroup_version, c.cgroup_driver, c.container_runtime) == (None,) * 3  # auto
+    assert (c.sampler, c.log_format) == (SamplerKind.AUTO, LogFormat.TEXT)
     assert c.annotation_prefix == "iops-limit"
     assert c.resync_interval == 60.0
     assert c.exclusion.namespaces == frozenset({"kube-system"})
@@ -77,6 +79,64 @@ def test_bad_values_name_the_variable_and_the_accepted_form(
     assert info.value.variable == variable
     assert str(info.value).startswith(f"{variable}=")
     assert form in str(info.value)
+
+
+def test_choices_become_enums_once() -> None:
+    c = load_config(
+        {
+            "NODE_NAME": "n",
+            "CGROUP_VERSION": "V2",
+            "CGROUP_DRIVER": " systemd ",
+            "CONTAINER_RUNTIME": "cri-o",
+            "SAMPLER": "bpf",
+            "LOG_FORMAT": "JSON",
+        }
+    )
+    assert (c.cgroup_version, c.cgroup_driver, c.container_runtime) == (
+        CgroupVersion.V2,
+        CgroupDriver.SYSTEMD,
+        Runtime.CRIO,
+    )
+    assert (c.sampler, c.log_format) == (SamplerKind.BPF, LogFormat.JSON)
+    auto = {"NODE_NAME": "n", "CGROUP_VERSION": "Auto", "CGROUP_DRIVER": "auto"}
+    assert (load_config(auto).cgroup_version, load_config(auto).cgroup_driver) == (None, None)
+    with pytest.raises(ConfigError) as info:
+        load_config({"NODE_NAME": "n", "SAMPLER": "ebpf"})
+    # The accepted form, not the enum's repr.
+    assert str(info.value) == "SAMPLER='ebpf' is invalid: expected auto | bpf | cgroup"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "DATA_MOUNT_ALLOW_UNMOUNTED",
+        "STATUS_LOCALHOST_ONLY",
+        "SMART_LIMIT_ENABLED",
+        "SMART_LIMIT_DRY_RUN",
+        "KUBELET_SKIP_VERIFY",
+        "KUBELET_POD_SOURCE",
+    ],
+)
+def test_every_boolean_accepts_the_same_spellings(variable: str) -> None:
+    def value(raw: str) -> object:
+        c = load_config({"NODE_NAME": "n", variable: raw}, exists=lambda _: False)
+        return {
+            "DATA_MOUNT_ALLOW_UNMOUNTED": c.data_mount_allow_unmounted,
+            "STATUS_LOCALHOST_ONLY": c.status_localhost_only,
+            "SMART_LIMIT_ENABLED": c.smart.enabled,
+            "SMART_LIMIT_DRY_RUN": c.smart.dry_run,
+            "KUBELET_SKIP_VERIFY": c.kubelet.skip_verify,
+            "KUBELET_POD_SOURCE": c.kubelet.pod_source,
+        }[variable]
+
+    for raw in ("true", "True", "1", "yes", "on", " ON "):
+        assert value(raw) is True, raw
+    for raw in ("false", "FALSE", "0", "no", "off"):
+        assert value(raw) is False, raw
+    with pytest.raises(
+        ConfigError, match=rf"^{variable}='maybe' is invalid: expected true or false"
+    ):
+        value("maybe")
 
 
 @given(

@@ -11,7 +11,6 @@ import logging
 import signal
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
 
 import attrs
 import structlog
@@ -35,15 +34,14 @@ from diskguard.kube.kubelet_source import (
     run_pod_source,
 )
 from diskguard.kube.watch import ListWatcher, WatchEvent
-from diskguard.model import CgroupDriver, Device
+from diskguard.model import Device, SamplerKind
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import DataDisks, DiskResolution, resolve
 from diskguard.node.devices import DeviceError
 from diskguard.node.limits import backend_for
 from diskguard.node.state import LimitRecord, StateDir
-from diskguard.policy.plan import runtime_override
-from diskguard.sampler import Sampler, SamplerKind, SamplerUnavailable, open_sampler
+from diskguard.sampler import Sampler, SamplerUnavailable, open_sampler
 from diskguard.web import server as web
 from diskguard.web.view import (
     EventsState,
@@ -101,12 +99,11 @@ class Agent:
         self.config = config
         self.node = node
         self.api = k8s.CoreV1Api(api_client)
-        driver = None if config.cgroup_driver == "auto" else CgroupDriver(config.cgroup_driver)
         self.applier = Applier(
             node.hierarchy,
             backend_for(node.hierarchy.version),
             node.devices,
-            driver,
+            config.cgroup_driver,
             config.kubelet_cgroup_root,
             node.record or LimitRecord(StateDir(Path(config.state_dir))),
         )
@@ -122,7 +119,7 @@ class Agent:
                 defaults=config.defaults,
                 exclusion=config.exclusion,
                 resync_interval=config.resync_interval,
-                forced_runtime=runtime_override(config.container_runtime),
+                forced_runtime=config.container_runtime,
                 guardrails=config.guardrails,
                 namespace_wait=NAMESPACE_WAIT,
                 cgroup_version=node.hierarchy.version,
@@ -249,7 +246,7 @@ class Agent:
         try:
             return await trio.to_thread.run_sync(
                 lambda: open_sampler(
-                    cast(SamplerKind, self.config.sampler),
+                    self.config.sampler,
                     self.node.devices,
                     self.node.hierarchy.path,
                     self.node.hierarchy.version,
@@ -257,7 +254,7 @@ class Agent:
                 )
             )
         except SamplerUnavailable as exc:
-            if self.config.sampler == "bpf":
+            if self.config.sampler is SamplerKind.BPF:
                 raise  # asked for BPF explicitly: say so at start-up rather than degrade
             log.error("no IO sampler: %s (limits are still enforced; smart limit is off)", exc)
             self.sampler_problem = str(exc)

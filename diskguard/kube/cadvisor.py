@@ -29,7 +29,7 @@ import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from diskguard.model import Counters, Rates
-from diskguard.sampler.rates import rates_between
+from diskguard.sampler.rates import RateSample, rates_between
 
 Clock = Callable[[], float]
 
@@ -127,13 +127,6 @@ def parse_cadvisor(
     return {key: ContainerIO(Counters(**fields), stamps.get(key)) for key, fields in sums.items()}
 
 
-@attrs.frozen
-class RateSample:
-    rates: Rates
-    interval: float  # seconds the rates average over
-    at: float  # tracker clock at the update that produced them
-
-
 @attrs.define
 class _Baseline:
     counters: Counters
@@ -176,7 +169,7 @@ class CadvisorRateTracker:
             # device series left the sum): rates_between counts from zero, never negative.
             rates = rates_between(old.counters, io.counters, interval)
             self._baselines[key] = _Baseline(io.counters, io.collected_at, now)
-            self._latest[key] = RateSample(rates, interval, now)
+            self._latest[key] = RateSample(at=now, interval=interval, rates=rates)
             out[key] = rates
         for gone in self._baselines.keys() - snapshot.keys():
             del self._baselines[gone]

@@ -11,205 +11,71 @@ Every failure becomes a `KubeletError` whose message says what to check.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import math
-import os
 import re
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-import attrs
 import httpx
 import trio
+
+from diskguard.config import KubeletSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-DEFAULT_PORT = 10250
-DEFAULT_POLL_INTERVAL = 5.0
-REQUEST_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 
-# A name the URL can carry as is: DNS labels, or an IP literal (checked separately).
-_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 # RFC 6750 b64token: what can follow "Bearer " in a header without smuggling anything.
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_TRUE = ("true", "1", "yes")
-_FALSE = ("false", "0", "no")
-
-
-# -- settings -----------------------------------------------------------------------------
-
-
-class KubeletConfigError(ValueError):
-    """A KUBELET_* variable with a bad value; the message names it (as config.ConfigError)."""
-
-    def __init__(self, variable: str, value: str, accepted: str, problem: str = "") -> None:
-        why = f" ({problem})" if problem else ""
-        super().__init__(f"{variable}={value!r} is invalid{why}: expected {accepted}")
-        self.variable = variable
-        self.value = value
-        self.accepted = accepted
-        self.problem = problem
-
-
-@attrs.frozen
-class KubeletSettings:
-    host: str = "localhost"
-    port: int = DEFAULT_PORT
-    # None: verify against the system trust store (no cluster CA found).
-    ca_path: str | None = None
-    client_cert_path: str | None = None
-    client_key_path: str | None = None
-    token_path: str | None = None
-    skip_verify: bool = False
-    pod_source: bool = False
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    timeout: float = REQUEST_TIMEOUT
-
-    @property
-    def base_url(self) -> str:
-        host = self.host
-        try:
-            if ipaddress.ip_address(host).version == 6:
-                host = f"[{host}]"
-        except ValueError:
-            pass
-        return f"https://{host}:{self.port}"
-
-
-def _host(value: str) -> str:
-    value = value.strip()
-    if value.startswith("[") and value.endswith("]"):
-        value = value[1:-1]
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
-        raise ValueError
-    return value.lower()
-
-
-def _port(value: str) -> int:
-    port = int(value.strip())
-    if not 1 <= port <= 65535:
-        raise ValueError
-    return port
-
-
-def _bool(value: str) -> bool:
-    low = value.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    raise ValueError
-
-
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError
-    return number
-
-
-def _absolute_path(value: str) -> str:
-    value = value.strip()
-    if not value.startswith("/") or "\0" in value:
-        raise ValueError
-    return value
-
-
-def kubelet_settings_from_env(
-    env: Mapping[str, str], *, exists: Callable[[str], bool] = os.path.exists
-) -> KubeletSettings:
-    """Parse the KUBELET_* variables; `exists` decides whether in-cluster defaults apply."""
-
-    def get(name: str, parse: Callable[[str], T], accepted: str, default: T) -> T:
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return parse(raw)
-        except ValueError:
-            raise KubeletConfigError(name, raw, accepted) from None
-
-    path_form = "an absolute path to a file"
-    cert = get("KUBELET_CLIENT_CERT_PATH", _absolute_path, path_form, None)
-    key = get("KUBELET_CLIENT_KEY_PATH", _absolute_path, path_form, None)
-    if (cert is None) != (key is None):
-        missing, given = (
-            ("KUBELET_CLIENT_KEY_PATH", "KUBELET_CLIENT_CERT_PATH")
-            if key is None
-            else ("KUBELET_CLIENT_CERT_PATH", "KUBELET_CLIENT_KEY_PATH")
-        )
-        raise KubeletConfigError(
-            missing,
-            env.get(missing, ""),
-            f"{path_form}, set together with {given}",
-            f"{given} is set",
-        )
-    return KubeletSettings(
-        host=get(
-            "KUBELET_HOST",
-            _host,
-            "a host name or IP address (no scheme, no port), such as localhost or 10.0.0.5",
-            "localhost",
-        ),
-        port=get("KUBELET_PORT", _port, "a TCP port in 1..65535", DEFAULT_PORT),
-        ca_path=get(
-            "KUBELET_CA_PATH",
-            _absolute_path,
-            path_form,
-            IN_CLUSTER_CA if exists(IN_CLUSTER_CA) else None,
-        ),
-        client_cert_path=cert,
-        client_key_path=key,
-        token_path=get(
-            "KUBELET_TOKEN_PATH",
-            _absolute_path,
-            path_form,
-            IN_CLUSTER_TOKEN if exists(IN_CLUSTER_TOKEN) else None,
-        ),
-        skip_verify=get("KUBELET_SKIP_VERIFY", _bool, "true | false", False),
-        pod_source=get("KUBELET_POD_SOURCE", _bool, "true | false", False),
-        poll_interval=get(
-            "KUBELET_POLL_INTERVAL",
-            _seconds,
-            "a positive number of seconds, such as 5",
-            DEFAULT_POLL_INTERVAL,
-        ),
-    )
 
 
 # -- errors -------------------------------------------------------------------------------
 
 
 class KubeletError(Exception):
-    """A kubelet request that failed; `reason` is one of the constants below."""
+    """A kubelet request that failed: one subclass per kind of failure, the message says
+    what to check."""
 
-    CONFIG = "config"  # our own TLS material or token file is unusable
-    TLS = "tls"  # server certificate not trusted, or the handshake refused
-    UNAUTHORIZED = "unauthorized"  # 401
-    FORBIDDEN = "forbidden"  # 403
-    UNREACHABLE = "unreachable"  # refused, no route, DNS
-    DROPPED = "dropped"  # connected, then cut without an answer (often: client cert refused)
-    TIMEOUT = "timeout"
-    HTTP = "http"  # any other non-200 status
-    RESPONSE = "response"  # 200 with a body we cannot use
 
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class KubeletCredentialsError(KubeletError):
+    """Our own TLS material or token file is unusable."""
+
+
+class KubeletTLSError(KubeletError):
+    """The server certificate is not trusted, or the handshake was refused."""
+
+
+class KubeletUnauthorized(KubeletError):
+    """401: the kubelet did not accept our credentials."""
+
+
+class KubeletForbidden(KubeletError):
+    """403: authenticated but not authorized (RBAC)."""
+
+
+class KubeletUnreachable(KubeletError):
+    """Refused, no route, DNS."""
+
+
+class KubeletDropped(KubeletError):
+    """Connected, then cut without an answer (often: our client certificate refused)."""
+
+
+class KubeletTimeout(KubeletError):
+    pass
+
+
+class KubeletHTTPError(KubeletError):
+    """Any other non-200 status."""
+
+
+class KubeletBadResponse(KubeletError):
+    """200 with a body we cannot use."""
 
 
 # The kubelet authorizes each path as a subresource of `nodes` (kubelet authz docs).
@@ -264,13 +130,12 @@ def describe_transport_error(
             if settings.ca_path
             else "the system trust store (no KUBELET_CA_PATH and no in-cluster CA)"
         )
-        return KubeletError(
+        return KubeletTLSError(
             f"{where}: TLS verification of the kubelet's serving certificate failed "
             f"({verify.verify_message or verify}); it was checked against {trusted} for the "
             f"name {settings.host!r}. Set KUBELET_CA_PATH to the CA that signed the kubelet's "
             "serving certificate and KUBELET_HOST to a name the certificate holds (often the "
-            "node IP), or KUBELET_SKIP_VERIFY=true to trust it blindly",
-            KubeletError.TLS,
+            "node IP), or KUBELET_SKIP_VERIFY=true to trust it blindly"
         )
     tls = _first(exc, ssl.SSLError)
     if tls is not None:
@@ -282,29 +147,26 @@ def describe_transport_error(
             )
         else:
             hint = _client_cert_hint(settings)
-        return KubeletError(f"{where}: TLS handshake failed ({alert}): {hint}", KubeletError.TLS)
+        return KubeletTLSError(f"{where}: TLS handshake failed ({alert}): {hint}")
     if isinstance(exc, httpx.TimeoutException):
-        return KubeletError(
-            f"{where}: timed out after {settings.timeout:g}s ({type(exc).__name__})",
-            KubeletError.TIMEOUT,
+        return KubeletTimeout(
+            f"{where}: timed out after {settings.timeout:g}s ({type(exc).__name__})"
         )
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         # A server that requires a client certificate refuses it after a TLS 1.3 handshake
         # has already completed on our side: the client may only see the connection drop.
         hint = _client_cert_hint(settings)
-        return KubeletError(
+        return KubeletDropped(
             f"{where}: the kubelet dropped the connection without answering "
-            f"({type(exc).__name__}); {hint}",
-            KubeletError.DROPPED,
+            f"({type(exc).__name__}); {hint}"
         )
     if _first(exc, ConnectionRefusedError) is not None:
-        return KubeletError(
+        return KubeletUnreachable(
             f"{where}: connection refused: is the kubelet listening on "
-            f"{settings.host}:{settings.port}? (KUBELET_HOST, KUBELET_PORT)",
-            KubeletError.UNREACHABLE,
+            f"{settings.host}:{settings.port}? (KUBELET_HOST, KUBELET_PORT)"
         )
     detail = next((str(e) for e in _causes(exc) if str(e)), type(exc).__name__)
-    return KubeletError(f"{where}: {detail}", KubeletError.UNREACHABLE)
+    return KubeletUnreachable(f"{where}: {detail}")
 
 
 def describe_status(response: httpx.Response, settings: KubeletSettings, path: str) -> KubeletError:
@@ -320,21 +182,17 @@ def describe_status(response: httpx.Response, settings: KubeletSettings, path: s
                 f"the client certificate KUBELET_CLIENT_CERT_PATH={settings.client_cert_path}"
             )
         sent = " and ".join(auth) if auth else "no credentials (no token, no client certificate)"
-        return KubeletError(
+        return KubeletUnauthorized(
             f"{where}: 401 unauthorized: the kubelet did not accept {sent}; check the token / "
-            "client certificate (the kubelet needs --authentication-token-webhook for tokens)",
-            KubeletError.UNAUTHORIZED,
+            "client certificate (the kubelet needs --authentication-token-webhook for tokens)"
         )
     if status == 403:
         sub = _SUBRESOURCE.get(path, "proxy")
-        return KubeletError(
+        return KubeletForbidden(
             f"{where}: 403 forbidden: authenticated but not authorized: check RBAC, the agent's "
-            f"service account needs `get` on nodes/{sub} ({body})",
-            KubeletError.FORBIDDEN,
+            f"service account needs `get` on nodes/{sub} ({body})"
         )
-    return KubeletError(
-        f"{where}: HTTP {status}: {body or response.reason_phrase}", KubeletError.HTTP
-    )
+    return KubeletHTTPError(f"{where}: HTTP {status}: {body or response.reason_phrase}")
 
 
 # -- the client ---------------------------------------------------------------------------
@@ -350,18 +208,16 @@ def build_ssl_context(settings: KubeletSettings) -> ssl.SSLContext:
         try:
             context = ssl.create_default_context(cafile=settings.ca_path)
         except (OSError, ssl.SSLError) as exc:
-            raise KubeletError(
-                f"KUBELET_CA_PATH={settings.ca_path}: cannot load the CA bundle: {exc}",
-                KubeletError.CONFIG,
+            raise KubeletCredentialsError(
+                f"KUBELET_CA_PATH={settings.ca_path}: cannot load the CA bundle: {exc}"
             ) from None
     if settings.client_cert_path and settings.client_key_path:
         try:
             context.load_cert_chain(settings.client_cert_path, settings.client_key_path)
         except (OSError, ssl.SSLError) as exc:
-            raise KubeletError(
+            raise KubeletCredentialsError(
                 f"KUBELET_CLIENT_CERT_PATH={settings.client_cert_path} / KUBELET_CLIENT_KEY_PATH="
-                f"{settings.client_key_path}: cannot load the client certificate and key: {exc}",
-                KubeletError.CONFIG,
+                f"{settings.client_key_path}: cannot load the client certificate and key: {exc}"
             ) from None
     return context
 
@@ -409,16 +265,12 @@ class KubeletClient:
         try:
             body = json.loads(response.content)
         except ValueError as exc:
-            raise KubeletError(
-                f"kubelet GET /pods: the answer is not JSON: {exc}", KubeletError.RESPONSE
-            ) from None
+            raise KubeletBadResponse(f"kubelet GET /pods: the answer is not JSON: {exc}") from None
         items = body.get("items") if isinstance(body, dict) else None
         if items is None and isinstance(body, dict) and body.get("kind") == "PodList":
             items = []  # an empty list may come without `items`
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise KubeletError(
-                "kubelet GET /pods: the answer is not a PodList", KubeletError.RESPONSE
-            )
+            raise KubeletBadResponse("kubelet GET /pods: the answer is not a PodList")
         return items
 
     async def cadvisor_metrics(self) -> str:
@@ -433,15 +285,13 @@ class KubeletClient:
         try:
             token = (await trio.Path(path).read_text(encoding="utf-8")).strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise KubeletError(
-                f"KUBELET_TOKEN_PATH={path}: cannot read the bearer token: {exc}",
-                KubeletError.CONFIG,
+            raise KubeletCredentialsError(
+                f"KUBELET_TOKEN_PATH={path}: cannot read the bearer token: {exc}"
             ) from None
         if not _TOKEN.fullmatch(token):
-            raise KubeletError(
+            raise KubeletCredentialsError(
                 f"KUBELET_TOKEN_PATH={path}: the file holds no usable bearer token "
-                "(empty, or characters a token cannot have)",
-                KubeletError.CONFIG,
+                "(empty, or characters a token cannot have)"
             )
         return token
 

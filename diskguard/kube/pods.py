@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from diskguard.model import ContainerInfo, ContainerKind, PodInfo, QoSClass, Runtime
-from diskguard.node.cgroups import parse_container_id, validate_pod_uid
+from diskguard.node.kubepods import parse_container_id, validate_pod_uid
 
 # Mirror pods of static pods carry the config hash kubelet uses as the pod's UID locally.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"

@@ -13,7 +13,8 @@ from pathlib import Path
 import attrs
 
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits
-from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import resolve_container_cgroup
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.node.state import LimitRecord, Rule, rule
 from diskguard.policy.plan import ContainerPlan

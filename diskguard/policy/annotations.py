@@ -37,9 +37,6 @@ class AnnotationLimits:
     values: Mapping[str, int] = attrs.field(factory=dict, hash=False)
     invalid: Mapping[str, InvalidAnnotation] = attrs.field(factory=dict, hash=False)
 
-    def present(self, suffix: str) -> bool:
-        return suffix in self.values or suffix in self.invalid
-
 
 def parse_limit_annotations(
     annotations: Mapping[str, str], prefix: str, stem: str = ""
@@ -65,7 +62,6 @@ SMART_LIMIT = "smart-limit"
 AUTO_IOPS = "auto-iops"
 AUTO_BPS = "auto-bps"
 LIMIT_REASON = "limit-reason"
-SMART_KEYS = (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON)
 # Set by users: this pod is never smart-limited.
 SMART_OPT_OUT = "smart-limit-opt-out"
 

@@ -16,13 +16,12 @@ import attrs
 
 from diskguard.model import ContainerInfo, PodInfo
 from diskguard.policy.labels import Selector, SelectorError, parse_selector
+from diskguard.policy.names import DNS1123_LABEL_MAX, is_dns1123_label
 
 FilterField = Literal["keywords", "namespaces", "label_selector", "regex"]
 
 # A namespace name is a DNS-1123 label; a configured name that cannot be one is a typo
 # that would otherwise silently exclude nothing.
-_NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_NAMESPACE_MAX = 63
 
 
 class FilterConfigError(ValueError):
@@ -87,12 +86,12 @@ class ExclusionFilter:
 
         namespace_items = _split_list(namespaces)
         for ns in namespace_items:
-            if len(ns) > _NAMESPACE_MAX or not _NAMESPACE_RE.fullmatch(ns):
+            if not is_dns1123_label(ns):
                 raise FilterConfigError(
                     "namespaces",
                     f"{ns!r} is not a valid namespace name (lower case alphanumeric "
                     f"characters or '-', starting and ending with an alphanumeric character, "
-                    f"at most {_NAMESPACE_MAX} characters)",
+                    f"at most {DNS1123_LABEL_MAX} characters)",
                 )
 
         selector: Selector | None = None

@@ -20,6 +20,15 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from diskguard.policy.names import (
+    DNS1123_SUBDOMAIN_MAX,
+    DNS1123_SUBDOMAIN_RE,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_RE,
+    QUALIFIED_NAME_MAX,
+    QUALIFIED_NAME_RE,
+)
+
 
 class SelectorError(ValueError):
     """A label selector (or one of its requirements) is not valid."""
@@ -46,15 +55,7 @@ _NUMERIC_OPERATORS = frozenset({Operator.GREATER_THAN, Operator.LESS_THAN})
 
 # --- key and value validation (apimachinery's pkg/util/validation) -------------------------
 
-_QUALIFIED_NAME_MAX = 63
-_LABEL_VALUE_MAX = 63
-_DNS1123_SUBDOMAIN_MAX = 253
-# ASCII-only character classes, as in Go; always used with fullmatch because Python's `$`
-# would also accept a trailing newline.
-_QUALIFIED_NAME_RE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_LABEL_VALUE_RE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN_RE = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
+# The names and their patterns: diskguard/policy/names.py.
 
 _QUALIFIED_NAME_MSG = (
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
@@ -85,18 +86,18 @@ def qualified_name_errors(value: str) -> list[str]:
         if not prefix:
             errors.append("prefix part must be non-empty")
         else:
-            if len(prefix) > _DNS1123_SUBDOMAIN_MAX:
+            if len(prefix) > DNS1123_SUBDOMAIN_MAX:
                 errors.append(
-                    f"prefix part must be no more than {_DNS1123_SUBDOMAIN_MAX} characters"
+                    f"prefix part must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
                 )
-            if not _DNS1123_SUBDOMAIN_RE.fullmatch(prefix):
+            if not DNS1123_SUBDOMAIN_RE.fullmatch(prefix):
                 errors.append(f"prefix part {_DNS1123_SUBDOMAIN_MSG}")
     if not name:
         errors.append("name part must be non-empty")
     else:
-        if len(name) > _QUALIFIED_NAME_MAX:
-            errors.append(f"name part must be no more than {_QUALIFIED_NAME_MAX} characters")
-        if not _QUALIFIED_NAME_RE.fullmatch(name):
+        if len(name) > QUALIFIED_NAME_MAX:
+            errors.append(f"name part must be no more than {QUALIFIED_NAME_MAX} characters")
+        if not QUALIFIED_NAME_RE.fullmatch(name):
             errors.append(f"name part {_QUALIFIED_NAME_MSG}")
     return errors
 
@@ -104,9 +105,9 @@ def qualified_name_errors(value: str) -> list[str]:
 def label_value_errors(value: str) -> list[str]:
     """Why `value` is not a valid label value (apimachinery's `IsValidLabelValue`); [] if it is."""
     errors: list[str] = []
-    if len(value) > _LABEL_VALUE_MAX:
-        errors.append(f"must be no more than {_LABEL_VALUE_MAX} characters")
-    if not _LABEL_VALUE_RE.fullmatch(value):
+    if len(value) > LABEL_VALUE_MAX:
+        errors.append(f"must be no more than {LABEL_VALUE_MAX} characters")
+    if not LABEL_VALUE_RE.fullmatch(value):
         errors.append(_LABEL_VALUE_MSG)
     return errors
 

@@ -17,7 +17,6 @@ from diskguard.model import (
     ContainerRef,
     IOLimits,
     PodInfo,
-    Runtime,
 )
 from diskguard.policy.annotations import (
     AUTO_BPS,
@@ -146,8 +145,3 @@ def plan_pod(
             ContainerPlan(ref, container_resolution, enforcement, excluded, container.kind)
         )
     return PodPlan(pod, parsed, resolution, tuple(plans))
-
-
-def runtime_override(name: str) -> Runtime | None:
-    """CONTAINER_RUNTIME: `auto` trusts the containerID scheme; a runtime name forces it."""
-    return None if name == "auto" else Runtime(name)

@@ -2,7 +2,7 @@
 
 from diskguard.sampler.base import Logger, Sampler, SamplerUnavailable, Snapshot, Target
 from diskguard.sampler.bpf import BpfOptions
-from diskguard.sampler.factory import SamplerKind, open_sampler
+from diskguard.sampler.factory import open_sampler
 from diskguard.sampler.latency import DeviceLatency, LatencyHistogram, LatencySnapshot
 from diskguard.sampler.rates import RateSample, RateTracker
 
@@ -15,7 +15,6 @@ __all__ = [
     "RateSample",
     "RateTracker",
     "Sampler",
-    "SamplerKind",
     "SamplerUnavailable",
     "Snapshot",
     "Target",

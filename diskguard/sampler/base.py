@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -113,12 +113,3 @@ def alive(target: Target) -> bool:
 
 def zero_counters(devices: Sequence[Device]) -> dict[Device, Counters]:
     return dict.fromkeys(devices, Counters())
-
-
-def as_counters(values: Mapping[str, int]) -> Counters:
-    return Counters(
-        rios=values.get("rios", 0),
-        wios=values.get("wios", 0),
-        rbytes=values.get("rbytes", 0),
-        wbytes=values.get("wbytes", 0),
-    )

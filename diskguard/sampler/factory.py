@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
-from diskguard.model import CgroupVersion, Device
+from diskguard.model import CgroupVersion, Device, SamplerKind
 from diskguard.sampler.base import Logger, Sampler, SamplerUnavailable
 from diskguard.sampler.bpf import BpfOptions, open_bpf_sampler
 from diskguard.sampler.cgroupfs import V1_IOS, CgroupSampler
-
-SamplerKind = Literal["auto", "bpf", "cgroup"]
-KINDS: tuple[SamplerKind, ...] = ("auto", "bpf", "cgroup")
 
 
 def _check_cgroup_counters(root: Path, version: CgroupVersion) -> None:
@@ -39,19 +35,17 @@ def open_sampler(
 ) -> Sampler:
     """Open the requested sampler.
 
-    "bpf" raises SamplerUnavailable with the reason when eBPF cannot run; "auto" falls back
+    BPF raises SamplerUnavailable with the reason when eBPF cannot run; AUTO falls back
     to the cgroup sampler, logs the reason once and exposes it as `degraded`.
     """
-    if kind not in KINDS:
-        raise ValueError(f"sampler kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if not devices:
         raise SamplerUnavailable("no data devices to measure")
     bpf_reason: str | None = None
-    if kind in ("auto", "bpf"):
+    if kind is not SamplerKind.CGROUP:
         try:
             return open_bpf_sampler(devices, cgroup_hierarchy_path, version, log, bpf_options)
         except SamplerUnavailable as e:
-            if kind == "bpf":
+            if kind is SamplerKind.BPF:
                 raise
             bpf_reason = str(e)
     try:

@@ -16,7 +16,8 @@ Clock = Callable[[], float]
 
 @attrs.frozen
 class RateSample:
-    """Rates over one interval ending at `at` (clock seconds) and lasting `interval` s."""
+    """Rates over one interval ending at `at` (clock seconds) and lasting `interval` s: from
+    the sampler's counters (RateTracker) or from the kubelet's cAdvisor metrics."""
 
     at: float
     interval: float
@@ -95,7 +96,7 @@ class RateTracker:
                 r = rates_between(previous, current, elapsed)
                 rates[device] = r
                 series.history.setdefault(device, deque(maxlen=self._history_len)).append(
-                    RateSample(now, elapsed, r)
+                    RateSample(at=now, interval=elapsed, rates=r)
                 )
             for stale in series.history.keys() - counters.keys():
                 del series.history[stale]

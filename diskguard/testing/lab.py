@@ -16,14 +16,15 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
 import attrs
 
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, Device
-from diskguard.node.cgroups import CgroupHierarchy, container_cgroup_path
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroup_path
 
 
 class LabError(RuntimeError):
@@ -322,12 +323,22 @@ class FioResult:
     read_clat_p99_s: float | None = None
     write_clat_p50_s: float | None = None
     write_clat_p99_s: float | None = None
+    # CPU fio itself used per IO (user + system): the BPF program runs in the issuing task,
+    # so its cost lands here (bench/sampler_bench.py).
+    cpu_us_per_io: float = 0.0
 
     @classmethod
     def from_json(cls, report: dict[str, Any]) -> FioResult:
         job = report["jobs"][0]
         rd, wr = job["read"], job["write"]
         runtime_ms = max(rd["runtime"], wr["runtime"])
+        ios = int(rd["total_ios"]) + int(wr["total_ios"])
+        cpu_us = (
+            (float(job.get("usr_cpu", 0)) + float(job.get("sys_cpu", 0)))
+            / 100
+            * float(job.get("job_runtime", 0))
+            * 1000
+        )
         return cls(
             read_iops=float(rd["iops"]),
             write_iops=float(wr["iops"]),
@@ -342,6 +353,7 @@ class FioResult:
             read_clat_p99_s=_clat(rd, "99.000000"),
             write_clat_p50_s=_clat(wr, "50.000000"),
             write_clat_p99_s=_clat(wr, "99.000000"),
+            cpu_us_per_io=cpu_us / max(ios, 1),
         )
 
 
@@ -373,15 +385,20 @@ def prepare_fio_file(directory: Path, size_mib: int) -> Path:
 def fio_argv(
     path: Path,
     rw: str,
-    bs: str,
-    runtime: float,
+    bs: str = "4k",
+    runtime: float | None = None,
     *,
     size_mib: int,
     ioengine: str = "psync",
     iodepth: int = 1,
+    number_ios: int | None = None,
     extra: Sequence[str] = (),
+    prefix: Sequence[str] = (),
 ) -> list[str]:
-    return [
+    """One O_DIRECT fio job on `path`: for `runtime` seconds, or `number_ios` IOs (or both,
+    whichever comes first). `prefix` is a command to run fio under (such as chrt)."""
+    argv = [
+        *prefix,
         "fio",
         "--name=diskguard",
         f"--filename={path}",
@@ -391,18 +408,74 @@ def fio_argv(
         "--direct=1",
         f"--ioengine={ioengine}",
         f"--iodepth={iodepth}",
-        f"--runtime={runtime}",
-        "--time_based",
         "--thread",
         "--output-format=json",
         *extra,
     ]
+    if runtime is not None:
+        # In ms: fio reads a bare "0.5" as whole seconds.
+        argv += [f"--runtime={round(runtime * 1000)}ms", "--time_based"]
+    if number_ios is not None:
+        argv.append(f"--number_ios={number_ios}")
+    return argv
 
 
 def parse_fio_output(out: bytes) -> FioResult:
     text = out.decode()
     # fio may print notes before the JSON document.
     return FioResult.from_json(json.loads(text[text.index("{") :]))
+
+
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+
+def start_fio(
+    cgroup_dir: Path,
+    directory: Path,
+    rw: str = "randwrite",
+    bs: str = "4k",
+    runtime: float | None = None,
+    *,
+    size_mib: int = 64,
+    ioengine: str = "psync",
+    iodepth: int = 1,
+    number_ios: int | None = None,
+    extra: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    spawn: Spawn = spawn_in_cgroup,
+    stdout: int = subprocess.PIPE,
+    stderr: int = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """Start one fio job (`fio_argv`) inside the cgroup, on a file in `directory` laid out
+    beforehand (outside the cgroup). `spawn` is how: tests pass theirs, which kills the
+    job at teardown whatever happens. Collect it with `fio_result`, or kill it."""
+    path = prepare_fio_file(Path(directory), size_mib)
+    argv = fio_argv(
+        path,
+        rw,
+        bs,
+        runtime,
+        size_mib=size_mib,
+        ioengine=ioengine,
+        iodepth=iodepth,
+        number_ios=number_ios,
+        extra=extra,
+        prefix=prefix,
+    )
+    return spawn(cgroup_dir, argv, stdout=stdout, stderr=stderr)
+
+
+def fio_result(proc: subprocess.Popen[bytes], timeout: float = 60) -> FioResult:
+    """Wait for a job `start_fio` started (killing it past `timeout`) and parse its report."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise LabError(f"fio ran past {timeout:g} s: {proc.args!r}") from None
+    if proc.returncode != 0:
+        raise LabError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
+    return parse_fio_output(out)
 
 
 def run_fio(
@@ -416,23 +489,28 @@ def run_fio(
     ioengine: str = "libaio",
     iodepth: int = 4,
     extra: Sequence[str] = (),
+    spawn: Spawn = spawn_in_cgroup,
 ) -> FioResult:
-    """One O_DIRECT fio job inside the cgroup, on a file in `directory` laid out beforehand.
+    """One O_DIRECT fio job inside the cgroup for `runtime` seconds: what it measured.
 
     A few IOs in flight by default: with one synchronous IO at a time, each IO's service
     time (long on a CPU-starved machine or under emulation, where the loop device's worker
     waits for a CPU) adds to the wait a limit imposes, and fio measures below the limit."""
-    path = prepare_fio_file(Path(directory), size_mib)
-    argv = fio_argv(
-        path, rw, bs, runtime, size_mib=size_mib, ioengine=ioengine, iodepth=iodepth, extra=extra
+    proc = start_fio(
+        cgroup_dir,
+        directory,
+        rw,
+        bs,
+        runtime,
+        size_mib=size_mib,
+        ioengine=ioengine,
+        iodepth=iodepth,
+        extra=extra,
+        spawn=spawn,
     )
-    proc = spawn_in_cgroup(cgroup_dir, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = proc.communicate(timeout=runtime + 60)
+        return fio_result(proc, timeout=runtime + 60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if proc.returncode != 0:
-        raise LabError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
-    return parse_fio_output(out)

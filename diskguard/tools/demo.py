@@ -98,7 +98,7 @@ class _Lab:
 
 @contextlib.contextmanager
 def _lab() -> Iterator[_Lab]:
-    hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+    hierarchy = detect_cgroup("/sys/fs/cgroup", None)
     with tempfile.TemporaryDirectory(prefix="diskguard-demo-", dir="/var/tmp") as tmp:
         workdir = Path(tmp)
         try:

@@ -18,13 +18,13 @@ import attrs
 
 from diskguard.config import Config, ConfigError, load_config
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, Access, denied_access
-from diskguard.model import CgroupVersion
+from diskguard.model import CgroupDriver, CgroupVersion
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, resolve_data_devices
+from diskguard.node.kubepods import container_cgroups, kubepods_dirs
 from diskguard.sampler.bpf import COMPLETE_TRACEPOINT, blkcg_layout, latency_layout
 from diskguard.sampler.btf import BTF, VMLINUX_BTF, BTFError
-from diskguard.tools.reset import container_cgroups, kubepods_dirs
 
 
 def required_access(config: Config) -> tuple[Access, ...]:
@@ -98,14 +98,16 @@ class Doctor:
             return
         found = {top: sum(1 for _ in container_cgroups(top)) for top in tops}
         drivers = [
-            ("systemd" if top.name.endswith(".slice") else "cgroupfs", top, n)
+            (CgroupDriver.SYSTEMD if top.name.endswith(".slice") else CgroupDriver.CGROUPFS, top, n)
             for top, n in found.items()
         ]
-        detail = "; ".join(f"{d} layout at {top} ({n} containers)" for d, top, n in drivers)
+        detail = "; ".join(f"{d.value} layout at {top} ({n} containers)" for d, top, n in drivers)
         wanted = config.cgroup_driver
-        if wanted != "auto" and all(d != wanted for d, _, _ in drivers):
+        if wanted is not None and all(d is not wanted for d, _, _ in drivers):
             self.add(
-                "kubelet cgroup layout", Status.FAIL, f"CGROUP_DRIVER={wanted} but only {detail}"
+                "kubelet cgroup layout",
+                Status.FAIL,
+                f"CGROUP_DRIVER={wanted.value} but only {detail}",
             )
             return
         if hierarchy.version is CgroupVersion.V2:

@@ -11,23 +11,16 @@ stop the DaemonSet first, then run this.
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
-from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, QoSClass
-from diskguard.node.cgroups import CgroupHierarchy, pod_cgroup_path
+from diskguard.model import UNLIMITED, Device, IOLimits
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroups, kubepods_dirs
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.node.state import Rule, StateDir, StateError, encode_record, write_atomically
-
-_CONTAINER_LEAF = re.compile(
-    r"(?:(?:cri-containerd|docker|crio)-[0-9a-f]{12,128}\.scope|crio-[0-9a-f]{12,128}"
-    r"|[0-9a-f]{12,128})"
-)
-_POD_DIR = re.compile(r"pod[0-9a-fA-F-]{1,64}|.*-pod[0-9a-fA-F_]{1,64}\.slice")
 
 
 @attrs.frozen
@@ -36,27 +29,6 @@ class Cleared:
     device: Device
     before: IOLimits
     error: str = ""
-
-
-def kubepods_dirs(hierarchy: CgroupHierarchy, kubelet_root: str) -> list[Path]:
-    """The kubepods cgroup of each driver's layout that exists on this node."""
-    found = []
-    for driver in CgroupDriver:
-        # A Guaranteed pod sits directly under kubepods: its parent is kubepods itself.
-        kubepods = pod_cgroup_path("0" * 32, QoSClass.GUARANTEED, driver, kubelet_root).parent
-        path = hierarchy.path / kubepods
-        if path.is_dir():
-            found.append(path)
-    return found
-
-
-def container_cgroups(top: Path) -> Iterator[Path]:
-    for dirpath, dirnames, _ in os.walk(top):
-        here = Path(dirpath)
-        if _POD_DIR.fullmatch(here.name):
-            for name in dirnames:
-                if _CONTAINER_LEAF.fullmatch(name):
-                    yield here / name
 
 
 def reset_all(

@@ -22,17 +22,17 @@ import structlog
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, LimitField, Rates
-from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroups, kubepods_dirs, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
 from diskguard.policy.values import Unlimited, limit_json, render_limit
-from diskguard.sampler import RateTracker, Sampler, SamplerKind, Target, open_sampler
+from diskguard.sampler import RateTracker, Sampler, Target, open_sampler
 from diskguard.sampler.latency import (
     DeviceLatency,
     LatencySnapshot,
     latency_between,
     percentiles,
 )
-from diskguard.tools.reset import container_cgroups, kubepods_dirs
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +261,11 @@ def run_top(
     from diskguard.agent.run import inspect_node
 
     node = inspect_node(config)
-    driver = None if config.cgroup_driver == "auto" else CgroupDriver(config.cgroup_driver)
+    driver = config.cgroup_driver
     pods = list_node_pods(env, config.node_name)
     names = pod_names(pods, node.hierarchy, driver, config.kubelet_cgroup_root) if pods else {}
     sampler = open_sampler(
-        cast(SamplerKind, config.sampler),
+        config.sampler,
         node.devices,
         node.hierarchy.path,
         node.hierarchy.version,

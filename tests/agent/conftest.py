@@ -26,7 +26,8 @@ from diskguard.model import (
     IOLimits,
     QoSClass,
 )
-from diskguard.node.cgroups import CgroupHierarchy, parse_container_id
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
 from diskguard.sampler.cgroupfs import V1_BYTES, V1_IOS, V2_STAT, parse_io_stat, parse_v1_stats
 from diskguard.testing.fakeapi import FakeAPIServer
@@ -125,7 +126,7 @@ class Cluster:
         return refs
 
     def cgroup(self, ref: ContainerRef, driver: CgroupDriver | None = None) -> Path:
-        from diskguard.node.cgroups import container_cgroup_path
+        from diskguard.node.kubepods import container_cgroup_path
 
         return self.hierarchy.path / container_cgroup_path(
             ref, driver or self.driver, self.kubelet.prefix

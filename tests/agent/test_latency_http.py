@@ -16,7 +16,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from diskguard.model import IOLimits
-from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
+from diskguard.testing.lab import start_fio
 
 from .conftest import Cluster, P, scaled
 
@@ -61,9 +61,15 @@ async def test_latency_in_metrics_and_status(
         await running.agent.measuring.wait()
     sampling = running.agent.sampling
     assert sampling is not None and sampling.sampler.kind == sampler
-    path = prepare_fio_file(cluster.mount, 32)
-    argv = fio_argv(path, "randwrite", "4k", 600, size_mib=32, extra=["--rate_iops=100"])
-    load = spawn_in_cgroup(cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = start_fio(
+        cg,
+        cluster.mount,
+        runtime=600,
+        size_mib=32,
+        extra=["--rate_iops=100"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         start = cluster.io_counters(cg).wios
         await cluster.wait_io(cg, writes=start + 50)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from diskguard.model import IOLimits
-from diskguard.testing.lab import fio_argv, prepare_fio_file, run_fio, spawn_in_cgroup
+from diskguard.testing.lab import run_fio, start_fio
 
 from .conftest import Cluster, P, scaled
 
@@ -27,12 +27,10 @@ SMART_KEYS = {f"{P}/smart-limit", f"{P}/auto-iops", f"{P}/auto-bps", f"{P}/limit
 
 
 def background_fio(cluster: Cluster, cgroup: Any, seconds: float) -> subprocess.Popen[bytes]:
-    path = prepare_fio_file(cluster.mount, 64)
     # Several IOs in flight: the kernel's throttle queue never runs dry while fio waits for a
     # CPU (on a loaded machine one synchronous IO at a time dips below the limit, and the
     # "every sample of the window" trigger then never fires).
-    argv = fio_argv(path, "randwrite", "4k", seconds, size_mib=64, ioengine="libaio", iodepth=8)
-    return spawn_in_cgroup(cgroup, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return start_fio(cgroup, cluster.mount, runtime=seconds, ioengine="libaio", iodepth=8)
 
 
 async def wait_annotations(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from diskguard.model import IOLimits
-from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
+from diskguard.testing.lab import start_fio
 
 from .conftest import Cluster, P, scaled
 
@@ -44,10 +44,17 @@ async def test_top_shows_rates_names_and_limits(
     busy_cg = cluster.cgroup(cluster.refs(busy)[0])
     await cluster.wait_kernel(busy_cg, IOLimits(500, 100))
     running.stop()
-    path = prepare_fio_file(cluster.mount, 32)
     # Runs until killed below: `top` may spend long compiling BPF under emulation first.
-    argv = fio_argv(path, "randwrite", "4k", 600, size_mib=32, ioengine="libaio", iodepth=8)
-    load = spawn_in_cgroup(busy_cg, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = start_fio(
+        busy_cg,
+        cluster.mount,
+        runtime=600,
+        size_mib=32,
+        ioengine="libaio",
+        iodepth=8,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # fio spawned is not fio writing: wait until the kernel has counted its writes, so
         # the snapshot measures a steady load (0.0 was read here when it had not started).

@@ -19,7 +19,8 @@ from daemonset_run import container_args, docker_run_args
 from docker_lab import BuiltImage, docker
 
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, IOLimits, QoSClass
-from diskguard.node.cgroups import CgroupHierarchy, container_cgroup_path, parse_container_id
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import container_cgroup_path, parse_container_id
 from diskguard.node.limits import backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod

@@ -148,10 +148,11 @@ LOAD_BPF = """
 import json, logging, sys
 from diskguard.node.cgroups import detect_cgroup
 from diskguard.node.devices import resolve_data_devices
+from diskguard.model import SamplerKind
 from diskguard.sampler import open_sampler
-hierarchy = detect_cgroup("/sys/fs/cgroup", "auto")
+hierarchy = detect_cgroup("/sys/fs/cgroup", None)
 sampler = open_sampler(
-    "bpf", resolve_data_devices([sys.argv[1]]), hierarchy.path, hierarchy.version,
+    SamplerKind.BPF, resolve_data_devices([sys.argv[1]]), hierarchy.path, hierarchy.version,
     logging.getLogger("sampler"),
 )
 print(json.dumps({"kind": sampler.kind, "degraded": sampler.degraded}))

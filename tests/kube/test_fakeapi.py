@@ -858,6 +858,11 @@ def test_selector_parsing_errors_are_clear() -> None:
         with pytest.raises(ApiError):
             parse_label_selector(text)
     assert parse_label_selector("a notin (x)").matches({"metadata": {}})
+    # The agent's own parser: `>`/`<` (which a regex-based copy lacked) work like the server's.
+    newer = parse_label_selector("gen>1,gen<10")
+    assert newer.matches({"metadata": {"labels": {"gen": "2"}}})
+    assert not newer.matches({"metadata": {"labels": {"gen": "1"}}})
+    assert not newer.matches({"metadata": {"labels": {"gen": "x"}}})
     assert Fault.from_json({"method": "get", "path_regex": "x"}).method == "GET"
 
 

@@ -12,11 +12,12 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ import trio
 import trustme
 from kubernetes import client, config
 
+from diskguard.config import (
+    IN_CLUSTER_CA,
+    IN_CLUSTER_TOKEN,
+    ConfigError,
+    KubeletSettings,
+    load_config,
+)
 from diskguard.kube.cadvisor import (
     CadvisorParseError,
     CadvisorRateTracker,
@@ -34,13 +42,17 @@ from diskguard.kube.cadvisor import (
     parse_cadvisor,
 )
 from diskguard.kube.kubelet import (
-    IN_CLUSTER_CA,
-    IN_CLUSTER_TOKEN,
+    KubeletBadResponse,
     KubeletClient,
-    KubeletConfigError,
+    KubeletCredentialsError,
+    KubeletDropped,
     KubeletError,
-    KubeletSettings,
-    kubelet_settings_from_env,
+    KubeletForbidden,
+    KubeletHTTPError,
+    KubeletTimeout,
+    KubeletTLSError,
+    KubeletUnauthorized,
+    KubeletUnreachable,
 )
 from diskguard.kube.kubelet_source import (
     KubeletSourceHealth,
@@ -127,6 +139,13 @@ CID_2 = "b" * 64
 # -- configuration --------------------------------------------------------------------------
 
 
+def kubelet_settings_from_env(
+    env: dict[str, str], *, exists: Callable[[str], bool] = os.path.exists
+) -> KubeletSettings:
+    """The KUBELET_* part of the configuration (parsed in diskguard.config with the rest)."""
+    return load_config({"NODE_NAME": "n", **env}, exists=exists).kubelet
+
+
 def test_settings_defaults_outside_a_cluster() -> None:
     s = kubelet_settings_from_env({}, exists=lambda _: False)
     assert s == KubeletSettings()
@@ -182,7 +201,7 @@ def test_settings_in_cluster_defaults_and_overrides() -> None:
     ],
 )
 def test_settings_bad_value_names_the_variable(variable: str, value: str) -> None:
-    with pytest.raises(KubeletConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         kubelet_settings_from_env({variable: value}, exists=lambda _: False)
     assert info.value.variable == variable
     assert isinstance(info.value, ValueError)
@@ -190,11 +209,11 @@ def test_settings_bad_value_names_the_variable(variable: str, value: str) -> Non
 
 
 def test_client_cert_and_key_go_together() -> None:
-    with pytest.raises(KubeletConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         kubelet_settings_from_env({"KUBELET_CLIENT_CERT_PATH": "/c.crt"})
     assert info.value.variable == "KUBELET_CLIENT_KEY_PATH"
     assert "KUBELET_CLIENT_CERT_PATH is set" in str(info.value)
-    with pytest.raises(KubeletConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         kubelet_settings_from_env({"KUBELET_CLIENT_KEY_PATH": "/c.key"})
     assert info.value.variable == "KUBELET_CLIENT_CERT_PATH"
 
@@ -202,7 +221,7 @@ def test_client_cert_and_key_go_together() -> None:
 def test_unloadable_tls_files_are_named(pki: Pki, tmp_path: Path) -> None:
     with pytest.raises(KubeletError) as info:
         KubeletClient(KubeletSettings(ca_path=str(tmp_path / "missing.pem")))
-    assert info.value.reason == KubeletError.CONFIG
+    assert isinstance(info.value, KubeletCredentialsError)
     assert "KUBELET_CA_PATH" in str(info.value) and "missing.pem" in str(info.value)
     with pytest.raises(KubeletError) as info:
         KubeletClient(
@@ -212,7 +231,7 @@ def test_unloadable_tls_files_are_named(pki: Pki, tmp_path: Path) -> None:
                 client_key_path=pki.ca_path,  # not a key
             )
         )
-    assert info.value.reason == KubeletError.CONFIG
+    assert isinstance(info.value, KubeletCredentialsError)
     assert "KUBELET_CLIENT_CERT_PATH" in str(info.value)
 
 
@@ -237,14 +256,14 @@ async def test_token_auth_ok_and_token_reread_each_request(kubelet: FakeKubelet,
 async def test_wrong_token_is_401_with_a_clear_message(kubelet: FakeKubelet, pki: Pki) -> None:
     await trio.Path(pki.token_path).write_text("not-the-token")
     err = await kubelet_error(settings_for(kubelet, pki))
-    assert err.reason == KubeletError.UNAUTHORIZED
+    assert isinstance(err, KubeletUnauthorized)
     assert "401 unauthorized" in str(err)
     assert f"KUBELET_TOKEN_PATH={pki.token_path}" in str(err)
 
 
 async def test_no_credentials_is_401_saying_none_were_sent(kubelet: FakeKubelet, pki: Pki) -> None:
     err = await kubelet_error(settings_for(kubelet, pki, token_path=None))
-    assert err.reason == KubeletError.UNAUTHORIZED
+    assert isinstance(err, KubeletUnauthorized)
     assert "no credentials" in str(err)
     assert kubelet.requests()[0].authorization is None
 
@@ -252,7 +271,7 @@ async def test_no_credentials_is_401_saying_none_were_sent(kubelet: FakeKubelet,
 async def test_forbidden_names_the_rbac_subresource(kubelet: FakeKubelet, pki: Pki) -> None:
     kubelet.fail_next(2, status=403)
     err = await kubelet_error(settings_for(kubelet, pki))
-    assert err.reason == KubeletError.FORBIDDEN
+    assert isinstance(err, KubeletForbidden)
     assert "RBAC" in str(err) and "nodes/proxy" in str(err)
     # The kubelet's own denial text is kept: it names the user the kubelet saw.
     assert "system:serviceaccount:kube-system:diskguard" in str(err)
@@ -262,13 +281,13 @@ async def test_forbidden_names_the_rbac_subresource(kubelet: FakeKubelet, pki: P
 
 async def test_unreadable_or_empty_token_file(kubelet: FakeKubelet, pki: Pki) -> None:
     err = await kubelet_error(settings_for(kubelet, pki, token_path=pki.token_path + ".gone"))
-    assert err.reason == KubeletError.CONFIG and "KUBELET_TOKEN_PATH" in str(err)
+    assert isinstance(err, KubeletCredentialsError) and "KUBELET_TOKEN_PATH" in str(err)
     await trio.Path(pki.token_path).write_text("\n")
     err = await kubelet_error(settings_for(kubelet, pki))
-    assert err.reason == KubeletError.CONFIG and "no usable bearer token" in str(err)
+    assert isinstance(err, KubeletCredentialsError) and "no usable bearer token" in str(err)
     await trio.Path(pki.token_path).write_text("abc\r\nX-Injected: 1")
     err = await kubelet_error(settings_for(kubelet, pki))
-    assert err.reason == KubeletError.CONFIG
+    assert isinstance(err, KubeletCredentialsError)
     assert kubelet.requests() == []  # nothing left the agent
 
 
@@ -288,7 +307,7 @@ async def test_client_certificate_auth(pki: Pki) -> None:
         # Hypercorn drops the connection without flushing the TLS alert: all the client
         # sees is a connection cut before any answer.
         err = await kubelet_error(settings_for(fake, pki, token_path=None))
-        assert err.reason in (KubeletError.TLS, KubeletError.DROPPED)
+        assert isinstance(err, KubeletTLSError | KubeletDropped)
         assert "client certificate" in str(err) and "KUBELET_CLIENT_CERT_PATH" in str(err)
 
 
@@ -332,7 +351,7 @@ def alerting_server(pki: Pki) -> Iterator[int]:
 async def test_tls_alert_for_a_missing_client_certificate(alerting_server: int, pki: Pki) -> None:
     s = KubeletSettings(host="localhost", port=alerting_server, ca_path=pki.ca_path)
     err = await kubelet_error(s)
-    assert err.reason == KubeletError.TLS
+    assert isinstance(err, KubeletTLSError)
     assert "CERTIFICATE_REQUIRED" in str(err)
     assert "requires a TLS client certificate and none is configured" in str(err)
 
@@ -348,7 +367,7 @@ async def test_client_certificate_from_another_ca_is_refused(pki: Pki, tmp_path:
                 fake, pki, token_path=None, client_cert_path=str(cert), client_key_path=str(key)
             )
         )
-    assert err.reason in (KubeletError.TLS, KubeletError.DROPPED)
+    assert isinstance(err, KubeletTLSError | KubeletDropped)
     assert f"KUBELET_CLIENT_CERT_PATH={cert}" in str(err)
 
 
@@ -358,7 +377,7 @@ async def test_wrong_ca_is_a_tls_verification_error(
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     err = await kubelet_error(settings_for(kubelet, pki, ca_path=str(other)))
-    assert err.reason == KubeletError.TLS
+    assert isinstance(err, KubeletTLSError)
     message = str(err)
     assert "TLS verification of the kubelet's serving certificate failed" in message
     assert f"KUBELET_CA_PATH={other}" in message and "KUBELET_SKIP_VERIFY" in message
@@ -368,7 +387,7 @@ async def test_wrong_ca_is_a_tls_verification_error(
 async def test_certificate_for_another_name_is_a_tls_verification_error(pki: Pki) -> None:
     with FakeKubelet(server_tls_context(pki.ca, names=("node-7.example",)), token=TOKEN) as fake:
         err = await kubelet_error(settings_for(fake, pki, host="127.0.0.1"))
-    assert err.reason == KubeletError.TLS
+    assert isinstance(err, KubeletTLSError)
     assert "TLS verification" in str(err) and "'127.0.0.1'" in str(err)
     assert "KUBELET_HOST" in str(err)
 
@@ -393,7 +412,7 @@ async def test_skip_verify_trusts_any_certificate_and_warns_once(
 async def test_down_kubelet_is_connection_refused(kubelet: FakeKubelet, pki: Pki) -> None:
     kubelet.go_down()
     err = await kubelet_error(settings_for(kubelet, pki))
-    assert err.reason == KubeletError.UNREACHABLE
+    assert isinstance(err, KubeletUnreachable)
     assert "connection refused" in str(err) and "KUBELET_PORT" in str(err)
 
 
@@ -401,20 +420,20 @@ async def test_timeout_server_error_and_bad_bodies(kubelet: FakeKubelet, pki: Pk
     s = settings_for(kubelet, pki, timeout=0.3)
     kubelet.fail_next(status=None, delay=3.0)
     err = await kubelet_error(s)
-    assert err.reason == KubeletError.TIMEOUT and "timed out after 0.3s" in str(err)
+    assert isinstance(err, KubeletTimeout) and "timed out after 0.3s" in str(err)
     kubelet.clear_faults()
 
     kubelet.fail_next(status=500, body="boom")
     err = await kubelet_error(s)
-    assert err.reason == KubeletError.HTTP and "HTTP 500: boom" in str(err)
+    assert isinstance(err, KubeletHTTPError) and "HTTP 500: boom" in str(err)
 
     kubelet.fail_next(status=200, body="<html>not json</html>")
     err = await kubelet_error(s)
-    assert err.reason == KubeletError.RESPONSE and "not JSON" in str(err)
+    assert isinstance(err, KubeletBadResponse) and "not JSON" in str(err)
 
     kubelet.fail_next(status=200, body='{"kind": "Status", "items": "nope"}')
     err = await kubelet_error(s)
-    assert err.reason == KubeletError.RESPONSE and "not a PodList" in str(err)
+    assert isinstance(err, KubeletBadResponse) and "not a PodList" in str(err)
 
 
 async def test_cadvisor_metrics_over_tls(kubelet: FakeKubelet, pki: Pki) -> None:

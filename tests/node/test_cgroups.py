@@ -10,13 +10,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerRef, QoSClass, Runtime
-from diskguard.node.cgroups import (
-    CgroupError,
-    CgroupHierarchy,
-    cgroup_id,
+from diskguard.node.cgroups import CgroupError, CgroupHierarchy, cgroup_id, detect_cgroup
+from diskguard.node.kubepods import (
     container_cgroup_candidates,
     container_cgroup_path,
-    detect_cgroup,
     parse_container_id,
     pod_cgroup_path,
     resolve_container_cgroup,
@@ -218,49 +215,46 @@ def _fake_tree(base: Path, *, v2_at: str | None, v2_controllers: str, v1: bool) 
 def test_detect_rules_on_hierarchy_shapes(tmp_path: Path) -> None:
     # File shapes only; the real hierarchies are checked below.
     hybrid = _fake_tree(tmp_path / "h", v2_at="unified", v2_controllers="", v1=True)
-    assert detect_cgroup(str(hybrid), "auto") == CgroupHierarchy(CgroupVersion.V1, hybrid / "blkio")
+    assert detect_cgroup(str(hybrid), None) == CgroupHierarchy(CgroupVersion.V1, hybrid / "blkio")
     with pytest.raises(CgroupError, match="io controller"):
-        detect_cgroup(str(hybrid), "v2")
+        detect_cgroup(str(hybrid), CgroupVersion.V2)
 
     unified_io = _fake_tree(tmp_path / "u", v2_at="unified", v2_controllers="cpu io", v1=True)
-    assert detect_cgroup(str(unified_io), "auto") == CgroupHierarchy(
+    assert detect_cgroup(str(unified_io), None) == CgroupHierarchy(
         CgroupVersion.V2, unified_io / "unified"
     )
-    assert detect_cgroup(str(unified_io), "v1").version is CgroupVersion.V1
+    assert detect_cgroup(str(unified_io), CgroupVersion.V1).version is CgroupVersion.V1
 
     pure = _fake_tree(tmp_path / "p", v2_at=".", v2_controllers="cpuset cpu io memory", v1=False)
-    assert detect_cgroup(str(pure), "auto") == CgroupHierarchy(CgroupVersion.V2, pure)
+    assert detect_cgroup(str(pure), None) == CgroupHierarchy(CgroupVersion.V2, pure)
     with pytest.raises(CgroupError, match=r"blkio\.throttle\.read_iops_device"):
-        detect_cgroup(str(pure), "v1")
+        detect_cgroup(str(pure), CgroupVersion.V1)
 
     no_io = _fake_tree(tmp_path / "n", v2_at=".", v2_controllers="cpu memory", v1=False)
     with pytest.raises(CgroupError, match="no IO-limit cgroup hierarchy"):
-        detect_cgroup(str(no_io), "auto")
-
-    with pytest.raises(CgroupError, match="auto, v1 or v2"):
-        detect_cgroup(str(pure), "v3")
+        detect_cgroup(str(no_io), None)
 
 
 @pytest.mark.v1
 def test_detect_on_a_v1_host_picks_blkio() -> None:
-    found = detect_cgroup(CGROUP_ROOT, "auto")
+    found = detect_cgroup(CGROUP_ROOT, None)
     assert found == CgroupHierarchy(CgroupVersion.V1, Path(CGROUP_ROOT, "blkio"))
-    assert detect_cgroup(CGROUP_ROOT, "v1") == found
+    assert detect_cgroup(CGROUP_ROOT, CgroupVersion.V1) == found
     # What the kernel says this mount is.
     assert "blkio" in _mount_options(found.path)
     with pytest.raises(CgroupError, match=r"cgroup v2 requested.*io controller"):
-        detect_cgroup(CGROUP_ROOT, "v2")
+        detect_cgroup(CGROUP_ROOT, CgroupVersion.V2)
 
 
 @pytest.mark.v2
 def test_detect_on_a_v2_host_picks_the_unified_tree() -> None:
-    found = detect_cgroup(CGROUP_ROOT, "auto")
+    found = detect_cgroup(CGROUP_ROOT, None)
     assert found.version is CgroupVersion.V2
     assert "io" in (found.path / "cgroup.controllers").read_text().split()
-    assert detect_cgroup(CGROUP_ROOT, "v2") == found
+    assert detect_cgroup(CGROUP_ROOT, CgroupVersion.V2) == found
     if not Path(CGROUP_ROOT, "blkio").exists():
         with pytest.raises(CgroupError, match="cgroup v1 requested"):
-            detect_cgroup(CGROUP_ROOT, "v1")
+            detect_cgroup(CGROUP_ROOT, CgroupVersion.V1)
 
 
 def _mount_options(path: Path) -> set[str]:

@@ -28,8 +28,10 @@ from diskguard.agent.run import Agent, NodeSetup
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import Device, IOLimits
+from diskguard.testing.oracle import DEFAULT, expected_limits
 
 __all__ = [
+    "DEFAULT",
     "NODE",
     "Cluster",
     "P",
@@ -37,11 +39,10 @@ __all__ = [
     "agent_output",
     "agent_subprocess",
     "cluster",
+    "expected_limits",
     "launch_agent",
     "start_agent",
 ]
-
-DEFAULT = IOLimits(riops=500, wiops=500)
 
 
 @pytest.fixture
@@ -148,22 +149,4 @@ async def wait_all(
     raise AssertionError(
         f"{len(wrong)} of {len(expected)} cgroups not converged after {timeout}s {what}: "
         + "; ".join(f"{cg}: kernel {got}, want {want}" for cg, got, want in wrong[:5])
-    )
-
-
-def expected_limits(annotations: dict[str, str], default: IOLimits = DEFAULT) -> IOLimits:
-    """The README's priority table, written out independently of diskguard.policy.resolve (valid
-    whole-number values only): direction key > combined key > env default."""
-
-    def pick(direction: str, combined: str, fallback: int) -> int:
-        for key in (f"{P}/{direction}", f"{P}/{combined}"):
-            if key in annotations:
-                return int(annotations[key])
-        return fallback
-
-    return IOLimits(
-        riops=pick("read-iops", "iops", default.riops),
-        wiops=pick("write-iops", "iops", default.wiops),
-        rbps=pick("read-bps", "bps", default.rbps),
-        wbps=pick("write-bps", "bps", default.wbps),
     )

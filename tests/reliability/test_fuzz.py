@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from diskguard.agent.reconciler import Reconciler, ReconcileSettings
-from diskguard.config import ConfigError, known_variables, load_config
+from diskguard.config import ConfigError, KubeletSettings, known_variables, load_config
 from diskguard.kube.cadvisor import CadvisorParseError, parse_cadvisor
 from diskguard.kube.events import EventRequest
-from diskguard.kube.kubelet import KubeletClient, KubeletError, KubeletSettings
+from diskguard.kube.kubelet import KubeletClient, KubeletError
 from diskguard.kube.kubelet_source import on_node
 from diskguard.kube.pods import MIRROR_ANNOTATION, PodParseError, parse_pod
 from diskguard.kube.watch import Changed, Relisted
@@ -36,8 +36,8 @@ from diskguard.model import (
     PodInfo,
 )
 from diskguard.node.applier import Applier
-from diskguard.node.cgroups import (
-    CgroupHierarchy,
+from diskguard.node.cgroups import CgroupHierarchy
+from diskguard.node.kubepods import (
     container_cgroup_candidates,
     parse_container_id,
     pod_cgroup_path,

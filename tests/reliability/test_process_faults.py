@@ -16,7 +16,7 @@ import trio
 import trio.lowlevel
 
 from diskguard.model import IOLimits
-from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
+from diskguard.testing.lab import start_fio
 
 from .conftest import (
     Cluster,
@@ -92,9 +92,9 @@ async def test_sigkill_mid_reconcile_of_many_pods_then_restart_converges(
 
 
 def _background_fio(cluster: Cluster, cgroup: Path, seconds: float) -> subprocess.Popen[bytes]:
-    path = prepare_fio_file(cluster.mount, 64)
-    argv = fio_argv(path, "randwrite", "4k", seconds, size_mib=64)
-    return spawn_in_cgroup(cgroup, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_fio(
+        cgroup, cluster.mount, runtime=seconds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 async def _sigterm_during_hung_patch(cluster: Cluster) -> tuple[float, int, str, Path]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
-from kernel_fixtures import FioResult, LoopDisk, RunInCgroup, loop_disk_ctx, prepare_fio_file
+from kernel_fixtures import LoopDisk, RunInCgroup, loop_disk_ctx, prepare_fio_file
 
 from diskguard.model import Device
 from diskguard.node.cgroups import CgroupHierarchy
@@ -19,6 +19,10 @@ from diskguard.node.devices import whole_disk
 from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler
 from diskguard.sampler.btf import VMLINUX_BTF
 from diskguard.sampler.headers import HeadersError, find_kernel_headers
+from diskguard.testing import lab
+from diskguard.testing.lab import fio_result
+
+__all__ = ["RecordingLog", "fio_result", "start_fio"]
 
 FIO_MIB = 64
 
@@ -124,34 +128,15 @@ def start_fio(
     extra: Sequence[str] = (),
     prefix: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start one 4k O_DIRECT fio job inside `cgroup` (file laid out beforehand); `prefix`
-    is a command to run fio under (e.g. chrt)."""
-    path = prepare_fio_file(directory, FIO_MIB)
-    argv = [
-        *prefix,
-        "fio",
-        "--name=diskguard",
-        f"--filename={path}",
-        f"--size={FIO_MIB}M",
-        f"--rw={rw}",
-        "--bs=4k",
-        "--direct=1",
-        "--ioengine=psync",
-        "--output-format=json",
-        *extra,
-    ]
-    if runtime is not None:
-        argv += [f"--runtime={runtime}", "--time_based"]
-    if number_ios is not None:
-        argv.append(f"--number_ios={number_ios}")
-    return run_in_cgroup(cgroup, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def fio_result(proc: subprocess.Popen[bytes], timeout: float = 60) -> FioResult:
-    import json
-
-    out, err = proc.communicate(timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fio failed ({proc.returncode}): {err.decode().strip()}")
-    text = out.decode()
-    return FioResult.from_json(json.loads(text[text.index("{") :]))
+    """lab's `start_fio` (4k, synchronous) through run_in_cgroup; collect with `fio_result`."""
+    return lab.start_fio(
+        cgroup,
+        directory,
+        rw,
+        runtime=runtime,
+        size_mib=FIO_MIB,
+        number_ios=number_ios,
+        extra=extra,
+        prefix=prefix,
+        spawn=run_in_cgroup,
+    )

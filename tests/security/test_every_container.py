@@ -25,10 +25,10 @@ from agent.conftest import (
 from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
 from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
-from diskguard.node.cgroups import parse_container_id
+from diskguard.node.kubepods import parse_container_id
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.fakekubelet import FakeKubelet
-from diskguard.testing.lab import fio_argv, prepare_fio_file, spawn_in_cgroup
+from diskguard.testing.lab import start_fio
 from diskguard.tools.top import pod_names
 from diskguard.web.metrics import exposition
 from diskguard.web.status import containers_json
@@ -193,10 +193,14 @@ async def test_ephemeral_container_io_is_measured_and_shown(
     running = await start_agent(SAMPLE_INTERVAL="0.2")
     await cluster.wait_kernel(cgroups["debugger"], IOLimits(500, 300))
     key = ContainerKey(pod["metadata"]["uid"], "debugger")
-    path = prepare_fio_file(cluster.mount, 16)
-    argv = fio_argv(path, "randwrite", "4k", 600, size_mib=16, extra=["--rate_iops=100"])
-    load = spawn_in_cgroup(
-        cgroups["debugger"], argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    load = start_fio(
+        cgroups["debugger"],
+        cluster.mount,
+        runtime=600,
+        size_mib=16,
+        extra=["--rate_iops=100"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         await cluster.wait_io(cgroups["debugger"], writes=20)

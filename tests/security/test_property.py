@@ -30,7 +30,14 @@ from diskguard.model import LIMIT_FIELDS, CgroupDriver, CgroupVersion, Device, I
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
-from diskguard.policy.annotations import LIMIT_KEYS, SMART_KEYS, SMART_OPT_OUT
+from diskguard.policy.annotations import (
+    AUTO_BPS,
+    AUTO_IOPS,
+    LIMIT_KEYS,
+    LIMIT_REASON,
+    SMART_LIMIT,
+    SMART_OPT_OUT,
+)
 from diskguard.policy.exclusion import ExclusionFilter
 from diskguard.policy.plan import KERNEL_MIN_LIMIT
 from diskguard.policy.resolve import Guardrails
@@ -82,7 +89,9 @@ _TEXT_VALUES = st.one_of(
 )
 # Not strings at all: the API server never sends these, a broken one or a kubelet might.
 _ODD_VALUES = st.one_of(st.integers(), st.none(), st.floats(), st.lists(st.integers(), max_size=2))
-_SUFFIXES = st.sampled_from([*LIMIT_KEYS, *SMART_KEYS, SMART_OPT_OUT])
+_SUFFIXES = st.sampled_from(
+    [*LIMIT_KEYS, SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON, SMART_OPT_OUT]
+)
 _POD_KEYS = st.one_of(
     st.builds(lambda s: f"{P}/{s}", _SUFFIXES),
     st.just(MIRROR_ANNOTATION),

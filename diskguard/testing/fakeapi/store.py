@@ -19,7 +19,6 @@ import collections
 import copy
 import datetime
 import json
-import re
 import secrets
 import threading
 import uuid
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+
+from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 
 from . import errors
 from .errors import ApiError
@@ -41,8 +42,6 @@ ADDED = "ADDED"
 MODIFIED = "MODIFIED"
 DELETED = "DELETED"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # The alphabet the server uses for generateName suffixes (no vowels, no look-alikes).
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _IMMUTABLE_META = ("name", "namespace", "uid")
@@ -546,10 +545,10 @@ def _check_preconditions(rt: ResourceType, old: Obj, rv: Any, uid: Any) -> None:
 
 def _validate_name(rt: ResourceType, name: Any) -> None:
     if rt.namespaced:
-        ok = isinstance(name, str) and len(name) <= 253 and bool(_DNS_SUBDOMAIN.match(name))
+        ok = isinstance(name, str) and is_dns1123_subdomain(name)
         rule = "a lowercase RFC 1123 subdomain"
     else:
-        ok = isinstance(name, str) and len(name) <= 63 and bool(_DNS_LABEL.match(name))
+        ok = isinstance(name, str) and is_dns1123_label(name)
         rule = "a lowercase RFC 1123 label"
     if not ok:
         raise errors.invalid(
