@@ -76,12 +76,13 @@ def evaluation_cost(
 
 async def detection_delay(window_s: float, monitor_s: float, sample_s: float) -> float:
     """Seconds from fio start to the automatic limit held by the kernel."""
-    from diskguard.agent.run import Agent, NodeSetup
+    from diskguard.agent.run import Agent
     from diskguard.config import load_config
     from diskguard.kube.client import make_api_client
     from diskguard.model import CgroupDriver, ContainerRef, QoSClass, Runtime
     from diskguard.node.cgroups import detect_cgroup
     from diskguard.node.limits import backend_for
+    from diskguard.node.setup import NodeSetup
     from diskguard.testing.fakeapi import FakeAPIServer
     from diskguard.testing.fakeapi.objects import make_pod
     from diskguard.testing.lab import (

@@ -17,7 +17,7 @@ from diskguard.logs import configure_logging
 from diskguard.model import LimitField
 
 if TYPE_CHECKING:
-    from diskguard.agent.run import NodeSetup
+    from diskguard.node.setup import NodeSetup
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -229,9 +229,9 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
 
 
 def _node_or_exit(config: Config) -> NodeSetup:
-    from diskguard.agent.run import inspect_node
     from diskguard.node.cgroups import CgroupError
     from diskguard.node.devices import DeviceError
+    from diskguard.node.setup import inspect_node
 
     try:
         return inspect_node(config)

@@ -36,10 +36,9 @@ from diskguard.kube.kubelet_source import (
 from diskguard.kube.watch import ListWatcher, WatchEvent
 from diskguard.model import Device, SamplerKind
 from diskguard.node.applier import Applier
-from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup
-from diskguard.node.datadisks import DataDisks, DiskResolution, resolve
-from diskguard.node.devices import DeviceError
+from diskguard.node.datadisks import DataDisks, DiskResolution
 from diskguard.node.limits import backend_for
+from diskguard.node.setup import NodeSetup, inspect_node
 from diskguard.node.state import LimitRecord, StateDir
 from diskguard.sampler import Sampler, SamplerUnavailable, open_sampler
 from diskguard.web import server as web
@@ -67,28 +66,6 @@ EVENT_FLUSH_SECONDS = 3.0
 # With smart limit on and its RBAC grant missing, ask again this often (a SelfSubjectAccess-
 # Review per permission): installing deploy/components/smart-limit then needs no restart.
 SMART_ACCESS_RECHECK = 60.0
-
-
-@attrs.frozen
-class NodeSetup:
-    """What start-up found on the node; a failure here stops start-up with a clear message."""
-
-    hierarchy: CgroupHierarchy
-    devices: tuple[Device, ...]
-    # Why some data path has no disk yet (not a mount point: the boot race); "" if none.
-    disk_problem: str = ""
-    record: LimitRecord | None = None  # the limit record in the node-state directory
-    # Re-resolve DATA_MOUNT while running; off only where `devices` were handed in rather
-    # than resolved from DATA_MOUNT (tests that inject devices, the demo).
-    follow_data_mounts: bool = True
-
-
-def inspect_node(config: Config) -> NodeSetup:
-    hierarchy = detect_cgroup(config.cgroup_root, config.cgroup_version)
-    found = resolve(config.data_mounts, allow_unmounted=config.data_mount_allow_unmounted)
-    if found.problem and "not a mount point" not in found.problem:
-        raise DeviceError(found.problem)  # a missing path or a disk-less mount: say so now
-    return NodeSetup(hierarchy, found.devices, found.problem)
 
 
 class Agent:

@@ -21,7 +21,7 @@ import attrs
 import click
 import trio
 
-from diskguard.agent.run import Agent, NodeSetup
+from diskguard.agent.run import Agent
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import (
@@ -35,6 +35,7 @@ from diskguard.model import (
 )
 from diskguard.node.cgroups import detect_cgroup
 from diskguard.node.limits import backend_for
+from diskguard.node.setup import NodeSetup
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot, LabError, lab_tools_missing, loop_disk, run_fio

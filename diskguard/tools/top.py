@@ -258,7 +258,7 @@ def run_top(
     rows_limit: int,
     echo: Callable[[str], None],
 ) -> None:
-    from diskguard.agent.run import inspect_node
+    from diskguard.node.setup import inspect_node
 
     node = inspect_node(config)
     driver = config.cgroup_driver

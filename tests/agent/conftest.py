@@ -15,7 +15,7 @@ import attrs
 import pytest
 import trio
 
-from diskguard.agent.run import Agent, NodeSetup
+from diskguard.agent.run import Agent
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import (
@@ -29,6 +29,7 @@ from diskguard.model import (
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.kubepods import parse_container_id
 from diskguard.node.limits import LimitBackend, backend_for
+from diskguard.node.setup import NodeSetup
 from diskguard.sampler.cgroupfs import V1_BYTES, V1_IOS, V2_STAT, parse_io_stat, parse_v1_stats
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod

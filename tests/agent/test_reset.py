@@ -12,7 +12,7 @@ import pytest
 from diskguard.model import UNLIMITED, CgroupDriver, IOLimits
 from diskguard.node.devices import DeviceError, whole_disk
 
-from .conftest import Cluster, P
+from .conftest import Cluster, P, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -24,7 +24,7 @@ def reset_all(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
     )
 

@@ -24,10 +24,11 @@ from agent.conftest import (
     start_agent,
 )
 
-from diskguard.agent.run import Agent, NodeSetup
+from diskguard.agent.run import Agent
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import Device, IOLimits
+from diskguard.node.setup import NodeSetup
 from diskguard.testing.oracle import DEFAULT, expected_limits
 
 __all__ = [

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 import trio
 
-from diskguard.agent.run import Agent, NodeSetup
+from diskguard.agent.run import Agent
 from diskguard.config import load_config
 from diskguard.kube.client import make_api_client
 from diskguard.model import UNLIMITED, Device, IOLimits
 from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, parse_mountinfo, whole_disk
+from diskguard.node.setup import NodeSetup
 
 from .conftest import Cluster, P, http_get, scaled, wait_until
 

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from agent.conftest import agent_output, agent_subprocess
+from agent.conftest import agent_output, agent_subprocess, scaled
 
 from diskguard.model import UNLIMITED, Device, IOLimits
 from diskguard.node.applier import Applier
@@ -47,7 +47,7 @@ def reset_all(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
     )
 
