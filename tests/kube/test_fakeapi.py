@@ -652,11 +652,18 @@ def test_http_controls(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
     with pytest.raises(urllib3.exceptions.ProtocolError):
         w.rest()
     w.close()
-    assert http.post("/_fake/outage", json={"seconds": 0.5}).status_code == 202
-    time.sleep(0.3)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(api.url + "/healthz")
-    deadline = time.monotonic() + 5
+    # Down for 3 s: long enough that polling sees the port closed even when the server's
+    # thread waits for a CPU; then it listens again by itself.
+    assert http.post("/_fake/outage", json={"seconds": 3}).status_code == 202
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(api.url + "/healthz", timeout=1)
+        except httpx.ConnectError:
+            break
+        assert time.monotonic() < deadline, "the outage never closed the port"
+        time.sleep(0.05)
+    deadline = time.monotonic() + 20
     while True:
         try:
             assert httpx.get(api.url + "/healthz").text == "ok"
