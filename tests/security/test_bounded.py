@@ -106,9 +106,10 @@ def test_parse_failures_go_with_their_pod(tmp_path: Path) -> None:
         reconciler.on_watch_event(Changed("ADDED", bad))
         if i % 2:
             reconciler.on_watch_event(Changed("DELETED", bad))
-    assert len(reconciler._parse_failures) == 25
+    assert len(reconciler._states) == 25
+    assert all(s.parse_failure and s.pod is None for s in reconciler._states.values())
     reconciler.on_watch_event(Relisted((make_pod("good"),), "2"))
-    assert reconciler._parse_failures == {}
+    assert len(reconciler._states) == 1
     [pod] = reconciler.pods.values()
     assert pod.name == "good"
 

@@ -168,7 +168,7 @@ async def test_a_cgroup_that_never_appears_is_retried_a_bounded_number_of_times(
         # The first try and RETRY_ATTEMPTS retries, then nothing until the pod changes.
         tries = reconciler.outcomes["cgroup_missing"]
         assert tries == 5, reconciler.outcomes
-        assert uid not in reconciler._retry
+        assert reconciler._states[uid].retry is None
         [status] = containers_json(reconciler, {}, P)
         assert status["cgroup_wait"] == "given up" and status["cgroup"] is None
         # A pod event starts a new round, and finds the cgroup now there.
