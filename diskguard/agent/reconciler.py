@@ -17,15 +17,16 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 
 from diskguard.agent.namespaces import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
-from diskguard.kube.pods import PodParseError, parse_pod
-from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
+from diskguard.kube.namespaces import NamespaceEvent
+from diskguard.kube.pods import PodEvent, PodParseFailure, PodUpdate, state_key
+from diskguard.kube.watch import Changed, ChangeKind, Relisted
 from diskguard.model import (
     CgroupVersion,
     ContainerKey,
@@ -36,7 +37,6 @@ from diskguard.model import (
     Runtime,
 )
 from diskguard.node.applier import Applier, ApplyResult
-from diskguard.node.cgroups import validate_pod_uid
 from diskguard.policy.annotations import LIMIT_KEYS
 from diskguard.policy.exclusion import ExclusionFilter
 from diskguard.policy.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
@@ -233,8 +233,7 @@ class Reconciler:
     def resync_now(self) -> None:
         """Re-apply every pod now (the data disks changed), not at the next resync."""
         self._dirty |= self._live()
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        self._wake()
 
     # -- output --------------------------------------------------------------------------
 
@@ -280,53 +279,61 @@ class Reconciler:
 
     # -- input ---------------------------------------------------------------------------
 
-    def on_watch_event(self, event: WatchEvent) -> None:
+    def on_pod_event(self, event: PodEvent) -> None:
         try:
-            self._on_watch_event(event)
+            self._on_pod_event(event)
         except Exception as exc:
             # A bug reachable from tenant input must cost that event, not the task.
             log.exception("taking in a %s watch event failed", event.resource)
-            self._record(ErrorStage.EVENT, "", f"{event.resource} event", exc)
+            self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
 
-    def _on_watch_event(self, event: WatchEvent) -> None:
-        if event.resource == "namespaces":
-            changed = self.namespaces.on_watch_event(event)
-            if changed:
-                self._dirty |= {
-                    uid
-                    for uid, s in self._states.items()
-                    if s.pod is not None and s.pod.namespace in changed
-                }
+    def on_namespace_event(self, event: NamespaceEvent) -> None:
+        try:
+            changed = self.namespaces.on_event(event)
+        except Exception as exc:
+            log.exception("taking in a %s watch event failed", event.resource)
+            self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
             return
+        if changed:
+            self._dirty |= {
+                uid
+                for uid, s in self._states.items()
+                if s.pod is not None and s.pod.namespace in changed
+            }
+
+    def _on_pod_event(self, event: PodEvent) -> None:
         if isinstance(event, Relisted):
             seen = set()
-            for obj in event.objects:
-                seen.add(self._upsert(obj))
+            for update in event.objects:
+                seen.add(self._upsert(update, event.resource))
             for key in set(self._states) - seen:
                 self._forget(key)
             self._dirty |= self._live()
             self._relisted = True
         elif isinstance(event, Changed):
             if event.kind is ChangeKind.DELETED:
-                self._forget(_state_key(event.object))
+                self._forget(state_key(event.object))
             else:
-                key = self._upsert(event.object)
+                key = self._upsert(event.object, event.resource)
                 state = self._states.get(key)
                 if state is not None and state.pod is not None:
                     self._dirty.add(key)
 
-    def _upsert(self, obj: Mapping[str, Any]) -> str:
+    def _upsert(self, update: PodUpdate, resource: str) -> str:
         """Take in one version of a pod; return the key of its state."""
-        key = _state_key(obj)
-        try:
-            pod = parse_pod(obj, self.settings.forced_runtime)
-        except PodParseError as exc:
+        key = state_key(update)
+        if isinstance(update, PodParseFailure):
+            if update.unexpected:
+                # Counted and shown as before parsing moved to the API edge.
+                self._record(ErrorStage.EVENT, "", f"{resource} event", update.error)
+                return key
             # Keep acting on the last good version of the pod, if any; say it once.
             state = self._states.setdefault(key, PodState())
-            if state.parse_failure != str(exc):
-                state.parse_failure = str(exc)
-                log.warning("ignoring pod update: %s", exc)
+            if state.parse_failure != update.error:
+                state.parse_failure = update.error
+                log.warning("ignoring pod update: %s", update.error)
             return key
+        pod = update
         if pod.node_name != self.settings.node_name:
             self._forget(pod.uid)
             return pod.uid
@@ -347,7 +354,27 @@ class Reconciler:
 
     # -- the task ------------------------------------------------------------------------
 
-    async def run(self, receive: trio.MemoryReceiveChannel[WatchEvent]) -> None:
+    async def run(
+        self,
+        pods: trio.MemoryReceiveChannel[PodEvent],
+        namespaces: trio.MemoryReceiveChannel[NamespaceEvent],
+    ) -> None:
+        """Take pod events (batched) and namespace events (each on its own channel) and
+        reconcile, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._take_namespaces, namespaces)
+            await self._loop(pods)
+
+    async def _take_namespaces(self, namespaces: trio.MemoryReceiveChannel[NamespaceEvent]) -> None:
+        async for event in namespaces:
+            self.on_namespace_event(event)
+            self._wake()  # the namespace list may ungate the pods, or change their policy
+
+    def _wake(self) -> None:
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _loop(self, receive: trio.MemoryReceiveChannel[PodEvent]) -> None:
         next_resync = math.inf
         wait = self.settings.namespace_wait
         namespaces_due = math.inf if wait is None else trio.current_time() + wait
@@ -359,11 +386,11 @@ class Reconciler:
             elif self._dirty:
                 deadline = -math.inf  # resync_now() during the last batch: go at once
             with trio.move_on_at(deadline) as self._wait_scope:
-                self.on_watch_event(await receive.receive())
+                self.on_pod_event(await receive.receive())
             self._wait_scope = None
             while True:  # take everything already queued as one batch
                 try:
-                    self.on_watch_event(receive.receive_nowait())
+                    self.on_pod_event(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
@@ -415,7 +442,7 @@ class Reconciler:
         except Exception as exc:
             # Applier.apply contains each container; this is the last line of defence.
             log.exception("applying a batch of %d containers failed", len(container_plans))
-            self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", exc)
+            self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", _error_text(exc))
             results = []
         finally:
             self.applying_since = None
@@ -434,7 +461,7 @@ class Reconciler:
                 self._after_apply(state, plan, mine, now)
             except Exception as exc:
                 log.exception("%s: reporting the apply failed", plan.pod.key)
-                self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, exc)
+                self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, _error_text(exc))
 
     def _plan(self, state: PodState, pod: PodInfo) -> PodPlan | None:
         """Plan one pod; if planning raises, fall back to the node's policy (env defaults
@@ -452,6 +479,7 @@ class Reconciler:
                 namespace=self.namespaces.get(pod.namespace),
                 guardrails=s.guardrails,
                 cgroup_version=s.cgroup_version,
+                devices=self._applier.devices,
             )
             state.memory = plan.resolution.memory
             if state.plan is None:
@@ -462,7 +490,7 @@ class Reconciler:
             self._warn_raised(state, plan)
         except Exception as exc:
             log.exception("%s: planning failed; applying the node's policy", pod.key)
-            self._record(ErrorStage.PLAN, uid, pod.key, exc)
+            self._record(ErrorStage.PLAN, uid, pod.key, _error_text(exc))
             try:
                 plan = plan_pod(
                     attrs.evolve(pod, annotations={}),
@@ -472,6 +500,7 @@ class Reconciler:
                     previous=None,
                     guardrails=s.guardrails,
                     cgroup_version=s.cgroup_version,
+                    devices=self._applier.devices,
                 )
             except Exception:
                 log.exception("%s: planning with the node's policy failed too", pod.key)
@@ -484,12 +513,9 @@ class Reconciler:
             state.error = None
         return plan
 
-    def _record(self, stage: ErrorStage, uid: str, where: str, exc: BaseException) -> None:
+    def _record(self, stage: ErrorStage, uid: str, where: str, error: str) -> None:
         self.error_counts[stage] += 1
-        text = str(exc)
-        if len(text) > 200:
-            text = f"{text[:200]}... ({len(text)} characters)"
-        self._set_error(uid, PodError(stage, where, f"{type(exc).__name__}: {text}"), where)
+        self._set_error(uid, PodError(stage, where, error), where)
 
     def _set_error(self, uid: str, error: PodError, where: str = "") -> None:
         """Keep `error` as the latest of its pod (in the pod's state), or of no pod."""
@@ -645,20 +671,11 @@ class Reconciler:
         self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
 
 
-def _state_key(obj: object) -> str:
-    """A pod's uid, or its namespace/name when it has no usable uid."""
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
-        return "None/None"
-    uid = meta.get("uid")
-    if isinstance(uid, str):
-        try:
-            validate_pod_uid(uid)
-        except ValueError:
-            pass
-        else:
-            return uid
-    return f"{meta.get('namespace')}/{meta.get('name')}"
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    if len(text) > 200:
+        text = f"{text[:200]}... ({len(text)} characters)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _outcome(result: ApplyResult) -> str:

@@ -17,7 +17,6 @@ from diskguard.node.cgroups import CgroupHierarchy, resolve_container_cgroup
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.node.state import LimitRecord, Rule, rule
 from diskguard.policy.plan import ContainerPlan
-from diskguard.policy.resolve import limits_to_enforce
 from diskguard.policy.values import Unlimited, render_limit
 
 log = logging.getLogger(__name__)
@@ -163,11 +162,13 @@ class Applier:
             return ApplyResult(ref, path, error=str(exc), aborted=True)
         devices = []
         for device in self._devices:
+            wanted = plan.desired.get(device)
+            if wanted is None:
+                # Planned before this device became a data device (a batch planned while the
+                # data disks moved): the resync that follows the move plans it.
+                continue
             have = held.get((device.major, device.minor), UNLIMITED)
-            want = (
-                UNLIMITED if plan.resolution is None else limits_to_enforce(plan.resolution, have)
-            )
-            devices.append((device, have, want))
+            devices.append((device, have, wanted.against(have)))
         for device in self._retired:
             have = held.get((device.major, device.minor), UNLIMITED)
             # Only what diskguard set there (the record says so) is taken back.
