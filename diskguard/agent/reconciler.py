@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import attrs
@@ -98,6 +99,9 @@ class PodState:
     memory: KeyMemory | None = None  # last good value of each annotation key
     # The latest apply of each container (by name), and the error last logged for it.
     results: Mapping[str, ApplyResult] = attrs.field(factory=dict)
+    # The cgroup found for each container instance (by container ID; a restarted container
+    # has a new ID), so it is not looked up again at every apply.
+    cgroups: Mapping[str, Path] = attrs.field(factory=dict)
     errors_logged: Mapping[str, str] = attrs.field(factory=dict)
     # What the last IOLimitApplied Event said (limits, keep) and whether it was annotation
     # driven; the Warning Events already sent (so each is sent once per distinct content).
@@ -343,14 +347,16 @@ class Reconciler:
             gone = {c.container_id for c in state.pod.containers} - {
                 c.container_id for c in pod.containers
             }
-            self._applier.forget([cid for cid in gone if cid])
+            if gone & set(state.cgroups):
+                self._applier.forget([p for cid, p in state.cgroups.items() if cid in gone])
+                state.cgroups = {c: p for c, p in state.cgroups.items() if c not in gone}
         state.pod = pod
         return pod.uid
 
     def _forget(self, key: str) -> None:
         state = self._states.pop(key, None)
-        if state is not None and state.pod is not None:
-            self._applier.forget([c.container_id for c in state.pod.containers if c.container_id])
+        if state is not None:
+            self._applier.forget(list(state.cgroups.values()))
 
     # -- the task ------------------------------------------------------------------------
 
@@ -435,10 +441,16 @@ class Reconciler:
             if plan is not None:
                 pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
+        known = {
+            cid: path
+            for p in pod_plans
+            if (state := self._states.get(p.pod.uid)) is not None
+            for cid, path in state.cgroups.items()
+        }
         self.applying_since = trio.current_time()
         try:
             async with self._kernel_lock:
-                results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+                results = await trio.to_thread.run_sync(self._applier.apply, container_plans, known)
         except Exception as exc:
             # Applier.apply contains each container; this is the last line of defence.
             log.exception("applying a batch of %d containers failed", len(container_plans))
@@ -457,6 +469,13 @@ class Reconciler:
                 continue
             mine = by_pod.get(plan.pod.uid, [])
             state.results = {**state.results, **{r.ref.container: r for r in mine}}
+            cgroups = dict(state.cgroups)
+            for r in mine:
+                if r.cgroup is None or r.lookup_again:
+                    cgroups.pop(r.ref.container_id, None)
+                else:
+                    cgroups[r.ref.container_id] = r.cgroup
+            state.cgroups = cgroups
             try:
                 self._after_apply(state, plan, mine, now)
             except Exception as exc:
