@@ -182,8 +182,10 @@ async def test_a_cgroup_that_never_appears_is_retried_a_bounded_number_of_times(
         # The kernel holds the limit as soon as the worker thread wrote it; the reconciler
         # takes the outcome in a moment later: wait for both.
         await _until(
-            lambda: _held(hierarchy, cg, device) == IOLimits(99, 99)
-            and uid not in reconciler.cgroup_given_up,
+            lambda: (
+                _held(hierarchy, cg, device) == IOLimits(99, 99)
+                and uid not in reconciler.cgroup_given_up
+            ),
             "limited and no longer given up",
         )
         [status] = containers_json(reconciler, {}, P)
