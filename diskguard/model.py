@@ -7,7 +7,7 @@ values once, and the rest of the code only ever sees them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -185,6 +185,47 @@ class IOLimits:
 
 
 UNLIMITED = IOLimits()
+
+
+@attrs.frozen
+class DeviceLimits:
+    """What one cgroup should hold on one device."""
+
+    limits: IOLimits = UNLIMITED
+    # Fields whose current kernel value stays (clamped to `ceilings`): `limits` gives them
+    # only where the kernel holds no limit yet (a bad value with no last good one).
+    keep: frozenset[LimitField] = frozenset()
+    ceilings: IOLimits = UNLIMITED
+
+    def against(self, kernel: IOLimits) -> IOLimits:
+        """The limits to write, given what the kernel holds on this device now."""
+        if not self.keep:
+            return self.limits
+        values = self.limits.as_dict()
+        for field in self.keep:
+            held = kernel.get(field)
+            ceiling = self.ceilings.get(field)
+            if held:
+                values[field] = min(held, ceiling) if ceiling else held
+        return IOLimits.of(values)
+
+
+@attrs.frozen
+class DesiredLimits:
+    """What one container's cgroup should hold, device by device (the data devices when
+    it was planned). A device not in it is left as it is."""
+
+    devices: tuple[tuple[Device, DeviceLimits], ...] = ()
+
+    @classmethod
+    def same(cls, devices: Iterable[Device], limits: DeviceLimits) -> DesiredLimits:
+        return cls(tuple((device, limits) for device in devices))
+
+    def get(self, device: Device) -> DeviceLimits | None:
+        for known, limits in self.devices:
+            if known == device:
+                return limits
+        return None
 
 
 class ContainerKind(enum.Enum):

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.kube.pods import parse_pod
-from diskguard.model import ContainerKind, IOLimits
+from diskguard.model import ContainerKind, Device, DeviceLimits, IOLimits
 from diskguard.policy.exclusion import Exclusion, ExclusionFilter, ExclusionRule
 from diskguard.policy.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
 from diskguard.policy.resolve import Guardrails, namespace_policy
@@ -297,3 +297,26 @@ def test_make_pod_shapes_sidecars_and_ephemeral_containers_like_the_api() -> Non
     assert "running" in dbg_status["state"] and dbg_status["containerID"].startswith(
         "containerd://"
     )
+
+
+def test_the_desired_limits_are_per_device_the_same_on_every_data_disk() -> None:
+    disks = (Device(8, 0, "sda"), Device(8, 16, "sdb"))
+    pod = parse_pod(make_pod("web", annotations={f"{P}/iops": "300"}))
+    [limited] = plan_pod(
+        pod, prefix=P, defaults=DEFAULTS, exclusion=FILTER, previous=None, devices=disks
+    ).containers
+    assert [d for d, _ in limited.desired.devices] == list(disks)
+    for disk in disks:
+        wanted = limited.desired.get(disk)
+        assert wanted is not None and wanted.against(IOLimits()) == IOLimits(300, 300)
+    assert limited.desired.get(Device(9, 0)) is None  # not a data disk: left alone
+    exempt = plan_pod(
+        parse_pod(make_pod("sys", "kube-system")),
+        prefix=P,
+        defaults=DEFAULTS,
+        exclusion=FILTER,
+        previous=None,
+        devices=disks,
+    ).containers[0]
+    assert exempt.enforcement is Enforcement.EXEMPT
+    assert all(w == DeviceLimits() for _, w in exempt.desired.devices)

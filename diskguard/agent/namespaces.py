@@ -10,11 +10,11 @@ namespaces' effective policy changed so their pods can be re-reconciled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from diskguard.kube.events import EventRequest, EventType, InvolvedKind
-from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
+from diskguard.kube.namespaces import NamespaceEvent, NamespaceInfo
+from diskguard.kube.watch import Changed, ChangeKind, Relisted
 from diskguard.policy.resolve import KeyMemory, NamespacePolicy, namespace_policy
 from diskguard.policy.values import shown
 
@@ -33,35 +33,29 @@ class NamespacePolicies:
     def get(self, namespace: str) -> NamespacePolicy | None:
         return self.policies.get(namespace)
 
-    def on_watch_event(self, event: WatchEvent) -> set[str]:
+    def on_event(self, event: NamespaceEvent) -> set[str]:
         """Apply one namespaces watch event; return the namespaces whose policy changed."""
         changed: set[str] = set()
         if isinstance(event, Relisted):
             self.listed = True
             seen = set()
-            for obj in event.objects:
-                name = self._upsert(obj, changed)
-                seen.add(name)
+            for ns in event.objects:
+                seen.add(self._upsert(ns, changed))
             for name in set(self.policies) - seen:
                 self._forget(name)
                 changed.add(name)
         elif isinstance(event, Changed):
             if event.kind is ChangeKind.DELETED:
-                name = _name(event.object)
+                name = event.object.name
                 self._forget(name)
                 changed.add(name)
             else:
                 self._upsert(event.object, changed)
         return changed
 
-    def _upsert(self, obj: Mapping[str, Any], changed: set[str]) -> str:
-        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-        meta = meta if isinstance(meta, Mapping) else {}
-        name = _name(obj)
-        annotations = meta.get("annotations") or {}
-        if not isinstance(annotations, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-        ):
+    def _upsert(self, ns: NamespaceInfo, changed: set[str]) -> str:
+        name, annotations = ns.name, ns.annotations
+        if annotations is None:
             # Malformed (the API server never sends this): keep the last good policy.
             log.warning("namespace %s: annotations are not strings; update ignored", name[:253])
             return name
@@ -70,7 +64,7 @@ class NamespacePolicies:
         if self.policies.get(name) != policy:
             changed.add(name)
         self.policies[name] = policy
-        self._warn_invalid(policy, str(meta.get("uid", "")))
+        self._warn_invalid(policy, ns.uid)
         return name
 
     def _forget(self, name: str) -> None:
@@ -102,8 +96,3 @@ class NamespacePolicies:
                 )
             )
         self._warned[policy.name] = bad
-
-
-def _name(obj: object) -> str:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return str(meta.get("name", "")) if isinstance(meta, Mapping) else ""

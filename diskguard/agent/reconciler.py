@@ -13,18 +13,21 @@ pod, counted (`pod_errors`), kept for /status, and never ends the task.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Generic, TypeVar
 
 import attrs
 import trio
 
 from diskguard.agent.namespaces import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
-from diskguard.kube.pods import PodParseError, parse_pod
-from diskguard.kube.watch import Changed, ChangeKind, Relisted, WatchEvent
+from diskguard.kube.namespaces import NamespaceEvent
+from diskguard.kube.pods import PodEvent, PodParseFailure, PodUpdate, state_key
+from diskguard.kube.watch import Changed, ChangeKind, Relisted
 from diskguard.model import (
     CgroupVersion,
     ContainerKey,
@@ -50,6 +53,9 @@ RETRY_MAX = 1.0
 # (a kata/gVisor RuntimeClass, kubelet without per-QoS cgroups): the pod waits for its
 # next event or the resync instead of being looked for every second forever.
 RETRY_ATTEMPTS = 20
+# Unexpected errors that belong to no pod (a whole batch, an event with no pod) kept for
+# /status; those of a pod go with the pod.
+LOOSE_ERRORS = 100
 
 
 @attrs.frozen
@@ -69,11 +75,115 @@ class ReconcileSettings:
     cgroup_version: CgroupVersion = CgroupVersion.V1
 
 
-@attrs.define
+@attrs.frozen
 class _Retry:
     due: float
     delay: float
     attempts: int = 1
+
+
+@attrs.define
+class PodState:
+    """Everything the reconciler keeps about one pod, so forgetting a pod is one `del`.
+
+    The record is the agent's own and changes as the pod does; what it holds are frozen
+    values, replaced (never mutated) on each change.
+    """
+
+    # The last version that parsed; None while the pod has never parsed (the state then
+    # only remembers the parse failure, to log it once).
+    pod: PodInfo | None = None
+    parse_failure: str = ""  # the last parse failure said in the log, "" once it parses
+    plan: PodPlan | None = None
+    planned_seq: int = 0  # when the pod was first planned (the order snapshot() keeps)
+    memory: KeyMemory | None = None  # last good value of each annotation key
+    # The latest apply of each container (by name), and the error last logged for it.
+    results: Mapping[str, ApplyResult] = attrs.field(factory=dict)
+    # The cgroup found for each container instance (by container ID; a restarted container
+    # has a new ID), so it is not looked up again at every apply.
+    cgroups: Mapping[str, Path] = attrs.field(factory=dict)
+    errors_logged: Mapping[str, str] = attrs.field(factory=dict)
+    # What the last IOLimitApplied Event said (limits, keep) and whether it was annotation
+    # driven; the Warning Events already sent (so each is sent once per distinct content).
+    announced: tuple[object, bool] | None = None
+    warned: frozenset[tuple[str, str]] = frozenset()
+    clamps_warned: frozenset[object] = frozenset()
+    raised_warned: frozenset[object] = frozenset()
+    retry: _Retry | None = None  # waiting for a container's cgroup to appear
+    # Containers whose cgroups did not appear after RETRY_ATTEMPTS.
+    given_up: tuple[str, ...] | None = None
+    # The latest unexpected error (for /status), and when it was first recorded (its place
+    # in the list).
+    error: PodError | None = None
+    error_seq: int = 0
+
+
+V = TypeVar("V")
+
+
+class _PodView(Mapping[str, V], Generic[V]):
+    """A read-only table by pod uid over the pod states (one field of each)."""
+
+    def __init__(self, states: Mapping[str, PodState], pick: Callable[[PodState], V | None]):
+        self._states = states
+        self._pick = pick
+
+    def __getitem__(self, uid: str) -> V:
+        state = self._states.get(uid)
+        value = None if state is None else self._pick(state)
+        if value is None:
+            raise KeyError(uid)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (uid for uid, s in self._states.items() if self._pick(s) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _ResultView(Mapping[ContainerKey, ApplyResult]):
+    """The latest apply result of every container, by container key."""
+
+    def __init__(self, states: Mapping[str, PodState]):
+        self._states = states
+
+    def __getitem__(self, key: ContainerKey) -> ApplyResult:
+        state = self._states.get(key.pod_uid)
+        if state is None:
+            raise KeyError(key)
+        return state.results[key.container]
+
+    def __iter__(self) -> Iterator[ContainerKey]:
+        return (ContainerKey(uid, name) for uid, s in self._states.items() for name in s.results)
+
+    def __len__(self) -> int:
+        return sum(len(s.results) for s in self._states.values())
+
+
+class _ErrorView(Mapping[str, PodError]):
+    """The latest unexpected error per pod, oldest first; plus those of no pod."""
+
+    def __init__(self, states: Mapping[str, PodState], loose: Mapping[str, tuple[int, PodError]]):
+        self._states = states
+        self._loose = loose
+
+    def _ordered(self) -> list[tuple[int, str, PodError]]:
+        found = [(s.error_seq, k, s.error) for k, s in self._states.items() if s.error]
+        found.extend((seq, k, e) for k, (seq, e) in self._loose.items())
+        return sorted(found, key=lambda item: item[0])
+
+    def __getitem__(self, key: str) -> PodError:
+        state = self._states.get(key)
+        if state is not None and state.error is not None:
+            return state.error
+        return self._loose[key][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for _, k, _ in self._ordered())
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._states.values() if s.error) + len(self._loose)
 
 
 class Reconciler:
@@ -88,16 +198,18 @@ class Reconciler:
         self.settings = settings
         self._applier = applier
         self._emit = emit
-        self.pods: dict[str, PodInfo] = {}
-        self.plans: dict[str, PodPlan] = {}
-        self.results: dict[ContainerKey, ApplyResult] = {}
-        self._memory: dict[str, KeyMemory] = {}
-        self._announced: dict[str, tuple[object, bool]] = {}
-        self._warned: dict[str, frozenset[tuple[str, str]]] = {}
-        self._errors_logged: dict[ContainerKey, str] = {}
-        self._parse_failures: dict[str, str] = {}
+        # One record per pod, by uid; a pod that fails to parse with no usable uid is kept
+        # by its namespace/name (it never has a PodInfo). Bounded by the pods on the node.
+        self._states: dict[str, PodState] = {}
+        # Read-only tables over the states, for the HTTP side and the other tasks.
+        self.pods: Mapping[str, PodInfo] = _PodView(self._states, lambda s: s.pod)
+        self.plans: Mapping[str, PodPlan] = _PodView(self._states, lambda s: s.plan)
+        self.results: Mapping[ContainerKey, ApplyResult] = _ResultView(self._states)
+        self.cgroup_given_up: Mapping[str, tuple[str, ...]] = _PodView(
+            self._states, lambda s: s.given_up
+        )
+        # Pods to plan and apply at the next batch (a uid forgotten meanwhile is skipped).
         self._dirty: set[str] = set()
-        self._retry: dict[str, _Retry] = {}
         # Held around every batch of kernel writes; shared with whatever else writes cgroup
         # files (the cgroup sampler arming v1 counters, see sampler/cgroupfs.py; the move of
         # limits to new data disks), which the agent's wiring hands the same lock.
@@ -109,21 +221,23 @@ class Reconciler:
         self.applying_since: float | None = None  # set while a batch is in the kernel
         self._relisted = False
         self.namespaces = NamespacePolicies(settings.prefix, emit)
-        self._clamps_warned: dict[str, frozenset[object]] = {}
-        self._raised_warned: dict[str, frozenset[object]] = {}
-        # Unexpected errors: counted by stage for /metrics, the latest per pod (uid, or the
-        # namespace/name key when the pod has no usable uid) for /status.
+        # Unexpected errors: counted by stage for /metrics, the latest per pod (in its state)
+        # and the latest of no pod (a batch, an event without a pod) for /status.
         self.error_counts: collections.Counter[ErrorStage] = collections.Counter()
-        self.pod_errors: dict[str, PodError] = {}
-        # Pods whose containers' cgroups did not appear after RETRY_ATTEMPTS: uid -> names.
-        self.cgroup_given_up: dict[str, tuple[str, ...]] = {}
+        self._loose_errors: dict[str, tuple[int, PodError]] = {}
+        self._error_seq = itertools.count(1)
+        self._plan_seq = itertools.count(1)
+        self.pod_errors: Mapping[str, PodError] = _ErrorView(self._states, self._loose_errors)
         self._wait_scope: trio.CancelScope | None = None  # the loop's wait for input
+
+    def _live(self) -> set[str]:
+        """The uids of the pods acted on (those that parsed at least once)."""
+        return {uid for uid, s in self._states.items() if s.pod is not None}
 
     def resync_now(self) -> None:
         """Re-apply every pod now (the data disks changed), not at the next resync."""
-        self._dirty |= set(self.pods)
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        self._dirty |= self._live()
+        self._wake()
 
     # -- output --------------------------------------------------------------------------
 
@@ -140,7 +254,11 @@ class Reconciler:
         Read-only: it copies, never changes anything, and costs O(pods + containers).
         """
         pods = []
-        for uid, plan in self.plans.items():
+        planned = sorted(
+            ((s.planned_seq, uid, s.plan) for uid, s in self._states.items() if s.plan),
+            key=lambda item: item[0],
+        )
+        for _, uid, plan in planned:
             given_up = self.cgroup_given_up.get(uid, ())
             pods.append(
                 PodSnapshot(
@@ -165,112 +283,120 @@ class Reconciler:
 
     # -- input ---------------------------------------------------------------------------
 
-    def on_watch_event(self, event: WatchEvent) -> None:
+    def on_pod_event(self, event: PodEvent) -> None:
         try:
-            self._on_watch_event(event)
+            self._on_pod_event(event)
         except Exception as exc:
             # A bug reachable from tenant input must cost that event, not the task.
             log.exception("taking in a %s watch event failed", event.resource)
-            self._record(ErrorStage.EVENT, "", f"{event.resource} event", exc)
+            self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
 
-    def _on_watch_event(self, event: WatchEvent) -> None:
-        if event.resource == "namespaces":
-            changed = self.namespaces.on_watch_event(event)
-            if changed:
-                self._dirty |= {uid for uid, p in self.pods.items() if p.namespace in changed}
+    def on_namespace_event(self, event: NamespaceEvent) -> None:
+        try:
+            changed = self.namespaces.on_event(event)
+        except Exception as exc:
+            log.exception("taking in a %s watch event failed", event.resource)
+            self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
             return
+        if changed:
+            self._dirty |= {
+                uid
+                for uid, s in self._states.items()
+                if s.pod is not None and s.pod.namespace in changed
+            }
+
+    def _on_pod_event(self, event: PodEvent) -> None:
         if isinstance(event, Relisted):
             seen = set()
-            keys = set()
-            for obj in event.objects:
-                keys.add(_pod_key(obj))
-                uid = self._upsert(obj)
-                if uid:
-                    seen.add(uid)
-            for uid in set(self.pods) - seen:
-                self._forget(uid)
-            for key in set(self._parse_failures) - keys:
-                del self._parse_failures[key]
-            self._dirty |= set(self.pods)
+            for update in event.objects:
+                seen.add(self._upsert(update, event.resource))
+            for key in set(self._states) - seen:
+                self._forget(key)
+            self._dirty |= self._live()
             self._relisted = True
         elif isinstance(event, Changed):
             if event.kind is ChangeKind.DELETED:
-                meta = event.object.get("metadata") if isinstance(event.object, Mapping) else None
-                self._parse_failures.pop(_pod_key(event.object), None)
-                self._forget(str(meta.get("uid", "")) if isinstance(meta, Mapping) else "")
+                self._forget(state_key(event.object))
             else:
-                uid = self._upsert(event.object)
-                if uid:
-                    self._dirty.add(uid)
+                key = self._upsert(event.object, event.resource)
+                state = self._states.get(key)
+                if state is not None and state.pod is not None:
+                    self._dirty.add(key)
 
-    def _upsert(self, obj: Mapping[str, Any]) -> str | None:
-        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-        if not isinstance(meta, Mapping):
-            meta = {}
-        key = _pod_key(obj)
-        try:
-            pod = parse_pod(obj, self.settings.forced_runtime)
-        except PodParseError as exc:
+    def _upsert(self, update: PodUpdate, resource: str) -> str:
+        """Take in one version of a pod; return the key of its state."""
+        key = state_key(update)
+        if isinstance(update, PodParseFailure):
+            if update.unexpected:
+                # Counted and shown as before parsing moved to the API edge.
+                self._record(ErrorStage.EVENT, "", f"{resource} event", update.error)
+                return key
             # Keep acting on the last good version of the pod, if any; say it once.
-            if self._parse_failures.get(key) != str(exc):
-                self._parse_failures[key] = str(exc)
-                log.warning("ignoring pod update: %s", exc)
-            uid = str(meta.get("uid", ""))
-            return uid if uid in self.pods else None
-        self._parse_failures.pop(key, None)
+            state = self._states.setdefault(key, PodState())
+            if state.parse_failure != update.error:
+                state.parse_failure = update.error
+                log.warning("ignoring pod update: %s", update.error)
+            return key
+        pod = update
         if pod.node_name != self.settings.node_name:
             self._forget(pod.uid)
-            return None
-        old = self.pods.get(pod.uid)
-        if old is not None:
-            gone = {c.container_id for c in old.containers} - {
+            return pod.uid
+        state = self._states.setdefault(pod.uid, PodState())
+        state.parse_failure = ""
+        if state.pod is not None:
+            gone = {c.container_id for c in state.pod.containers} - {
                 c.container_id for c in pod.containers
             }
-            self._applier.forget([cid for cid in gone if cid])
-        self.pods[pod.uid] = pod
+            if gone & set(state.cgroups):
+                self._applier.forget([p for cid, p in state.cgroups.items() if cid in gone])
+                state.cgroups = {c: p for c, p in state.cgroups.items() if c not in gone}
+        state.pod = pod
         return pod.uid
 
-    def _forget(self, uid: str) -> None:
-        pod = self.pods.pop(uid, None)
-        if pod is not None:
-            self._applier.forget([c.container_id for c in pod.containers if c.container_id])
-        tables = (
-            self.plans,
-            self._memory,
-            self._announced,
-            self._warned,
-            self._retry,
-            self._clamps_warned,
-            self._raised_warned,
-            self.pod_errors,
-            self.cgroup_given_up,
-        )
-        for table in tables:
-            table.pop(uid, None)
-        self._dirty.discard(uid)
-        for key in [k for k in self.results if k.pod_uid == uid]:
-            del self.results[key]
-            self._errors_logged.pop(key, None)
+    def _forget(self, key: str) -> None:
+        state = self._states.pop(key, None)
+        if state is not None:
+            self._applier.forget(list(state.cgroups.values()))
 
     # -- the task ------------------------------------------------------------------------
 
-    async def run(self, receive: trio.MemoryReceiveChannel[WatchEvent]) -> None:
+    async def run(
+        self,
+        pods: trio.MemoryReceiveChannel[PodEvent],
+        namespaces: trio.MemoryReceiveChannel[NamespaceEvent],
+    ) -> None:
+        """Take pod events (batched) and namespace events (each on its own channel) and
+        reconcile, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._take_namespaces, namespaces)
+            await self._loop(pods)
+
+    async def _take_namespaces(self, namespaces: trio.MemoryReceiveChannel[NamespaceEvent]) -> None:
+        async for event in namespaces:
+            self.on_namespace_event(event)
+            self._wake()  # the namespace list may ungate the pods, or change their policy
+
+    def _wake(self) -> None:
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _loop(self, receive: trio.MemoryReceiveChannel[PodEvent]) -> None:
         next_resync = math.inf
         wait = self.settings.namespace_wait
         namespaces_due = math.inf if wait is None else trio.current_time() + wait
         while True:
             gated = not self.namespaces.listed and trio.current_time() < namespaces_due
-            deadline = min([next_resync, *(r.due for r in self._retry.values())])
+            deadline = min([next_resync, *(r.due for r in self._retries())])
             if gated:
                 deadline = min(deadline, namespaces_due)
             elif self._dirty:
                 deadline = -math.inf  # resync_now() during the last batch: go at once
             with trio.move_on_at(deadline) as self._wait_scope:
-                self.on_watch_event(await receive.receive())
+                self.on_pod_event(await receive.receive())
             self._wait_scope = None
             while True:  # take everything already queued as one batch
                 try:
-                    self.on_watch_event(receive.receive_nowait())
+                    self.on_pod_event(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
             now = trio.current_time()
@@ -283,20 +409,23 @@ class Reconciler:
                     wait,
                 )
                 namespaces_due = math.inf
-                self._dirty |= set(self.pods)
+                self._dirty |= self._live()
             if now >= next_resync:
-                self._dirty |= set(self.pods)
+                self._dirty |= self._live()
             relisted, self._relisted = self._relisted, False
             if relisted or now >= next_resync:
                 next_resync = now + self.settings.resync_interval
-            for uid, retry in list(self._retry.items()):
-                if retry.due <= now:
+            for uid, state in self._states.items():
+                if state.retry is not None and state.retry.due <= now:
                     self._dirty.add(uid)
             if self._dirty or relisted:
                 await self.reconcile(self._take_dirty())
                 if not self.synced.is_set():
                     self.synced.set()
                     log.info("initial reconcile done: %d pods", len(self.pods))
+
+    def _retries(self) -> Iterator[_Retry]:
+        return (s.retry for s in self._states.values() if s.retry is not None)
 
     def _take_dirty(self) -> list[str]:
         dirty, self._dirty = sorted(self._dirty), set()
@@ -305,38 +434,55 @@ class Reconciler:
     async def reconcile(self, uids: Iterable[str]) -> None:
         pod_plans = []
         for uid in uids:
-            pod = self.pods.get(uid)
-            if pod is None:
+            state = self._states.get(uid)
+            if state is None or state.pod is None:
                 continue
-            plan = self._plan(pod)
+            plan = self._plan(state, state.pod)
             if plan is not None:
                 pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
+        known = {
+            cid: path
+            for p in pod_plans
+            if (state := self._states.get(p.pod.uid)) is not None
+            for cid, path in state.cgroups.items()
+        }
         self.applying_since = trio.current_time()
         try:
             async with self._kernel_lock:
-                results = await trio.to_thread.run_sync(self._applier.apply, container_plans)
+                results = await trio.to_thread.run_sync(self._applier.apply, container_plans, known)
         except Exception as exc:
             # Applier.apply contains each container; this is the last line of defence.
             log.exception("applying a batch of %d containers failed", len(container_plans))
-            self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", exc)
+            self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", _error_text(exc))
             results = []
         finally:
             self.applying_since = None
         self.reconciles += 1
         by_pod: dict[str, list[ApplyResult]] = {}
         for result in results:
-            self.results[result.ref.key] = result
             by_pod.setdefault(result.ref.pod_uid, []).append(result)
         now = trio.current_time()
         for plan in pod_plans:
+            state = self._states.get(plan.pod.uid)
+            if state is None:
+                continue
+            mine = by_pod.get(plan.pod.uid, [])
+            state.results = {**state.results, **{r.ref.container: r for r in mine}}
+            cgroups = dict(state.cgroups)
+            for r in mine:
+                if r.cgroup is None or r.lookup_again:
+                    cgroups.pop(r.ref.container_id, None)
+                else:
+                    cgroups[r.ref.container_id] = r.cgroup
+            state.cgroups = cgroups
             try:
-                self._after_apply(plan, by_pod.get(plan.pod.uid, []), now)
+                self._after_apply(state, plan, mine, now)
             except Exception as exc:
                 log.exception("%s: reporting the apply failed", plan.pod.key)
-                self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, exc)
+                self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, _error_text(exc))
 
-    def _plan(self, pod: PodInfo) -> PodPlan | None:
+    def _plan(self, state: PodState, pod: PodInfo) -> PodPlan | None:
         """Plan one pod; if planning raises, fall back to the node's policy (env defaults
         and ceilings, none of the pod's or its namespace's annotations) so the pod's
         containers are still held to what the administrator set."""
@@ -348,19 +494,22 @@ class Reconciler:
                 prefix=s.prefix,
                 defaults=s.defaults,
                 exclusion=s.exclusion,
-                previous=self._memory.get(uid),
+                previous=state.memory,
                 namespace=self.namespaces.get(pod.namespace),
                 guardrails=s.guardrails,
                 cgroup_version=s.cgroup_version,
+                devices=self._applier.devices,
             )
-            self._memory[uid] = plan.resolution.memory
-            self.plans[uid] = plan
-            self._warn_invalid(plan)
-            self._warn_clamped(plan)
-            self._warn_raised(plan)
+            state.memory = plan.resolution.memory
+            if state.plan is None:
+                state.planned_seq = next(self._plan_seq)
+            state.plan = plan
+            self._warn_invalid(state, plan)
+            self._warn_clamped(state, plan)
+            self._warn_raised(state, plan)
         except Exception as exc:
             log.exception("%s: planning failed; applying the node's policy", pod.key)
-            self._record(ErrorStage.PLAN, uid, pod.key, exc)
+            self._record(ErrorStage.PLAN, uid, pod.key, _error_text(exc))
             try:
                 plan = plan_pod(
                     attrs.evolve(pod, annotations={}),
@@ -370,67 +519,84 @@ class Reconciler:
                     previous=None,
                     guardrails=s.guardrails,
                     cgroup_version=s.cgroup_version,
+                    devices=self._applier.devices,
                 )
             except Exception:
                 log.exception("%s: planning with the node's policy failed too", pod.key)
                 return None
-            self.plans[uid] = plan
+            if state.plan is None:
+                state.planned_seq = next(self._plan_seq)
+            state.plan = plan
             return plan
-        if (err := self.pod_errors.get(uid)) is not None and err.stage is ErrorStage.PLAN:
-            del self.pod_errors[uid]
+        if state.error is not None and state.error.stage is ErrorStage.PLAN:
+            state.error = None
         return plan
 
-    def _record(self, stage: ErrorStage, uid: str, where: str, exc: BaseException) -> None:
+    def _record(self, stage: ErrorStage, uid: str, where: str, error: str) -> None:
         self.error_counts[stage] += 1
-        text = str(exc)
-        if len(text) > 200:
-            text = f"{text[:200]}... ({len(text)} characters)"
-        self.pod_errors[uid or where] = PodError(stage, where, f"{type(exc).__name__}: {text}")
-        # Bounded: entries of pods that are gone are pruned by _forget; keyless ones here.
-        while len(self.pod_errors) > max(100, 2 * len(self.pods)):
-            del self.pod_errors[next(iter(self.pod_errors))]
+        self._set_error(uid, PodError(stage, where, error), where)
 
-    def _after_apply(self, plan: PodPlan, results: list[ApplyResult], now: float) -> None:
-        uid = plan.pod.uid
+    def _set_error(self, uid: str, error: PodError, where: str = "") -> None:
+        """Keep `error` as the latest of its pod (in the pod's state), or of no pod."""
+        state = self._states.get(uid) if uid else None
+        if state is not None:
+            if state.error is None:
+                state.error_seq = next(self._error_seq)
+            state.error = error
+            return
+        key = uid or where
+        old = self._loose_errors.get(key)
+        self._loose_errors[key] = (old[0] if old else next(self._error_seq), error)
+        # Bounded: these belong to no pod, so nothing else would ever drop them.
+        while len(self._loose_errors) > LOOSE_ERRORS:
+            del self._loose_errors[next(iter(self._loose_errors))]
+
+    def _after_apply(
+        self, state: PodState, plan: PodPlan, results: list[ApplyResult], now: float
+    ) -> None:
         waiting = [r for r in results if r.cgroup is None and not r.error]
         if waiting:
-            self._wait_for_cgroups(plan, [r.ref.container for r in waiting], now)
+            self._wait_for_cgroups(state, plan, [r.ref.container for r in waiting], now)
         else:
-            self._retry.pop(uid, None)
-            self.cgroup_given_up.pop(uid, None)
+            state.retry = None
+            state.given_up = None
         aborted = [r for r in results if r.aborted]
         self.error_counts[ErrorStage.APPLY] += len(aborted)
         if aborted:
             first = aborted[0]
-            self.pod_errors[uid] = PodError(
-                ErrorStage.APPLY, plan.pod.key, first.error, first.ref.container
+            self._set_error(
+                plan.pod.uid,
+                PodError(ErrorStage.APPLY, plan.pod.key, first.error, first.ref.container),
             )
-        elif (err := self.pod_errors.get(uid)) is not None and err.stage is ErrorStage.APPLY:
-            del self.pod_errors[uid]
+        elif state.error is not None and state.error.stage is ErrorStage.APPLY:
+            state.error = None
+        logged = dict(state.errors_logged)
         for r in results:
             self.outcomes[_outcome(r)] += 1
-            if r.error and self._errors_logged.get(r.ref.key) != r.error:
-                self._errors_logged[r.ref.key] = r.error
+            if r.error and logged.get(r.ref.container) != r.error:
+                logged[r.ref.container] = r.error
                 log.error("%s: applying limits failed: %s", r.ref.display, r.error)
             elif not r.error:
-                self._errors_logged.pop(r.ref.key, None)
+                logged.pop(r.ref.container, None)
             if r.wrote:
                 log.info("%s: limits set (%s): %s", r.ref.display, r.cgroup, "; ".join(r.changes))
+        state.errors_logged = logged
         if any(r.wrote for r in results):
-            self._announce(plan)
+            self._announce(state, plan)
 
-    def _wait_for_cgroups(self, plan: PodPlan, names: list[str], now: float) -> None:
+    def _wait_for_cgroups(
+        self, state: PodState, plan: PodPlan, names: list[str], now: float
+    ) -> None:
         """Retry with backoff, RETRY_ATTEMPTS times; then until the pod's next event or the
         resync (which start a new round), reported in /status and the waiting gauge."""
-        uid = plan.pod.uid
-        old = self._retry.get(uid)
+        old = state.retry
         if old is None:
-            self._retry[uid] = _Retry(now + RETRY_INITIAL, RETRY_INITIAL)
-            if uid not in self.cgroup_given_up:
+            state.retry = _Retry(now + RETRY_INITIAL, RETRY_INITIAL)
+            if state.given_up is None:
                 log.info("%s: cgroup of %s not there yet, retrying", plan.pod.key, ", ".join(names))
         elif old.attempts >= RETRY_ATTEMPTS:
-            del self._retry[uid]
-            if uid not in self.cgroup_given_up:
+            state.retry = None
+            if state.given_up is None:
                 log.warning(
                     "%s: no cgroup for %s after %d tries; trying again at the pod's next "
                     "event or the resync",
@@ -438,28 +604,28 @@ class Reconciler:
                     ", ".join(names),
                     old.attempts + 1,
                 )
-            self.cgroup_given_up[uid] = tuple(names)
+            state.given_up = tuple(names)
         else:
             delay = min(RETRY_MAX, old.delay * 2)
-            self._retry[uid] = _Retry(now + delay, delay, old.attempts + 1)
+            state.retry = _Retry(now + delay, delay, old.attempts + 1)
 
-    def _announce(self, plan: PodPlan) -> None:
+    def _announce(self, state: PodState, plan: PodPlan) -> None:
         """One IOLimitApplied Event per change of a pod's annotation-driven limits."""
-        uid, res = plan.pod.uid, plan.resolution
+        res = plan.resolution
         signature = (res.limits, res.keep)
-        previous = self._announced.get(uid)
-        self._announced[uid] = (signature, res.annotation_driven)
+        previous = state.announced
+        state.announced = (signature, res.annotation_driven)
         if previous is not None and previous[0] == signature:
             return  # e.g. a container restart: same limits on a new cgroup
         if not res.annotation_driven and not (previous and previous[1]):
             return  # env defaults on a new pod: no Event per pod on the node
         self._emit(pod_event(plan.pod, "IOLimitApplied", f"IO limits in force: {res.describe()}"))
 
-    def _warn_invalid(self, plan: PodPlan) -> None:
+    def _warn_invalid(self, state: PodState, plan: PodPlan) -> None:
         """One Warning Event per distinct bad value, saying what stays in force instead."""
-        uid, res = plan.pod.uid, plan.resolution
+        res = plan.resolution
         bad = frozenset((b.key, b.value) for b in plan.parsed.invalid.values())
-        already = self._warned.get(uid, frozenset())
+        already = state.warned
         for suffix, b in plan.parsed.invalid.items():
             if (b.key, b.value) in already:
                 continue
@@ -481,17 +647,17 @@ class Reconciler:
                     warning=True,
                 )
             )
-        self._warned[uid] = bad
+        state.warned = bad
 
-    def _warn_raised(self, plan: PodPlan) -> None:
+    def _warn_raised(self, state: PodState, plan: PodPlan) -> None:
         """One Warning Event per distinct set of limits raised to the kernel's minimum."""
         res = plan.resolution
         signature = frozenset((f, res.limits.get(f)) for f in res.raised)
-        if not signature or self._raised_warned.get(plan.pod.uid) == signature:
-            if not signature:
-                self._raised_warned.pop(plan.pod.uid, None)
+        if state.raised_warned == signature:
+            return  # nothing raised (never warned), or this set was said already
+        state.raised_warned = signature
+        if not signature:
             return
-        self._raised_warned[plan.pod.uid] = signature
         if not any(res.origins[f].requested_by_pod for f in res.raised):
             return  # not the pod's own request: the administrator's values, said in /status
         fields = ", ".join(f"{f}={res.limits.get(f)}" for f in sorted(res.raised))
@@ -506,15 +672,15 @@ class Reconciler:
             )
         )
 
-    def _warn_clamped(self, plan: PodPlan) -> None:
+    def _warn_clamped(self, state: PodState, plan: PodPlan) -> None:
         """One Warning Event per distinct set of clamped requests of a pod."""
         clamps = plan.resolution.clamps
-        signature = frozenset(clamps)
-        if not clamps or self._clamps_warned.get(plan.pod.uid) == signature:
-            if not clamps:
-                self._clamps_warned.pop(plan.pod.uid, None)
+        signature: frozenset[object] = frozenset(clamps)
+        if state.clamps_warned == signature:
+            return  # nothing clamped (never warned), or this set was said already
+        state.clamps_warned = signature
+        if not clamps:
             return
-        self._clamps_warned[plan.pod.uid] = signature
         asked = "; ".join(
             f"{c.key}={render_limit(c.asked)} asked, "
             f"{c.field}={render_limit(c.enforced)} enforced "
@@ -524,11 +690,11 @@ class Reconciler:
         self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
 
 
-def _pod_key(obj: object) -> str:
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
-        return "None/None"
-    return f"{meta.get('namespace')}/{meta.get('name')}"
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    if len(text) > 200:
+        text = f"{text[:200]}... ({len(text)} characters)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _outcome(result: ApplyResult) -> str:

@@ -33,6 +33,8 @@ from diskguard.kube.kubelet_source import (
     SourceSelector,
     run_pod_source,
 )
+from diskguard.kube.namespaces import NamespaceEvent, parse_namespace_events
+from diskguard.kube.pods import PodEvent, parse_pod_events
 from diskguard.kube.watch import ListWatcher, WatchEvent
 from diskguard.model import Device, SamplerKind
 from diskguard.node.applier import Applier
@@ -112,7 +114,12 @@ class Agent:
             initial=DiskResolution(node.devices, node.disk_problem),
             on_change=self._move_limits,
         )
+        # Raw events from the pod source and the namespace watch; parsed at the API edge
+        # (kube/pods.py, kube/namespaces.py) into their own typed channels.
         self._watch_send, self._watch_receive = trio.open_memory_channel[WatchEvent](100)
+        self._pods_send, self._pods_receive = trio.open_memory_channel[PodEvent](100)
+        self._ns_watch_send, self._ns_watch_receive = trio.open_memory_channel[WatchEvent](100)
+        self._ns_send, self._ns_receive = trio.open_memory_channel[NamespaceEvent](100)
         self.http_binds: list[str] = []
         # Published by _start_measuring once the sampler opened (a BPF compile takes
         # seconds), and smart limit once it runs (after its RBAC grant); None until then.
@@ -136,7 +143,7 @@ class Agent:
             self._watch_send,
         )
         self.namespace_watcher = ListWatcher(
-            "namespaces", self.api.list_namespace, self._watch_send.clone()
+            "namespaces", self.api.list_namespace, self._ns_watch_send
         )
         # Smart limit patches pods only where RBAC grants it (deploy/components/smart-limit).
         self.smart_access: AccessGate | None = None
@@ -299,7 +306,19 @@ class Agent:
         nursery.start_soon(self.namespace_watcher.run, name="namespace-watch")
         if self.node.follow_data_mounts:
             nursery.start_soon(self.data_disks.run, name="data-disks")
-        nursery.start_soon(self.reconciler.run, self._watch_receive, name="cgroup-apply")
+        nursery.start_soon(
+            parse_pod_events,
+            self._watch_receive,
+            self._pods_send,
+            self.reconciler.settings.forced_runtime,
+            name="pod-parse",
+        )
+        nursery.start_soon(
+            parse_namespace_events, self._ns_watch_receive, self._ns_send, name="namespace-parse"
+        )
+        nursery.start_soon(
+            self.reconciler.run, self._pods_receive, self._ns_receive, name="cgroup-apply"
+        )
         nursery.start_soon(
             functools.partial(
                 post_events,

@@ -1,12 +1,23 @@
-"""Parsing of Pod objects from the API server into PodInfo values (the API edge)."""
+"""Parsing of Pod objects from the API server into PodInfo values (the API edge).
+
+Pod events are parsed here, one pod at a time, before the reconciler sees them: it gets a
+PodInfo, or a PodParseFailure saying why the pod cannot be acted on (contained to that pod).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+import trio
+
+from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import ContainerInfo, ContainerKind, PodInfo, QoSClass, Runtime
 from diskguard.node.kubepods import parse_container_id, validate_pod_uid
+
+log = logging.getLogger(__name__)
 
 # Mirror pods of static pods carry the config hash kubelet uses as the pod's UID locally.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -14,6 +25,75 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 class PodParseError(ValueError):
     """A pod object diskguard cannot act on (logged once, the pod is left alone)."""
+
+
+@attrs.frozen
+class PodParseFailure:
+    """A version of a pod that could not be parsed; the last good version stays in force."""
+
+    key: str  # the pod's uid, or its namespace/name when it has no usable uid
+    error: str
+    # Not a malformed pod but a bug in the parser (an exception other than
+    # PodParseError): counted in diskguard_pod_errors_total{stage="event"}.
+    unexpected: bool = False
+
+
+PodUpdate = PodInfo | PodParseFailure
+PodEvent = Relisted[PodUpdate] | Changed[PodUpdate]
+
+
+def state_key(update: PodUpdate) -> str:
+    """The key a pod's state is kept under: its uid, or its namespace/name without one."""
+    return update.uid if isinstance(update, PodInfo) else update.key
+
+
+def read_pod(obj: object, forced_runtime: Runtime | None = None) -> PodUpdate:
+    """Parse one raw pod, containing any failure to this pod."""
+    try:
+        return parse_pod(obj, forced_runtime)  # type: ignore[arg-type]
+    except PodParseError as exc:
+        return PodParseFailure(_key(obj), str(exc))
+    except Exception as exc:
+        # A bug reachable from tenant input must cost that pod, not the event or the task.
+        log.exception("parsing a pod failed")
+        text = str(exc)
+        if len(text) > 200:
+            text = f"{text[:200]}... ({len(text)} characters)"
+        return PodParseFailure(_key(obj), f"{type(exc).__name__}: {text}", unexpected=True)
+
+
+def pod_event(event: WatchEvent, forced_runtime: Runtime | None = None) -> PodEvent:
+    """A raw pod watch event with each pod parsed."""
+    if isinstance(event, Relisted):
+        pods = tuple(read_pod(obj, forced_runtime) for obj in event.objects)
+        return Relisted(pods, event.resource_version, event.resource)
+    return Changed(event.kind, read_pod(event.object, forced_runtime), event.resource)
+
+
+async def parse_pod_events(
+    receive: trio.MemoryReceiveChannel[WatchEvent],
+    send: trio.MemorySendChannel[PodEvent],
+    forced_runtime: Runtime | None = None,
+) -> None:
+    """The API edge of the pod sources: raw events in, parsed events out, in order."""
+    async with send:
+        async for event in receive:
+            await send.send(pod_event(event, forced_runtime))
+
+
+def _key(obj: object) -> str:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return "None/None"
+    uid = meta.get("uid")
+    if isinstance(uid, str):
+        try:
+            validate_pod_uid(uid)
+        except ValueError:
+            pass
+        else:
+            return uid
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:

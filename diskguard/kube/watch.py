@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -55,13 +55,16 @@ FIRST_PROGRESS_WAIT = 75.0
 MAX_STATUS_BODY = 65536
 
 
+T = TypeVar("T")
+
+
 @attrs.frozen
-class Relisted:
+class Relisted(Generic[T]):
     """A full, consistent snapshot: everything not in it is gone."""
 
-    objects: tuple[Mapping[str, Any], ...]
+    objects: tuple[T, ...]
     resource_version: str
-    resource: str = "pods"
+    resource: str = "pods"  # for logs only: each resource has its own channel
 
 
 class ChangeKind(enum.StrEnum):
@@ -73,13 +76,15 @@ class ChangeKind(enum.StrEnum):
 
 
 @attrs.frozen
-class Changed:
+class Changed(Generic[T]):
     kind: ChangeKind = attrs.field(converter=ChangeKind)
-    object: Mapping[str, Any]
+    object: T
     resource: str = "pods"
 
 
-WatchEvent = Relisted | Changed
+# As the API server (or the kubelet) sends them: raw JSON objects. kube/pods.py and
+# kube/namespaces.py parse them into typed values before any task acts on them.
+WatchEvent = Relisted[Mapping[str, Any]] | Changed[Mapping[str, Any]]
 _CHANGE_KINDS = frozenset(ChangeKind)
 
 

@@ -7,7 +7,7 @@ batch, so the trio loop never waits on sysfs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -18,7 +18,6 @@ from diskguard.node.kubepods import resolve_container_cgroup
 from diskguard.node.limits import CgroupGoneError, LimitBackend, LimitError
 from diskguard.node.state import LimitRecord, Rule, rule
 from diskguard.policy.plan import ContainerPlan
-from diskguard.policy.resolve import limits_to_enforce
 from diskguard.policy.values import Unlimited, render_limit
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,9 @@ class ApplyResult:
     # container's limits are as the kernel held them. Counted per container in
     # diskguard_pod_errors_total{stage="apply"}.
     aborted: bool = False
+    # Something unexpected raised: the cgroup path (if any) must be looked up afresh
+    # next time rather than reused.
+    lookup_again: bool = False
 
     @property
     def wrote(self) -> bool:
@@ -72,8 +74,6 @@ class Applier:
         self._retired: tuple[Device, ...] = ()
         self._driver = driver
         self._kubelet_root = kubelet_root
-        # container ID -> cgroup directory; a restarted container has a new ID.
-        self._paths: dict[str, Path] = {}
         self.record = record
 
     @property
@@ -88,19 +88,24 @@ class Applier:
         self._retired = tuple(d for k, d in retired.items() if k not in keys)
         self._devices = new
 
-    def forget(self, container_ids: Sequence[str]) -> None:
-        paths = [path for cid in container_ids if (path := self._paths.pop(cid, None))]
-        if self.record is not None:
-            self.record.forget(paths)
+    def forget(self, cgroups: Sequence[Path]) -> None:
+        """These containers are gone: their cgroups leave the limit record."""
+        if self.record is not None and cgroups:
+            self.record.forget(cgroups)
 
-    def apply(self, plans: Sequence[ContainerPlan]) -> list[ApplyResult]:
+    def apply(
+        self, plans: Sequence[ContainerPlan], known: Mapping[str, Path] | None = None
+    ) -> list[ApplyResult]:
+        """Apply a batch. `known`: container ID -> the cgroup an earlier apply found for it
+        (the caller keeps them with its pods); the others are looked up."""
+        known = known or {}
         results: list[ApplyResult] = []
         pending: list[_Pending] = []
         for plan in plans:
             try:
-                prepared = self._prepare(plan)
+                prepared = self._prepare(plan, known.get(plan.ref.container_id))
             except Exception as exc:
-                results.append(self._failed(plan, exc))
+                results.append(self._failed(plan, known.get(plan.ref.container_id), exc))
                 continue
             if isinstance(prepared, ApplyResult):
                 results.append(prepared)
@@ -121,7 +126,7 @@ class Applier:
             try:
                 result = self._write(item)
             except Exception as exc:
-                results.append(self._failed(item.plan, exc))
+                results.append(self._failed(item.plan, item.path, exc))
                 continue
             results.append(result)
             if result.cgroup is not None:
@@ -134,41 +139,40 @@ class Applier:
             self.record.discard(cleared)
         return results
 
-    def _failed(self, plan: ContainerPlan, exc: Exception) -> ApplyResult:
+    def _failed(self, plan: ContainerPlan, path: Path | None, exc: Exception) -> ApplyResult:
         # One container's failure must never keep the others from their limits, nor end
         # the task: it is reported with this container and retried at the next reconcile
         # of its pod (with a fresh cgroup lookup).
         log.exception("%s: applying limits raised", plan.ref.display)
-        path = self._paths.pop(plan.ref.container_id, None)
         return ApplyResult(
             plan.ref,
             path,
             error=f"unexpected {type(exc).__name__}: {_short(str(exc))}",
             aborted=True,
+            lookup_again=True,
         )
 
-    def _prepare(self, plan: ContainerPlan) -> ApplyResult | _Pending:
+    def _prepare(self, plan: ContainerPlan, path: Path | None) -> ApplyResult | _Pending:
         ref = plan.ref
-        path = self._paths.get(ref.container_id)
         if path is None:
             path = resolve_container_cgroup(self._hierarchy, ref, self._driver, self._kubelet_root)
             if path is None:
                 return ApplyResult(ref, None)
-            self._paths[ref.container_id] = path
         try:
             held = self._backend.read(path)
         except CgroupGoneError:
-            self._paths.pop(ref.container_id, None)
             return ApplyResult(ref, None)
         except (LimitError, OSError) as exc:
             return ApplyResult(ref, path, error=str(exc), aborted=True)
         devices = []
         for device in self._devices:
+            wanted = plan.desired.get(device)
+            if wanted is None:
+                # Planned before this device became a data device (a batch planned while the
+                # data disks moved): the resync that follows the move plans it.
+                continue
             have = held.get((device.major, device.minor), UNLIMITED)
-            want = (
-                UNLIMITED if plan.resolution is None else limits_to_enforce(plan.resolution, have)
-            )
-            devices.append((device, have, want))
+            devices.append((device, have, wanted.against(have)))
         for device in self._retired:
             have = held.get((device.major, device.minor), UNLIMITED)
             # Only what diskguard set there (the record says so) is taken back.
@@ -201,7 +205,6 @@ class Applier:
                 after.append((device, want))
             return ApplyResult(ref, path, tuple(after), tuple(changes), "; ".join(errors))
         except CgroupGoneError:
-            self._paths.pop(ref.container_id, None)
             return ApplyResult(ref, None)
         except (LimitError, OSError) as exc:
             return ApplyResult(ref, path, error=str(exc), aborted=True)

@@ -7,6 +7,7 @@ the applier takes the resulting ContainerPlans to the kernel.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 import attrs
 
@@ -15,6 +16,9 @@ from diskguard.model import (
     CgroupVersion,
     ContainerKind,
     ContainerRef,
+    DesiredLimits,
+    Device,
+    DeviceLimits,
     IOLimits,
     PodInfo,
 )
@@ -30,6 +34,7 @@ from diskguard.policy.resolve import (
     KeyMemory,
     NamespacePolicy,
     Resolution,
+    device_limits,
     held_to_ceilings,
     key_set,
     raise_to_kernel_minimum,
@@ -71,6 +76,8 @@ class ContainerPlan:
     enforcement: Enforcement = Enforcement.POD_LIMITS
     exclusion: Exclusion | None = None
     kind: ContainerKind = ContainerKind.REGULAR
+    # What the cgroup should hold on each data device (the same on every one today).
+    desired: DesiredLimits = attrs.field(factory=DesiredLimits)
 
     @property
     def excluded_because(self) -> str:
@@ -103,7 +110,9 @@ def plan_pod(
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
     cgroup_version: CgroupVersion = CgroupVersion.V1,
+    devices: Sequence[Device] = (),
 ) -> PodPlan:
+    """Plan one pod's containers; `devices` are the data devices their limits go to."""
     keys = key_set(pod.annotations, prefix, previous)
     parsed = keys.parsed
     smart = parse_smart_annotations(pod.annotations, prefix)
@@ -141,7 +150,17 @@ def plan_pod(
             )
         else:
             container_resolution = None
+        on_each = (
+            DeviceLimits() if container_resolution is None else device_limits(container_resolution)
+        )
         plans.append(
-            ContainerPlan(ref, container_resolution, enforcement, excluded, container.kind)
+            ContainerPlan(
+                ref,
+                container_resolution,
+                enforcement,
+                excluded,
+                container.kind,
+                DesiredLimits.same(devices, on_each),
+            )
         )
     return PodPlan(pod, parsed, resolution, tuple(plans))

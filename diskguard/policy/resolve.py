@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from diskguard.model import IOLimits, LimitField
+from diskguard.model import DeviceLimits, IOLimits, LimitField
 from diskguard.policy.annotations import LIMIT_KEYS, AnnotationLimits, parse_limit_annotations
 from diskguard.policy.source import ENV_DEFAULT, Source, SourceKind
 from diskguard.policy.values import render_limit
@@ -327,14 +327,11 @@ def raise_to_kernel_minimum(resolution: Resolution, minimum: int) -> Resolution:
     )
 
 
+def device_limits(resolution: Resolution) -> DeviceLimits:
+    """What a cgroup should hold on each data device under `resolution`."""
+    return DeviceLimits(resolution.limits, resolution.keep, resolution.ceilings)
+
+
 def limits_to_enforce(resolution: Resolution, kernel: IOLimits) -> IOLimits:
     """Fold the kernel's current values into the fields the resolution keeps (clamped)."""
-    if not resolution.keep:
-        return resolution.limits
-    values = resolution.limits.as_dict()
-    for field in resolution.keep:
-        held = kernel.get(field)
-        ceiling = resolution.ceilings.get(field)
-        if held:
-            values[field] = min(held, ceiling) if ceiling else held
-    return IOLimits.of(values)
+    return device_limits(resolution).against(kernel)

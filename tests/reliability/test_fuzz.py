@@ -24,7 +24,7 @@ from diskguard.kube.cadvisor import CadvisorParseError, parse_cadvisor
 from diskguard.kube.events import EventRequest
 from diskguard.kube.kubelet import KubeletClient, KubeletError
 from diskguard.kube.kubelet_source import on_node
-from diskguard.kube.pods import MIRROR_ANNOTATION, PodParseError, parse_pod
+from diskguard.kube.pods import MIRROR_ANNOTATION, PodParseError, parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted
 from diskguard.model import (
     LIMIT_FIELDS,
@@ -389,9 +389,9 @@ def test_pod_lists_through_the_reconciler_touch_only_paths_below_the_root(
         events.append,
     )
     snapshot = on_node(pods, "n")
-    reconciler.on_watch_event(Relisted(snapshot, "1"))
+    reconciler.on_pod_event(pod_event(Relisted(snapshot, "1")))
     for obj in snapshot:
-        reconciler.on_watch_event(Changed("MODIFIED", obj))
+        reconciler.on_pod_event(pod_event(Changed("MODIFIED", obj)))
     for pod in list(reconciler.pods.values()):
         plan = plan_pod(
             pod,

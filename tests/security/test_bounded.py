@@ -11,7 +11,7 @@ import pytest
 from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.agent.smart import SmartLimiter
 from diskguard.kube.events import EventRequest
-from diskguard.kube.pods import parse_pod
+from diskguard.kube.pods import parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted
 from diskguard.model import CgroupVersion, IOLimits
 from diskguard.node.applier import Applier
@@ -103,12 +103,13 @@ def test_parse_failures_go_with_their_pod(tmp_path: Path) -> None:
     for i in range(50):
         bad = make_pod(f"bad-{i}")
         bad["metadata"]["annotations"] = {"x": 1}  # not a string: unparseable
-        reconciler.on_watch_event(Changed("ADDED", bad))
+        reconciler.on_pod_event(pod_event(Changed("ADDED", bad)))
         if i % 2:
-            reconciler.on_watch_event(Changed("DELETED", bad))
-    assert len(reconciler._parse_failures) == 25
-    reconciler.on_watch_event(Relisted((make_pod("good"),), "2"))
-    assert reconciler._parse_failures == {}
+            reconciler.on_pod_event(pod_event(Changed("DELETED", bad)))
+    assert len(reconciler._states) == 25
+    assert all(s.parse_failure and s.pod is None for s in reconciler._states.values())
+    reconciler.on_pod_event(pod_event(Relisted((make_pod("good"),), "2")))
+    assert len(reconciler._states) == 1
     [pod] = reconciler.pods.values()
     assert pod.name == "good"
 

@@ -14,8 +14,9 @@ import trio
 import diskguard.agent.reconciler as reconciler_module
 from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
-from diskguard.kube.pods import parse_pod
-from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.kube.namespaces import NamespaceEvent
+from diskguard.kube.pods import PodEvent, parse_pod, pod_event
+from diskguard.kube.watch import Changed, Relisted
 from diskguard.model import CgroupDriver, CgroupVersion, ContainerInfo, Device, IOLimits, PodInfo
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
@@ -108,11 +109,12 @@ async def test_a_pod_whose_planning_raises_fails_alone(world: Any) -> None:
     boom = make_pod("boom", "default", NODE, annotations={f"{P}/iops": "100"})
     fine = make_pod("fine", "default", NODE, annotations={f"{P}/iops": "101"})
     boom_cg, fine_cg = _cgroup(kubelet, boom), _cgroup(kubelet, fine)
-    send, receive = trio.open_memory_channel[WatchEvent](10)
+    send, receive = trio.open_memory_channel[PodEvent](10)
+    ns_send, ns_receive = trio.open_memory_channel[NamespaceEvent](10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reconciler.run, receive)
-        await send.send(Relisted((), "1", resource="namespaces"))
-        await send.send(Relisted((boom, fine), "1"))
+        nursery.start_soon(reconciler.run, receive, ns_receive)
+        await ns_send.send(Relisted((), "1", resource="namespaces"))
+        await send.send(pod_event(Relisted((boom, fine), "1")))
         await _until(lambda: _held(hierarchy, fine_cg, device) == IOLimits(101, 101), "fine")
         assert reconciler.error_counts[ErrorStage.PLAN] >= 1
         errors = pod_errors_json(reconciler)
@@ -121,7 +123,7 @@ async def test_a_pod_whose_planning_raises_fails_alone(world: Any) -> None:
         # The task lives on: a later pod is limited.
         later = make_pod("later", "default", NODE, annotations={f"{P}/iops": "102"})
         later_cg = _cgroup(kubelet, later)
-        await send.send(Changed("ADDED", later))
+        await send.send(pod_event(Changed("ADDED", later)))
         await _until(lambda: _held(hierarchy, later_cg, device) == IOLimits(102, 102), "later")
         assert _held(hierarchy, boom_cg, device) == IOLimits()  # no plan: nothing written
         nursery.cancel_scope.cancel()
@@ -134,11 +136,12 @@ async def test_a_container_whose_apply_raises_fails_alone(world: Any) -> None:
     bad_cg, fine_cg = _cgroup(kubelet, bad), _cgroup(kubelet, fine)
     backend = _failing_backend(hierarchy.version, {bad_cg})
     reconciler, _ = _world(hierarchy, kubelet, device, backend=backend)
-    send, receive = trio.open_memory_channel[WatchEvent](10)
+    send, receive = trio.open_memory_channel[PodEvent](10)
+    ns_send, ns_receive = trio.open_memory_channel[NamespaceEvent](10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reconciler.run, receive)
-        await send.send(Relisted((), "1", resource="namespaces"))
-        await send.send(Relisted((bad, fine), "1"))
+        nursery.start_soon(reconciler.run, receive, ns_receive)
+        await ns_send.send(Relisted((), "1", resource="namespaces"))
+        await send.send(pod_event(Relisted((bad, fine), "1")))
         await _until(lambda: _held(hierarchy, fine_cg, device) == IOLimits(101, 101), "fine")
         await _until(lambda: reconciler.error_counts[ErrorStage.APPLY] >= 1, "apply error")
         [bad_status] = [c for c in containers_json(reconciler, {}, P) if c["pod"] == "bad"]
@@ -159,27 +162,30 @@ async def test_a_cgroup_that_never_appears_is_retried_a_bounded_number_of_times(
     reconciler, _ = _world(hierarchy, kubelet, device)
     pod = make_pod("sandboxed", "default", NODE, annotations={f"{P}/iops": "100"})
     uid = pod["metadata"]["uid"]
-    send, receive = trio.open_memory_channel[WatchEvent](10)
+    send, receive = trio.open_memory_channel[PodEvent](10)
+    ns_send, ns_receive = trio.open_memory_channel[NamespaceEvent](10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reconciler.run, receive)
-        await send.send(Relisted((), "1", resource="namespaces"))
-        await send.send(Relisted((pod,), "1"))
+        nursery.start_soon(reconciler.run, receive, ns_receive)
+        await ns_send.send(Relisted((), "1", resource="namespaces"))
+        await send.send(pod_event(Relisted((pod,), "1")))
         await _until(lambda: uid in reconciler.cgroup_given_up, "given up")
         # The first try and RETRY_ATTEMPTS retries, then nothing until the pod changes.
         tries = reconciler.outcomes["cgroup_missing"]
         assert tries == 5, reconciler.outcomes
-        assert uid not in reconciler._retry
+        assert reconciler._states[uid].retry is None
         [status] = containers_json(reconciler, {}, P)
         assert status["cgroup_wait"] == "given up" and status["cgroup"] is None
         # A pod event starts a new round, and finds the cgroup now there.
         cg = _cgroup(kubelet, pod)
         pod["metadata"]["annotations"][f"{P}/iops"] = "99"
-        await send.send(Changed("MODIFIED", pod))
+        await send.send(pod_event(Changed("MODIFIED", pod)))
         # The kernel holds the limit as soon as the worker thread wrote it; the reconciler
         # takes the outcome in a moment later: wait for both.
         await _until(
-            lambda: _held(hierarchy, cg, device) == IOLimits(99, 99)
-            and uid not in reconciler.cgroup_given_up,
+            lambda: (
+                _held(hierarchy, cg, device) == IOLimits(99, 99)
+                and uid not in reconciler.cgroup_given_up
+            ),
             "limited and no longer given up",
         )
         [status] = containers_json(reconciler, {}, P)

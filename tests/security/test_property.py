@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
-from diskguard.kube.pods import MIRROR_ANNOTATION, PodParseError, parse_pod
+from diskguard.kube.namespaces import NamespaceEvent, namespace_event
+from diskguard.kube.pods import MIRROR_ANNOTATION, PodEvent, PodParseError, parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
 from diskguard.model import LIMIT_FIELDS, CgroupDriver, CgroupVersion, Device, IOLimits
 from diskguard.node.applier import Applier
@@ -272,17 +273,23 @@ def _check_held(held: IOLimits, minimum: int, where: Path) -> None:
 async def _drive(
     reconciler: Reconciler, events: list[WatchEvent], expect: int, stable: bool
 ) -> None:
-    send, receive = trio.open_memory_channel[WatchEvent](len(events) + 1)
+    send, receive = trio.open_memory_channel[PodEvent](len(events) + 1)
+    ns_send, ns_receive = trio.open_memory_channel[NamespaceEvent](len(events) + 1)
     for event in events:
-        send.send_nowait(event)
+        # Each resource has its own channel, parsed at the API edge as the agent wires it.
+        if event.resource == "namespaces":
+            ns_send.send_nowait(namespace_event(event))
+        else:
+            send.send_nowait(pod_event(event))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reconciler.run, receive)
+        nursery.start_soon(reconciler.run, receive, ns_receive)
         # Until every identifiable container has a result with its cgroup (they all exist)
         # and nothing is left to do. A crash of the task fails the test through the nursery.
         with trio.fail_after(30):
             while (
                 len([r for r in reconciler.results.values() if r.cgroup is not None]) < expect
                 or receive.statistics().current_buffer_used
+                or ns_receive.statistics().current_buffer_used
                 or not reconciler.synced.is_set()
             ):
                 await trio.sleep(0.005)
