@@ -22,6 +22,10 @@ SMART_ENV = {
     "SAMPLE_INTERVAL": "0.25",
     "SMART_LIMIT_MONITOR_INTERVAL": "0.5",
     "SMART_LIMIT_HISTORY_WINDOW": "0.05",  # minutes: 3 s
+    # Trigger at half the static limit: a CPU-starved loop disk serves fio at 80-90 % of a
+    # 200 IOPS limit, which the default 0.8 turns into a coin toss (the decision logic and
+    # the default threshold are the pure tests' job; here the whole path is).
+    "SMART_LIMIT_HIGH_IO_THRESHOLD": "0.5",
 }
 SMART_KEYS = {f"{P}/smart-limit", f"{P}/auto-iops", f"{P}/auto-bps", f"{P}/limit-reason"}
 
@@ -59,8 +63,9 @@ async def test_sustained_io_is_smart_limited_then_lifted(
     try:
         ann = await wait_annotations(cluster, "busy", present=True, timeout=15)
         auto = int(ann[f"{P}/auto-iops"])
-        assert 80 <= auto <= 100, ann  # half the sustained ~200 IOPS
-        assert "app: write IOPS stayed at or above 0.8 x 200" in ann[f"{P}/limit-reason"]
+        # half the lowest sustained rate: the limit's 200 IOPS, or what a starved disk did
+        assert 50 <= auto <= 100, ann
+        assert "app: write IOPS stayed at or above 0.5 x 200" in ann[f"{P}/limit-reason"]
         # the apply path enforces it: stricter of static and automatic, per direction
         await cluster.wait_kernel(cg, IOLimits(auto, auto), timeout=2)
     finally:
