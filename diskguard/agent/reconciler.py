@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-from diskguard.agent.namespaces import NamespacePolicies
+from diskguard.agent.namespace_policies import NamespacePolicies
 from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.namespaces import NamespaceEvent
 from diskguard.kube.pods import PodEvent, PodParseFailure, PodUpdate, state_key
