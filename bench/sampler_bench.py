@@ -27,13 +27,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from kernel_fixtures import (  # noqa: E402
-    loop_disk_ctx,
-    prepare_fio_file,
-    remove_cgroup_tree,
-)
+# The test suite's kernel fixtures, by their one import path (tests/ is a package).
+sys.path.insert(0, str(REPO))
 
 from diskguard.model import CgroupVersion, Device  # noqa: E402
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup  # noqa: E402
@@ -43,6 +38,11 @@ from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
 from diskguard.sampler.latency import latency_between  # noqa: E402
 from diskguard.testing.lab import FioResult, fio_result, start_fio  # noqa: E402
+from tests.kernel_fixtures import (  # noqa: E402
+    loop_disk_ctx,
+    prepare_fio_file,
+    remove_cgroup_tree,
+)
 
 
 class QuietLog:
@@ -330,8 +330,10 @@ def pass_cost(
     raw = cpu_ms(lambda: list(bpf._entries()))  # map read alone, without per-target work
     k = cpu_ms(lambda: kernel.read(targets))
     lat = bpf.read_latency(targets)
-    lat_ms = cpu_ms(lambda: bpf.read_latency(targets)) if lat is not None else None
-    window_ms = cpu_ms(lambda: latency_between(lat, bpf.read_latency(targets))) - (lat_ms or 0)
+    lat_ms = window_ms = None
+    if lat is not None:  # None: the completion probe is not attached
+        lat_ms = cpu_ms(lambda: bpf.read_latency(targets))
+        window_ms = cpu_ms(lambda: latency_between(lat, bpf.read_latency(targets) or {})) - lat_ms
     timed = sum(1 for t in (lat or {}) if lat and lat[t][disk].read.count)
     print(
         f"  bpf read():     {b:7.1f} ms CPU  ({seen}/{n} cgroups with both directions counted;"

@@ -18,11 +18,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-# tests/ is not a package today; if it becomes one, the plugin's module name follows it.
-pytest_plugins = [
-    f"{__package__}.{name}" if __package__ else name
-    for name in ("kernel_fixtures", "install_fixtures")
-]
+# By their one import path: tests/ is a package (tests/__init__.py), like every folder in it.
+pytest_plugins = ["tests.kernel_fixtures", "tests.install_fixtures"]
 
 # In priority order: an image or install test may need the kernel too, but is in its lane.
 LANE_MARKERS = ("image", "install", "kernel")

@@ -19,6 +19,9 @@ from typing import Any
 import attrs
 import celpy
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
 
 class PolicyError(AssertionError):
@@ -65,14 +68,14 @@ class Policy:
         if expression not in self._programs:
             try:
                 ast = self._env.compile(expression)
-            except celpy.CELParseError as exc:
+            except CELParseError as exc:
                 raise PolicyError(f"does not compile: {expression!r}: {exc}") from None
             self._programs[expression] = self._env.program(ast, functions=FUNCTIONS)
         return self._programs[expression]
 
     def _eval(self, expression: str, activation: Mapping[str, Any]) -> Any:
         result = self._program(expression).evaluate(dict(activation))
-        if isinstance(result, celpy.CELEvalError):
+        if isinstance(result, CELEvalError):
             raise result
         return result
 
@@ -112,17 +115,17 @@ class Policy:
                     return Decision(False, True, ("no params found for the policy binding",))
                 return Decision(allowed=True, applies=False)
         activation: dict[str, Any] = {
-            "object": celpy.json_to_cel(request.get("object")),
-            "oldObject": celpy.json_to_cel(request.get("oldObject")),
-            "request": celpy.json_to_cel(dict(request)),
-            "params": celpy.json_to_cel(params),
+            "object": json_to_cel(request.get("object")),
+            "oldObject": json_to_cel(request.get("oldObject")),
+            "request": json_to_cel(dict(request)),
+            "params": json_to_cel(params),
         }
         fail = self.spec.get("failurePolicy", "Fail") == "Fail"
         for condition in self.spec.get("matchConditions") or []:
             try:
                 if not self._eval(condition["expression"], activation):
                     return Decision(allowed=True, applies=False)
-            except celpy.CELEvalError as exc:
+            except CELEvalError as exc:
                 if fail:
                     return Decision(False, True, (f"matchCondition {condition['name']}: {exc}",))
                 return Decision(allowed=True, applies=False)
@@ -134,7 +137,7 @@ class Policy:
                 variables[celtypes.StringType(variable["name"])] = self._eval(
                     variable["expression"], activation
                 )
-            except celpy.CELEvalError as exc:
+            except CELEvalError as exc:
                 broken[variable["name"]] = str(exc)  # an error only where it is used
         activation["variables"] = celtypes.MapType(variables)
         messages = []
@@ -143,9 +146,9 @@ class Policy:
             uses = [n for n in broken if f"variables.{n}" in expression]
             try:
                 if uses:
-                    raise celpy.CELEvalError(f"variable {uses[0]}: {broken[uses[0]]}")
+                    raise CELEvalError(f"variable {uses[0]}: {broken[uses[0]]}")
                 ok = bool(self._eval(expression, activation))
-            except celpy.CELEvalError as exc:
+            except CELEvalError as exc:
                 if fail:
                     messages.append(f"expression {expression!r} failed: {exc}")
                 continue
@@ -159,7 +162,7 @@ class Policy:
                 message = str(self._eval(validation["messageExpression"], activation))
                 if message.strip():
                     return message
-            except celpy.CELEvalError:
+            except CELEvalError:
                 pass  # the API server falls back to the static message
         return str(validation.get("message") or f"failed expression: {validation['expression']}")
 

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from agent.conftest import Cluster, P
 
 from diskguard.config import ListenAddress
 from diskguard.model import IOLimits
 from diskguard.web import server as web
+from tests.agent.conftest import Cluster, P
 
 
 @pytest.mark.parametrize(

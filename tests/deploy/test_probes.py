@@ -9,7 +9,8 @@ import subprocess
 import httpx
 import pytest
 import trio
-from agent.conftest import Cluster, agent_output, agent_subprocess
+
+from tests.agent.conftest import Cluster, agent_output, agent_subprocess
 
 from .manifests import agent_container, load_manifests, one
 

@@ -17,12 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from agent.conftest import Cluster, P, scaled
-from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
-from agent.test_kubelet_agent import (
-    test_kubelet_pod_source_smart_limit_patches_with_the_api_servers_resource_version as scenario,
-)
-from agent.test_smart_limit import SMART_ENV, background_fio, wait_annotations
 
 from diskguard.agent import run as agent_module
 from diskguard.config import load_config
@@ -30,6 +24,12 @@ from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, AccessState
 from diskguard.model import IOLimits
 from diskguard.testing.fakekubelet import FakeKubelet
 from diskguard.tools.doctor import required_access
+from tests.agent.conftest import Cluster, P, scaled
+from tests.agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
+from tests.agent.test_kubelet_agent import (
+    test_kubelet_pod_source_smart_limit_patches_with_the_api_servers_resource_version as scenario,
+)
+from tests.agent.test_smart_limit import SMART_ENV, background_fio, wait_annotations
 
 from .kustomize import find
 from .manifests import COMPONENTS, built

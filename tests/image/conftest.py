@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from docker_lab import BuiltImage, docker, docker_engine, docker_streaming, ensure_base_image
+
+from .docker_lab import BuiltImage, docker, docker_engine, docker_streaming, ensure_base_image
 
 VERSION = "0.0.0+imagelane"
 TAG = "diskguard:image-lane"

@@ -15,8 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from daemonset_run import container_args, docker_run_args
-from docker_lab import BuiltImage, docker
 
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, IOLimits, QoSClass
 from diskguard.node.cgroups import CgroupHierarchy
@@ -25,6 +23,9 @@ from diskguard.node.limits import backend_for
 from diskguard.testing.fakeapi import FakeAPIServer
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot, LoopDisk
+
+from .daemonset_run import container_args, docker_run_args
+from .docker_lab import BuiltImage, docker
 
 pytestmark = pytest.mark.image
 
@@ -184,12 +185,11 @@ def test_the_image_limits_a_container_like_the_daemonset(running: dict[str, Any]
 
     base = f"http://127.0.0.1:{running['port']}"
     for path in ("/healthz", "/readyz"):
-        wait_for(
-            f"{path} answers 200",
-            lambda p=path: httpx.get(base + p, timeout=5).status_code == 200,
-            120,
-            logs,
-        )
+
+        def answers(p: str = path) -> bool:
+            return httpx.get(base + p, timeout=5).status_code == 200
+
+        wait_for(f"{path} answers 200", answers, 120, logs)
 
     doctor = docker("exec", running["name"], "diskguard", "doctor", check=False, timeout=300)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr

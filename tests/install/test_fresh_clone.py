@@ -14,9 +14,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from install_fixtures import run_logged, user_env
 
 from diskguard.testing.lab import LoopDisk
+from tests.install_fixtures import run_logged, user_env
 
 pytestmark = pytest.mark.install
 

@@ -34,6 +34,18 @@ from diskguard.testing.fakeapi.patching import merge_patch, strategic_merge_patc
 from diskguard.testing.fakeapi.resources import PODS
 from diskguard.testing.fakeapi.selectors import parse_field_selector, parse_label_selector
 
+# The client as these tests drive the fake: dict bodies, `_preload_content=False` streams,
+# fields read without None checks (a None fails the test anyway). Its annotations describe
+# typed models with every field Optional, so the tests hold the client as Any.
+Client = Any
+
+
+def error_body(err: ApiException) -> Any:
+    """The Status object the server sent with an error (a missing body fails the test)."""
+    assert err.body is not None
+    return json.loads(err.body)
+
+
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
 
@@ -60,7 +72,7 @@ def api() -> Iterator[FakeAPIServer]:
         yield server
 
 
-def _core(api: FakeAPIServer, tmp_path: Path) -> client.CoreV1Api:
+def _core(api: FakeAPIServer, tmp_path: Path) -> Client:
     cfg = client.Configuration()
     config.load_kube_config(
         config_file=api.write_kubeconfig(tmp_path / "kubeconfig"), client_configuration=cfg
@@ -69,7 +81,7 @@ def _core(api: FakeAPIServer, tmp_path: Path) -> client.CoreV1Api:
 
 
 @pytest.fixture
-def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[client.CoreV1Api]:
+def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[Client]:
     core = _core(api, tmp_path)
     yield core
     core.api_client.close()
@@ -78,7 +90,7 @@ def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[client.CoreV1Api]:
 class RawWatch:
     """A watch read line by line, as a client without the `Watch` helper would."""
 
-    def __init__(self, v1: client.CoreV1Api, **kwargs: Any) -> None:
+    def __init__(self, v1: Client, **kwargs: Any) -> None:
         self.resp = v1.list_namespaced_pod(
             "default", watch=True, _preload_content=False, _request_timeout=(5, 5), **kwargs
         )
@@ -108,7 +120,7 @@ class RawWatch:
 # -- discovery, reads, selectors -------------------------------------------------------------
 
 
-def test_discovery_version_and_health(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_discovery_version_and_health(api: FakeAPIServer, v1: Client) -> None:
     assert client.CoreApi(v1.api_client).get_api_versions().versions == ["v1"]
     resources = {r.name: r for r in v1.get_api_resources().resources}
     assert resources["pods"].namespaced and resources["pods"].kind == "Pod"
@@ -122,7 +134,7 @@ def test_discovery_version_and_health(api: FakeAPIServer, v1: client.CoreV1Api) 
     assert missing.json()["kind"] == "Status" and missing.json()["reason"] == "NotFound"
 
 
-def test_list_with_field_and_label_selectors(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_list_with_field_and_label_selectors(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a", node="node-1", labels={"app": "web", "tier": "x"}))
     api.create("pods", make_pod("b", node="node-2", labels={"app": "web"}))
     api.create("pods", make_pod("c", "other", node="node-1", labels={"app": "db"}))
@@ -144,12 +156,10 @@ def test_list_with_field_and_label_selectors(api: FakeAPIServer, v1: client.Core
     with pytest.raises(ApiException) as err:
         v1.list_pod_for_all_namespaces(field_selector="spec.bogus=1")
     assert err.value.status == 400
-    assert "field label not supported" in json.loads(err.value.body)["message"]
+    assert "field label not supported" in error_body(err.value)["message"]
 
 
-def test_create_stamps_metadata_and_get_round_trips(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_create_stamps_metadata_and_get_round_trips(api: FakeAPIServer, v1: Client) -> None:
     body = make_pod("web-0", node="node-1")
     del body["metadata"]["uid"]
     created = v1.create_namespaced_pod("default", body)
@@ -160,12 +170,12 @@ def test_create_stamps_metadata_and_get_round_trips(
     assert got.spec.node_name == "node-1"
     with pytest.raises(ApiException) as err:
         v1.create_namespaced_pod("default", body)
-    status = json.loads(err.value.body)
+    status = error_body(err.value)
     assert err.value.status == 409 and status["reason"] == "AlreadyExists"
     assert status["kind"] == "Status" and status["status"] == "Failure"
     with pytest.raises(ApiException) as err:
         v1.read_namespaced_pod("nope", "default")
-    assert err.value.status == 404 and json.loads(err.value.body)["reason"] == "NotFound"
+    assert err.value.status == 404 and error_body(err.value)["reason"] == "NotFound"
     with pytest.raises(ApiException) as err:
         v1.create_namespaced_pod("ghost-ns", make_pod("x", "ghost-ns"))
     assert err.value.status == 404  # like the real server: the namespace must exist
@@ -174,9 +184,7 @@ def test_create_stamps_metadata_and_get_round_trips(
 # -- watch -----------------------------------------------------------------------------------
 
 
-def test_raw_watch_from_list_rv_sees_changes_and_bookmarks(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_raw_watch_from_list_rv_sees_changes_and_bookmarks(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a"))
     rv = v1.list_namespaced_pod("default").metadata.resource_version
     w = RawWatch(v1, resource_version=rv, allow_watch_bookmarks=True)
@@ -202,7 +210,7 @@ def test_raw_watch_from_list_rv_sees_changes_and_bookmarks(
 
 
 def test_watch_helper_filters_by_selector_and_reports_bookmarks(
-    api: FakeAPIServer, v1: client.CoreV1Api
+    api: FakeAPIServer, v1: Client
 ) -> None:
     api.create("pods", make_pod("mine", node="node-1", labels={"watched": "yes"}))
     listed = v1.list_namespaced_pod("default", field_selector="spec.nodeName=node-1")
@@ -233,9 +241,7 @@ def test_watch_helper_filters_by_selector_and_reports_bookmarks(
     assert isinstance(seen, list) and ("ADDED", "elsewhere") not in seen
 
 
-def test_watch_without_rv_starts_with_synthetic_added(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_watch_without_rv_starts_with_synthetic_added(api: FakeAPIServer, v1: Client) -> None:
     for name in ("a", "b"):
         api.create("pods", make_pod(name))
     for rv in (None, "0"):
@@ -251,9 +257,7 @@ def test_watch_without_rv_starts_with_synthetic_added(
         ]
 
 
-def test_send_initial_events_ends_with_marked_bookmark(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_send_initial_events_ends_with_marked_bookmark(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a"))
     w = RawWatch(
         v1,
@@ -270,9 +274,7 @@ def test_send_initial_events_ends_with_marked_bookmark(
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
-def test_watch_from_compacted_rv_gets_410_error_event(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_watch_from_compacted_rv_gets_410_error_event(api: FakeAPIServer, v1: Client) -> None:
     old = v1.list_namespaced_pod("default").metadata.resource_version
     api.create("pods", make_pod("a"))
     current = api.compact()
@@ -311,7 +313,7 @@ def test_bounded_history_expires_old_versions(tmp_path: Path) -> None:
         v1.api_client.close()
 
 
-def test_drop_watches_cuts_streams_mid_way(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_drop_watches_cuts_streams_mid_way(api: FakeAPIServer, v1: Client) -> None:
     rv = v1.list_namespaced_pod("default").metadata.resource_version
     w = RawWatch(v1, resource_version=rv)
     api.create("pods", make_pod("a"))
@@ -340,9 +342,7 @@ def test_drop_watches_cuts_streams_mid_way(api: FakeAPIServer, v1: client.CoreV1
     assert api.open_watches() == 0
 
 
-def test_client_leaving_mid_stream_closes_the_watch(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_client_leaving_mid_stream_closes_the_watch(api: FakeAPIServer, v1: Client) -> None:
     rv = api.resource_version
     for i in range(200):
         api.create("pods", make_pod(f"p{i}"))
@@ -353,7 +353,7 @@ def test_client_leaving_mid_stream_closes_the_watch(
     _wait_until(lambda: api.open_watches() == 0)
 
 
-def test_timeout_seconds_ends_the_stream_cleanly(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_timeout_seconds_ends_the_stream_cleanly(api: FakeAPIServer, v1: Client) -> None:
     started = time.monotonic()
     events = list(watch.Watch().stream(v1.list_namespaced_pod, "default", timeout_seconds=1))
     elapsed = time.monotonic() - started
@@ -361,7 +361,7 @@ def test_timeout_seconds_ends_the_stream_cleanly(api: FakeAPIServer, v1: client.
     assert api.open_watches() == 0
 
 
-def test_concurrent_writers_and_one_watcher_agree(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_concurrent_writers_and_one_watcher_agree(api: FakeAPIServer, v1: Client) -> None:
     for i in range(4):
         api.create("pods", make_pod(f"p{i}"))
     rv = v1.list_namespaced_pod("default").metadata.resource_version
@@ -387,9 +387,7 @@ def test_concurrent_writers_and_one_watcher_agree(api: FakeAPIServer, v1: client
 # -- writes ----------------------------------------------------------------------------------
 
 
-def test_merge_and_strategic_patches_of_annotations(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+def test_merge_and_strategic_patches_of_annotations(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a", annotations={"keep": "1", "drop": "2"}))
     merged = v1.patch_namespaced_pod(
         "a",
@@ -413,7 +411,7 @@ def test_merge_and_strategic_patches_of_annotations(
     ]
 
 
-def test_json_patch_and_noop_patch(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_json_patch_and_noop_patch(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a"))
     patched = v1.patch_namespaced_pod(
         "a", "default", [{"op": "add", "path": "/metadata/labels/x", "value": "y"}]
@@ -430,14 +428,14 @@ def test_json_patch_and_noop_patch(api: FakeAPIServer, v1: client.CoreV1Api) -> 
     assert again.metadata.resource_version == patched.metadata.resource_version
 
 
-def test_stale_resource_version_is_a_conflict(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_stale_resource_version_is_a_conflict(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a"))
     stale = v1.read_namespaced_pod("a", "default")
     api.patch_annotations("pods", "default", "a", {"moved": "on"})
     stale.metadata.annotations = {"mine": "1"}
     with pytest.raises(ApiException) as err:
         v1.replace_namespaced_pod("a", "default", stale)
-    status = json.loads(err.value.body)
+    status = error_body(err.value)
     assert err.value.status == 409 and status["reason"] == "Conflict"
     assert "the object has been modified" in status["message"]
     with pytest.raises(ApiException) as err:
@@ -460,7 +458,7 @@ def test_stale_resource_version_is_a_conflict(api: FakeAPIServer, v1: client.Cor
     assert int(replaced.metadata.resource_version) > int(fresh.metadata.resource_version)
 
 
-def test_status_subresource_is_separate(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_status_subresource_is_separate(api: FakeAPIServer, v1: Client) -> None:
     api.create("pods", make_pod("a"))
     v1.patch_namespaced_pod("a", "default", {"status": {"phase": "Failed"}}, _content_type=MERGE)
     assert v1.read_namespaced_pod("a", "default").status.phase == "Running"
@@ -473,7 +471,7 @@ def test_status_subresource_is_separate(api: FakeAPIServer, v1: client.CoreV1Api
     assert out.status.phase == "Succeeded" and not out.metadata.labels
 
 
-def test_namespaces_and_cascading_delete(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_namespaces_and_cascading_delete(api: FakeAPIServer, v1: Client) -> None:
     ns = v1.create_namespace(make_namespace("team-a", annotations={"a": "1"}))
     assert ns.metadata.labels == {"kubernetes.io/metadata.name": "team-a"}
     assert ns.status.phase == "Active"
@@ -489,21 +487,27 @@ def test_namespaces_and_cascading_delete(api: FakeAPIServer, v1: client.CoreV1Ap
     assert err.value.status == 404
 
 
-def test_delete_with_preconditions(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_delete_with_preconditions(api: FakeAPIServer, v1: Client) -> None:
     pod = api.create("pods", make_pod("a"))
     with pytest.raises(ApiException) as err:
         v1.delete_namespaced_pod(
-            "a", "default", body=client.V1DeleteOptions(preconditions={"uid": "not-it"})
+            "a",
+            "default",
+            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid="not-it")),
         )
     assert err.value.status == 409
     gone = v1.delete_namespaced_pod(
-        "a", "default", body=client.V1DeleteOptions(preconditions={"uid": pod["metadata"]["uid"]})
+        "a",
+        "default",
+        body=client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=pod["metadata"]["uid"])
+        ),
     )
     assert gone.metadata.name == "a"
     assert api.list("pods") == []
 
 
-def test_events_are_logged_and_listed(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_events_are_logged_and_listed(api: FakeAPIServer, v1: Client) -> None:
     pod = api.create("pods", make_pod("a"))
     body = make_event(pod, "DiskThrottled", "limited to 500 IOPS", type="Warning")
     created = v1.create_namespaced_event("default", body)
@@ -522,7 +526,7 @@ def test_events_are_logged_and_listed(api: FakeAPIServer, v1: client.CoreV1Api) 
     assert found.body == {"count": 2}
 
 
-def test_pagination_with_limit_and_continue(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_pagination_with_limit_and_continue(api: FakeAPIServer, v1: Client) -> None:
     for i in range(7):
         api.create("pods", make_pod(f"p{i}"))
     first = v1.list_namespaced_pod("default", limit=3)
@@ -539,7 +543,7 @@ def test_pagination_with_limit_and_continue(api: FakeAPIServer, v1: client.CoreV
     api.compact()
     with pytest.raises(ApiException) as err:
         v1.list_namespaced_pod("default", limit=3, _continue=first.metadata._continue)
-    assert err.value.status == 410 and json.loads(err.value.body)["reason"] == "Expired"
+    assert err.value.status == 410 and error_body(err.value)["reason"] == "Expired"
     with pytest.raises(ApiException) as err:
         v1.list_namespaced_pod("default", limit=3, _continue="garbage")
     assert err.value.status == 400
@@ -548,13 +552,13 @@ def test_pagination_with_limit_and_continue(api: FakeAPIServer, v1: client.CoreV
 # -- faults and outages ----------------------------------------------------------------------
 
 
-def test_injected_fault_then_clears_after_count(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_injected_fault_then_clears_after_count(api: FakeAPIServer, v1: Client) -> None:
     api.inject_fault(method="GET", path_regex=r"/pods$", status=500, count=2)
     for _ in range(2):
         with pytest.raises(ApiException) as err:
             v1.list_namespaced_pod("default")
         assert err.value.status == 500
-        assert json.loads(err.value.body)["reason"] == "InternalError"
+        assert error_body(err.value)["reason"] == "InternalError"
     assert v1.list_namespaced_pod("default").items == []
     # Only matching requests are hit.
     api.inject_fault(method="POST", path_regex="/events$", status=503)
@@ -563,7 +567,7 @@ def test_injected_fault_then_clears_after_count(api: FakeAPIServer, v1: client.C
     assert v1.list_namespaced_event("default").items == []
 
 
-def test_delay_and_hang_faults(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_delay_and_hang_faults(api: FakeAPIServer, v1: Client) -> None:
     api.inject_fault(path_regex="/pods$", status=None, delay=0.3, count=1)
     started = time.monotonic()
     v1.list_namespaced_pod("default")
@@ -588,7 +592,7 @@ def test_delay_and_hang_faults(api: FakeAPIServer, v1: client.CoreV1Api) -> None
 
 
 def test_go_down_refuses_connections_and_come_back_keeps_state(
-    api: FakeAPIServer, v1: client.CoreV1Api
+    api: FakeAPIServer, v1: Client
 ) -> None:
     api.create("pods", make_pod("a"))
     rv, port = api.resource_version, api.port
@@ -623,7 +627,7 @@ async def test_controls_work_from_inside_a_trio_test(api: FakeAPIServer, tmp_pat
 # -- HTTP controls, standalone process, lifecycle -------------------------------------------
 
 
-def test_http_controls(api: FakeAPIServer, v1: client.CoreV1Api) -> None:
+def test_http_controls(api: FakeAPIServer, v1: Client) -> None:
     http = httpx.Client(base_url=api.url)
     rv = v1.list_namespaced_pod("default").metadata.resource_version
     api.create("pods", make_pod("a"))
@@ -705,9 +709,8 @@ def test_standalone_process_with_seed(tmp_path: Path) -> None:
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         with client.ApiClient(cfg) as ac:
-            pods = client.CoreV1Api(ac).list_pod_for_all_namespaces(
-                field_selector="spec.nodeName=node-7"
-            )
+            core: Client = client.CoreV1Api(ac)
+            pods = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=node-7")
             assert [p.metadata.name for p in pods.items] == ["web"]
         url = line.split()[-1]
         assert httpx.post(url + "/_fake/compact").status_code == 200
@@ -831,7 +834,7 @@ def test_merge_patch_rfc7386_vectors(target: Any, patch: Any, expected: Any) -> 
 
 
 def test_strategic_merge_patch_directives() -> None:
-    target = {
+    target: dict[str, Any] = {
         "spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]},
         "metadata": {"finalizers": ["x"]},
     }

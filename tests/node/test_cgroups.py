@@ -282,7 +282,7 @@ def test_resolve_finds_directories_kubelet_made(kubelet_root, qos: QoSClass) -> 
         made = kubelet_root.create(r, CgroupDriver.CGROUPFS)
         assert made.is_dir()
         found = resolve_container_cgroup(hierarchy, r, CgroupDriver.CGROUPFS, kubelet_root.prefix)
-        assert found == made
+        assert found is not None and found == made
         assert (
             resolve_container_cgroup(hierarchy, r, CgroupDriver.SYSTEMD, kubelet_root.prefix)
             is None

@@ -13,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from agent.conftest import (
+
+from diskguard.agent.run import Agent
+from diskguard.config import load_config
+from diskguard.kube.client import make_api_client
+from diskguard.model import Device, IOLimits
+from diskguard.node.setup import NodeSetup
+from diskguard.testing.oracle import DEFAULT, expected_limits
+from tests.agent.conftest import (
     NODE,
     Cluster,
     P,
@@ -23,13 +30,6 @@ from agent.conftest import (
     cluster,
     start_agent,
 )
-
-from diskguard.agent.run import Agent
-from diskguard.config import load_config
-from diskguard.kube.client import make_api_client
-from diskguard.model import Device, IOLimits
-from diskguard.node.setup import NodeSetup
-from diskguard.testing.oracle import DEFAULT, expected_limits
 
 __all__ = [
     "DEFAULT",

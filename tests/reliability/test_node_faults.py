@@ -22,11 +22,11 @@ import attrs
 import pytest
 import trio
 import trustme
-from agent.conftest import scaled
 
 from diskguard.model import Device, IOLimits
 from diskguard.testing.fakekubelet import FakeKubelet, server_tls_context
 from diskguard.testing.lab import LabError, device_of, run
+from tests.agent.conftest import scaled
 
 from .conftest import (
     DEFAULT,

@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 import pytest
-from kernel_fixtures import LoopDisk, RunInCgroup, loop_disk_ctx, prepare_fio_file
 
 from diskguard.model import Device
 from diskguard.node.cgroups import CgroupHierarchy
@@ -21,6 +20,7 @@ from diskguard.sampler.btf import VMLINUX_BTF
 from diskguard.sampler.headers import HeadersError, find_kernel_headers
 from diskguard.testing import lab
 from diskguard.testing.lab import fio_result
+from tests.kernel_fixtures import LoopDisk, RunInCgroup, loop_disk_ctx, prepare_fio_file
 
 __all__ = ["RecordingLog", "fio_result", "start_fio"]
 

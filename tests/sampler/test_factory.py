@@ -13,10 +13,10 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
-from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup, remove_cgroup_tree
 
 from diskguard.model import CgroupVersion, Device, SamplerKind
 from diskguard.node.cgroups import CgroupHierarchy
@@ -24,6 +24,7 @@ from diskguard.sampler import SamplerUnavailable, Target, open_sampler
 from diskguard.sampler.bpf import BpfOptions
 from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.sampler.tracefs import TracefsError, ensure_tracefs
+from tests.kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup, remove_cgroup_tree
 
 from .conftest import RecordingLog, fio_result, start_fio
 
@@ -143,7 +144,7 @@ def test_auto_falls_back_without_bcc_or_root(
     what: str, cgroup_hierarchy: CgroupHierarchy, disk: LoopDisk, tmp_path: Path
 ) -> None:
     env = dict(os.environ)
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if what == "BCC missing":
         fake = tmp_path / "fake" / "bcc"
         fake.mkdir(parents=True)
@@ -170,7 +171,7 @@ def test_auto_falls_back_without_bcc_or_root(
         cwd="/",
         timeout=120,
         check=False,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from diskguard.model import Counters, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy
@@ -22,6 +21,7 @@ from diskguard.sampler.base import Target
 from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler
 from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.sampler.latency import DeviceLatency, LatencyHistogram, LatencySnapshot
+from tests.kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from .conftest import RecordingLog, fio_result, start_fio
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from diskguard.model import CgroupVersion, Counters, Device
 from diskguard.node.cgroups import CgroupHierarchy
@@ -20,6 +19,7 @@ from diskguard.sampler.base import Snapshot, Target
 from diskguard.sampler.bpf import BpfSampler
 from diskguard.sampler.cgroupfs import V1_ARM, CgroupSampler
 from diskguard.sampler.rates import RateTracker
+from tests.kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from .conftest import RecordingLog, fio_result, start_fio
 

@@ -4,8 +4,8 @@ suite's helpers; the tests play the hostile tenant and the broken node against t
 
 from __future__ import annotations
 
-from agent.conftest import NODE, Cluster, P, RunningAgent, cluster, scaled, start_agent
-from reliability.conftest import http_get, launch_agent, wait_until
+from tests.agent.conftest import NODE, Cluster, P, RunningAgent, cluster, scaled, start_agent
+from tests.reliability.conftest import http_get, launch_agent, wait_until
 
 __all__ = [
     "NODE",

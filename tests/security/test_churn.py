@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import trio
-from agent.conftest import Cluster, P, scaled
 
 from diskguard.model import IOLimits
+from tests.agent.conftest import Cluster, P, scaled
 
 pytestmark = [pytest.mark.kernel, pytest.mark.host_only, pytest.mark.slow]
 

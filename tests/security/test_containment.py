@@ -21,7 +21,7 @@ from diskguard.model import CgroupDriver, CgroupVersion, ContainerInfo, Device, 
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import V1Backend, V2Backend, backend_for
-from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.exclusion import Exclusion, ExclusionFilter
 from diskguard.policy.resolve import Guardrails
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.testing.lab import KubeletRoot
@@ -38,7 +38,7 @@ CEILINGS = IOLimits(1000, 1000)
 class _BoomFilter(ExclusionFilter):
     """An exclusion filter with a bug for one pod name (as a regex engine might have)."""
 
-    def container_exclusion(self, pod: PodInfo, container: ContainerInfo) -> str | None:
+    def container_exclusion(self, pod: PodInfo, container: ContainerInfo) -> Exclusion | None:
         if pod.name == "boom":
             raise RuntimeError("a bug in planning")
         return super().container_exclusion(pod, container)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import trio
 from kubernetes import client, config
-from reliability import conftest as fixtures
-from reliability.conftest import Cluster, P, http_get, wait_until
 
 from diskguard.kube.events import EventRequest, EventSink, Posting, post_events
 from diskguard.model import IOLimits
 from diskguard.testing.fakeapi import FakeAPIServer, RecordedRequest
+from tests.reliability import conftest as fixtures
+from tests.reliability.conftest import Cluster, P, http_get, wait_until
 
 # The whole-agent fixtures, shared without a conftest of our own in tests/security/.
 cluster = fixtures.cluster

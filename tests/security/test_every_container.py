@@ -14,15 +14,6 @@ from typing import Any
 
 import pytest
 import trio
-from agent.conftest import (
-    NODE,
-    Cluster,
-    P,
-    cluster,
-    scaled,
-    start_agent,
-)
-from agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
 from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass
 from diskguard.node.kubepods import parse_container_id
@@ -32,6 +23,15 @@ from diskguard.testing.lab import start_fio
 from diskguard.tools.top import pod_names
 from diskguard.web.metrics import exposition
 from diskguard.web.status import containers_json
+from tests.agent.conftest import (
+    NODE,
+    Cluster,
+    P,
+    cluster,
+    scaled,
+    start_agent,
+)
+from tests.agent.test_kubelet_agent import kubelet_env  # noqa: F401 - a fixture used below
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]

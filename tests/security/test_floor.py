@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agent.conftest import (
+
+from diskguard.model import IOLimits
+from diskguard.web.status import containers_json
+from tests.agent.conftest import (
     Cluster,
     P,
     cluster,
     start_agent,
 )
-
-from diskguard.model import IOLimits
-from diskguard.web.status import containers_json
 
 # The whole-agent fixtures, shared with tests/agent.
 __all__ = ["cluster", "start_agent"]

@@ -150,7 +150,9 @@ def _delete(path: tuple[Any, ...]) -> Damage:
     return apply
 
 
-_ODD = st.one_of(_ODD_VALUES, st.text(max_size=10), st.just({}), st.just([{}]))
+_ODD: st.SearchStrategy[Any] = st.one_of(
+    _ODD_VALUES, st.text(max_size=10), st.just({}), st.just([{}])
+)
 _POD_PATHS = st.sampled_from(
     [
         ("metadata",),

@@ -16,9 +16,8 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from agent.conftest import agent_output, agent_subprocess, scaled
 
-from diskguard.model import UNLIMITED, Device, IOLimits
+from diskguard.model import UNLIMITED, CgroupVersion, Device, IOLimits
 from diskguard.node.applier import Applier
 from diskguard.node.limits import LimitBackend
 from diskguard.node.state import (
@@ -32,6 +31,7 @@ from diskguard.node.state import (
     rule,
 )
 from diskguard.policy.plan import ContainerPlan
+from tests.agent.conftest import agent_output, agent_subprocess, scaled
 
 from .conftest import Cluster, P, start_agent, wait_until
 
@@ -130,9 +130,10 @@ class _OrderCheckingBackend:
     inner: LimitBackend
     state: StateDir
     seen: list[tuple[str, bool]] = attrs.Factory(list)
+    version: CgroupVersion = attrs.field(init=False)
 
-    @property
-    def version(self) -> Any:
+    @version.default
+    def _inner_version(self) -> CgroupVersion:
         return self.inner.version
 
     def read(self, cgroup_dir: Path) -> Any:

@@ -18,8 +18,6 @@ import trio
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
-from reliability import conftest as fixtures
-from reliability.conftest import Cluster, P, http_get, wait_until
 
 from diskguard.kube.watch import (
     FIRST_PROGRESS_WAIT,
@@ -31,6 +29,8 @@ from diskguard.kube.watch import (
 from diskguard.model import IOLimits
 from diskguard.testing.fakeapi import FakeAPIServer, Fault, RecordedRequest
 from diskguard.testing.fakeapi.errors import too_large
+from tests.reliability import conftest as fixtures
+from tests.reliability.conftest import Cluster, P, http_get, wait_until
 
 
 def agent_test(fn: Any) -> Any:
@@ -287,7 +287,8 @@ def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[client.CoreV1Api]:
 
 
 def _raw_watch(v1: client.CoreV1Api, rv: str) -> list[dict[str, Any]]:
-    response = v1.list_pod_for_all_namespaces(
+    # A urllib3 response (`_preload_content=False`), not the annotated V1PodList.
+    response: Any = v1.list_pod_for_all_namespaces(
         watch=True,
         resource_version=rv,
         timeout_seconds=2,
