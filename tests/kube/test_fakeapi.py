@@ -903,7 +903,7 @@ def test_call_kinds_use_the_kubernetes_verbs(
 
 
 def test_traffic_meter_counts_requests_and_body_bytes_of_lists_and_watches(
-    api: FakeAPIServer, v1: client.CoreV1Api
+    api: FakeAPIServer, v1: Client
 ) -> None:
     api.create("pods", make_pod("a"))
     listed = v1.list_namespaced_pod("default", _preload_content=False)

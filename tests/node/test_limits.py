@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diskguard.model import MAX_BPS, MAX_IOPS, CgroupVersion, Device, IOLimits
+from diskguard.model import MAX_BPS, MAX_IOPS, CgroupVersion, Device, IOLimits, LimitField
 from diskguard.node.limits import (
     CgroupGoneError,
     ControllerMissingError,
@@ -62,7 +62,7 @@ def set_behind_our_back(cgroup: Path, device: Device, field: str, value: int) ->
     if (cgroup / "io.max").exists():
         (cgroup / "io.max").write_text(f"{device} {field}={value or 'max'}")
     else:
-        (cgroup / V1Backend.KNOBS[field]).write_text(f"{device} {value}")
+        (cgroup / V1Backend.KNOBS[LimitField(field)]).write_text(f"{device} {value}")
 
 
 # ---------------------------------------------------------------- read back what was written

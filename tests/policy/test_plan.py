@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.kube.pods import parse_pod
-from diskguard.model import ContainerKind, Device, DeviceLimits, IOLimits
+from diskguard.model import ContainerKind, Device, DeviceLimits, IOLimits, LimitField
 from diskguard.policy.exclusion import Exclusion, ExclusionFilter, ExclusionRule
 from diskguard.policy.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
 from diskguard.policy.resolve import Guardrails, namespace_policy
@@ -107,12 +107,12 @@ def test_tenant_named_exclusion_gets_the_ceilings(
     assert c.resolution.limits == CEILINGS
     assert c.resolution.keep == frozenset()
     assert not c.left_alone
-    assert source_kind(c.resolution.origins["wiops"]) == "ceiling"
-    assert c.resolution.sources["wiops"] == (
+    assert source_kind(c.resolution.origins[LimitField.WIOPS]) == "ceiling"
+    assert c.resolution.sources[LimitField.WIOPS] == (
         f"excluded by {rule.value}, clamped to the env ceiling LIMIT_CEILING_WRITE_IOPS=800"
     )
-    assert c.resolution.sources["rbps"] == f"excluded by {rule.value}, no ceiling"
-    assert source_kind(c.resolution.origins["rbps"]) == "excluded"
+    assert c.resolution.sources[LimitField.RBPS] == f"excluded by {rule.value}, no ceiling"
+    assert source_kind(c.resolution.origins[LimitField.RBPS]) == "excluded"
 
 
 def test_regex_exclusion_gets_the_ceilings() -> None:
@@ -163,7 +163,7 @@ def test_namespace_ceiling_holds_excluded_containers_below_the_env_ceiling() -> 
     c = only(plan(obj, ns_annotations={f"{P}/max-iops": "200"}), "koordinator-agent")
     assert c.resolution is not None
     assert c.resolution.limits == IOLimits(200, 200, 0, 50 * 2**20)
-    assert "namespace ceiling iops-limit/max-iops=200" in c.resolution.sources["riops"]
+    assert "namespace ceiling iops-limit/max-iops=200" in c.resolution.sources[LimitField.RIOPS]
 
 
 def test_smart_limit_does_not_reach_excluded_containers() -> None:

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping
 
-from diskguard.model import IOLimits
+from diskguard.model import IOLimits, LimitField
 from diskguard.policy.resolve import (
     Guardrails,
     KeyMemory,
@@ -51,8 +51,8 @@ def test_no_annotations_gives_env_defaults() -> None:
 def test_direction_key_beats_combined_key_beats_default() -> None:
     res = resolve({f"{P}/iops": "300", f"{P}/read-iops": "100", f"{P}/bps": "10Mi"})
     assert res.limits == IOLimits(riops=100, wiops=300, rbps=10 * 2**20, wbps=10 * 2**20)
-    assert res.sources["riops"] == f"annotation {P}/read-iops"
-    assert res.sources["wiops"] == f"annotation {P}/iops"
+    assert res.sources[LimitField.RIOPS] == f"annotation {P}/read-iops"
+    assert res.sources[LimitField.WIOPS] == f"annotation {P}/iops"
 
 
 def test_zero_removes_the_limit_in_that_direction() -> None:
@@ -69,7 +69,7 @@ def test_invalid_value_keeps_the_last_good_value() -> None:
     good = resolve({f"{P}/write-iops": "100"})
     bad = resolve({f"{P}/write-iops": "abc"}, previous=good.memory)
     assert bad.limits.wiops == 100
-    assert "last good value" in bad.sources["wiops"]
+    assert "last good value" in bad.sources[LimitField.WIOPS]
     still = resolve({f"{P}/write-iops": "-5"}, previous=bad.memory)
     assert still.limits.wiops == 100
 
@@ -80,7 +80,7 @@ def test_invalid_value_on_first_sight_keeps_the_kernel_value() -> None:
     assert res.limits.wiops == 300  # only where the kernel holds nothing
     assert limits_to_enforce(res, IOLimits(wiops=42)).wiops == 42
     assert limits_to_enforce(res, IOLimits()).wiops == 300
-    assert "kernel" in res.sources["wiops"]
+    assert "kernel" in res.sources[LimitField.WIOPS]
     again = resolve({f"{P}/write-iops": "1.5", f"{P}/iops": "300"}, previous=res.memory)
     assert again.keep == frozenset({"wiops"})
 
@@ -121,8 +121,8 @@ def test_ceiling_clamps_a_request_above_it_and_says_so() -> None:
     res = resolve({f"{P}/write-iops": "5000"}, guardrails=CEIL)
     assert res.limits.wiops == 1000
     assert (
-        "clamped" in res.sources["wiops"]
-        and "LIMIT_CEILING_WRITE_IOPS=1000" in res.sources["wiops"]
+        "clamped" in res.sources[LimitField.WIOPS]
+        and "LIMIT_CEILING_WRITE_IOPS=1000" in res.sources[LimitField.WIOPS]
     )
     assert [(c.field, c.key, c.asked, c.enforced) for c in res.clamps] == [
         ("wiops", f"{P}/write-iops", 5000, 1000)
@@ -159,7 +159,7 @@ def test_namespace_default_replaces_the_env_default() -> None:
     policy = ns({f"{P}/default-iops": "200", f"{P}/default-write-iops": "50"})
     res = resolve({}, namespace=policy)
     assert (res.limits.riops, res.limits.wiops) == (200, 50)
-    assert res.sources["wiops"] == f"namespace annotation {P}/default-write-iops"
+    assert res.sources[LimitField.WIOPS] == f"namespace annotation {P}/default-write-iops"
     # the pod's own annotation still wins
     assert resolve({f"{P}/write-iops": "70"}, namespace=policy).limits.wiops == 70
 
@@ -168,7 +168,7 @@ def test_namespace_ceiling_tightens_the_env_ceiling() -> None:
     policy = ns({f"{P}/max-write-iops": "300"})
     res = resolve({f"{P}/write-iops": "900"}, namespace=policy, guardrails=CEIL)
     assert res.limits.wiops == 300
-    assert "namespace ceiling" in res.sources["wiops"]
+    assert "namespace ceiling" in res.sources[LimitField.WIOPS]
     # a looser namespace ceiling does not loosen the env one
     loose = ns({f"{P}/max-iops": "5000"})
     assert resolve({f"{P}/iops": "4000"}, namespace=loose, guardrails=CEIL).limits.wiops == 1000

@@ -13,7 +13,7 @@ from diskguard.agent.smart import SmartLimiter
 from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted
-from diskguard.model import CgroupVersion, IOLimits
+from diskguard.model import CgroupVersion, IOLimits, LimitField
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
@@ -73,7 +73,7 @@ def test_v2_plan_raises_one_to_two_and_v1_keeps_it() -> None:
     v2 = plan_pod(pod, previous=None, cgroup_version=CgroupVersion.V2, **common)  # type: ignore[arg-type]
     assert v2.resolution.limits == IOLimits(riops=500, wiops=2, rbps=2)
     assert v2.resolution.raised == {"wiops", "rbps"}
-    assert "raised to 2" in v2.resolution.sources["wiops"]
+    assert "raised to 2" in v2.resolution.sources[LimitField.WIOPS]
     v1 = plan_pod(pod, previous=None, cgroup_version=CgroupVersion.V1, **common)  # type: ignore[arg-type]
     assert v1.resolution.limits == IOLimits(riops=500, wiops=1, rbps=1)
     # A ceiling of 1 (and so a kept kernel value clamped to it) is raised on v2 too.
