@@ -269,7 +269,9 @@ class Agent:
         raise SoakError("no VmRSS in /proc")
 
     def wait_serving(self, timeout: float = 60) -> None:
-        pattern = re.compile(r"serving /healthz /readyz /metrics /status on (http://[\d.:]+)")
+        pattern = re.compile(
+            r"serving /healthz /readyz /metrics /status [^\n]*?addresses='?(http://[\d.:]+)"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()

@@ -7,7 +7,6 @@ limit does not know which source feeds it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import trio
@@ -16,10 +15,11 @@ from diskguard.agent.measuring import Listener
 from diskguard.agent.reconciler import Reconciler
 from diskguard.kube.cadvisor import CadvisorParseError, CadvisorRateTracker, parse_cadvisor
 from diskguard.kube.kubelet import KubeletClient, KubeletError
+from diskguard.logs import get_logger
 from diskguard.model import ContainerKey, Device
 from diskguard.policy.smart import Sample
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class KubeletRateTask:
@@ -61,7 +61,7 @@ class KubeletRateTask:
             parsed = await trio.to_thread.run_sync(parse_cadvisor, text, self._devices)
         except (KubeletError, CadvisorParseError) as exc:
             if str(exc) != self.failing:
-                log.warning("kubelet IO rates unavailable: %s", exc)
+                log.warning("kubelet IO rates unavailable", error=str(exc))
             self.failing = str(exc)
             return
         if self.failing:

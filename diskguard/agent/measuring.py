@@ -7,20 +7,20 @@ inode of that directory, which is what the block layer charges IO to.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
 from diskguard.agent.reconciler import Reconciler
+from diskguard.logs import get_logger
 from diskguard.model import ContainerKey, Counters, Device, Rates
 from diskguard.policy.smart import Sample
 from diskguard.sampler import RateTracker, Sampler, Target
 from diskguard.sampler.base import Snapshot
 from diskguard.sampler.latency import DeviceLatency, LatencySnapshot, latency_between
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Listener = Callable[[dict[ContainerKey, Sample]], None]
 
@@ -120,7 +120,7 @@ class SamplingTask:
                 )
         except Exception as exc:  # a sampler failure must not stop enforcement
             self.errors += 1
-            log.warning("sampling failed: %s", exc)
+            log.warning("sampling failed", error=str(exc))
             return
         now = trio.current_time()
         self.last_pass_seconds = now - started

@@ -9,16 +9,16 @@ namespaces' effective policy changed so their pods can be re-reconciled.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from diskguard.kube.events import EventRequest, EventType, InvolvedKind
 from diskguard.kube.namespaces import NamespaceEvent, NamespaceInfo
 from diskguard.kube.watch import Changed, ChangeKind, Relisted
+from diskguard.logs import get_logger
 from diskguard.policy.resolve import KeyMemory, NamespacePolicy, namespace_policy
 from diskguard.policy.values import shown
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class NamespacePolicies:
@@ -57,7 +57,9 @@ class NamespacePolicies:
         name, annotations = ns.name, ns.annotations
         if annotations is None:
             # Malformed (the API server never sends this): keep the last good policy.
-            log.warning("namespace %s: annotations are not strings; update ignored", name[:253])
+            log.warning(
+                "namespace annotations are not strings; update ignored", namespace=name[:253]
+            )
             return name
         policy = namespace_policy(name, annotations, self._prefix, self._memory.get(name))
         self._memory[name] = policy.memory

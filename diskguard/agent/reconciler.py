@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from diskguard.kube.events import EventRequest, pod_event
 from diskguard.kube.namespaces import NamespaceEvent
 from diskguard.kube.pods import PodEvent, PodParseFailure, PodUpdate, state_key
 from diskguard.kube.watch import Changed, ChangeKind, Relisted
+from diskguard.logs import get_logger
 from diskguard.model import (
     CgroupVersion,
     ContainerKey,
@@ -45,7 +45,7 @@ from diskguard.policy.resolve import Guardrails, KeyMemory
 from diskguard.policy.values import render_limit, shown
 from diskguard.web.view import ContainerSnapshot, PodSnapshot, ReconcileSnapshot
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RETRY_INITIAL = 0.05
 RETRY_MAX = 1.0
@@ -288,14 +288,14 @@ class Reconciler:
             self._on_pod_event(event)
         except Exception as exc:
             # A bug reachable from tenant input must cost that event, not the task.
-            log.exception("taking in a %s watch event failed", event.resource)
+            log.exception("taking in a watch event failed", watch=event.resource)
             self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
 
     def on_namespace_event(self, event: NamespaceEvent) -> None:
         try:
             changed = self.namespaces.on_event(event)
         except Exception as exc:
-            log.exception("taking in a %s watch event failed", event.resource)
+            log.exception("taking in a watch event failed", watch=event.resource)
             self._record(ErrorStage.EVENT, "", f"{event.resource} event", _error_text(exc))
             return
         if changed:
@@ -335,7 +335,8 @@ class Reconciler:
             state = self._states.setdefault(key, PodState())
             if state.parse_failure != update.error:
                 state.parse_failure = update.error
-                log.warning("ignoring pod update: %s", update.error)
+                # The key is the uid, or namespace/name when the pod has no usable uid.
+                log.warning("ignoring pod update", pod_key=update.key, reason=update.error)
             return key
         pod = update
         if pod.node_name != self.settings.node_name:
@@ -404,9 +405,8 @@ class Reconciler:
                 continue  # pods wait for their namespaces' policy (bounded by namespace_wait)
             if namespaces_due <= now and not self.namespaces.listed and wait is not None:
                 log.warning(
-                    "no namespace list after %.0fs: applying without namespace policy "
-                    "until it arrives",
-                    wait,
+                    "no namespace list yet: applying without namespace policy until it arrives",
+                    waited_s=round(wait),
                 )
                 namespaces_due = math.inf
                 self._dirty |= self._live()
@@ -422,7 +422,7 @@ class Reconciler:
                 await self.reconcile(self._take_dirty())
                 if not self.synced.is_set():
                     self.synced.set()
-                    log.info("initial reconcile done: %d pods", len(self.pods))
+                    log.info("initial reconcile done", pods=len(self.pods))
 
     def _retries(self) -> Iterator[_Retry]:
         return (s.retry for s in self._states.values() if s.retry is not None)
@@ -453,7 +453,7 @@ class Reconciler:
                 results = await trio.to_thread.run_sync(self._applier.apply, container_plans, known)
         except Exception as exc:
             # Applier.apply contains each container; this is the last line of defence.
-            log.exception("applying a batch of %d containers failed", len(container_plans))
+            log.exception("applying a batch failed", containers=len(container_plans))
             self._record(ErrorStage.APPLY, "", f"batch of {len(container_plans)}", _error_text(exc))
             results = []
         finally:
@@ -479,7 +479,11 @@ class Reconciler:
             try:
                 self._after_apply(state, plan, mine, now)
             except Exception as exc:
-                log.exception("%s: reporting the apply failed", plan.pod.key)
+                log.exception(
+                    "reporting the apply failed",
+                    namespace=plan.pod.namespace,
+                    pod=plan.pod.name,
+                )
                 self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, _error_text(exc))
 
     def _plan(self, state: PodState, pod: PodInfo) -> PodPlan | None:
@@ -508,7 +512,11 @@ class Reconciler:
             self._warn_clamped(state, plan)
             self._warn_raised(state, plan)
         except Exception as exc:
-            log.exception("%s: planning failed; applying the node's policy", pod.key)
+            log.exception(
+                "planning failed; applying the node's policy",
+                namespace=pod.namespace,
+                pod=pod.name,
+            )
             self._record(ErrorStage.PLAN, uid, pod.key, _error_text(exc))
             try:
                 plan = plan_pod(
@@ -522,7 +530,11 @@ class Reconciler:
                     devices=self._applier.devices,
                 )
             except Exception:
-                log.exception("%s: planning with the node's policy failed too", pod.key)
+                log.exception(
+                    "planning with the node's policy failed too",
+                    namespace=pod.namespace,
+                    pod=pod.name,
+                )
                 return None
             if state.plan is None:
                 state.planned_seq = next(self._plan_seq)
@@ -575,11 +587,24 @@ class Reconciler:
             self.outcomes[_outcome(r)] += 1
             if r.error and logged.get(r.ref.container) != r.error:
                 logged[r.ref.container] = r.error
-                log.error("%s: applying limits failed: %s", r.ref.display, r.error)
+                log.error(
+                    "applying limits failed",
+                    namespace=r.ref.namespace,
+                    pod=r.ref.pod,
+                    container=r.ref.container,
+                    error=r.error,
+                )
             elif not r.error:
                 logged.pop(r.ref.container, None)
             if r.wrote:
-                log.info("%s: limits set (%s): %s", r.ref.display, r.cgroup, "; ".join(r.changes))
+                log.info(
+                    "limits set",
+                    namespace=r.ref.namespace,
+                    pod=r.ref.pod,
+                    container=r.ref.container,
+                    cgroup=str(r.cgroup),
+                    changes="; ".join(r.changes),
+                )
         state.errors_logged = logged
         if any(r.wrote for r in results):
             self._announce(state, plan)
@@ -593,16 +618,21 @@ class Reconciler:
         if old is None:
             state.retry = _Retry(now + RETRY_INITIAL, RETRY_INITIAL)
             if state.given_up is None:
-                log.info("%s: cgroup of %s not there yet, retrying", plan.pod.key, ", ".join(names))
+                log.info(
+                    "cgroup not there yet, retrying",
+                    namespace=plan.pod.namespace,
+                    pod=plan.pod.name,
+                    containers=", ".join(names),
+                )
         elif old.attempts >= RETRY_ATTEMPTS:
             state.retry = None
             if state.given_up is None:
                 log.warning(
-                    "%s: no cgroup for %s after %d tries; trying again at the pod's next "
-                    "event or the resync",
-                    plan.pod.key,
-                    ", ".join(names),
-                    old.attempts + 1,
+                    "no cgroup after retries; trying again at the pod's next event or the resync",
+                    namespace=plan.pod.namespace,
+                    pod=plan.pod.name,
+                    containers=", ".join(names),
+                    tries=old.attempts + 1,
                 )
             state.given_up = tuple(names)
         else:

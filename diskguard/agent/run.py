@@ -7,13 +7,11 @@ place: an agent upgrade must not unthrottle the node.
 from __future__ import annotations
 
 import functools
-import logging
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import structlog
 import trio
 from kubernetes import client as k8s
 
@@ -36,6 +34,7 @@ from diskguard.kube.kubelet_source import (
 from diskguard.kube.namespaces import NamespaceEvent, parse_namespace_events
 from diskguard.kube.pods import PodEvent, parse_pod_events
 from diskguard.kube.watch import ListWatcher, WatchEvent
+from diskguard.logs import get_logger
 from diskguard.model import Device, SamplerKind
 from diskguard.node.applier import Applier
 from diskguard.node.datadisks import DataDisks, DiskResolution
@@ -55,7 +54,7 @@ from diskguard.web.view import (
     WatchState,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # How long pods wait for the first namespace list (namespace policy) before limits are
 # applied without it; bounded so a missing RBAC rule cannot stall enforcement.
@@ -234,27 +233,29 @@ class Agent:
                     self.node.devices,
                     self.node.hierarchy.path,
                     self.node.hierarchy.version,
-                    structlog.get_logger("diskguard.sampler"),
+                    get_logger("diskguard.sampler"),
                 )
             )
         except SamplerUnavailable as exc:
             if self.config.sampler is SamplerKind.BPF:
                 raise  # asked for BPF explicitly: say so at start-up rather than degrade
-            log.error("no IO sampler: %s (limits are still enforced; smart limit is off)", exc)
+            log.error(
+                "no IO sampler (limits are still enforced; smart limit is off)", reason=str(exc)
+            )
             self.sampler_problem = str(exc)
             return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         log.info(
-            "diskguard starting on node %s: cgroup %s at %s, data devices %s, defaults %s",
-            self.config.node_name,
-            self.node.hierarchy.version.value,
-            self.node.hierarchy.path,
-            ", ".join(f"{d.name or '?'}={d}" for d in self.node.devices),
-            self.config.defaults,
+            "diskguard starting",
+            node=self.config.node_name,
+            cgroup_version=self.node.hierarchy.version.value,
+            cgroup_root=str(self.node.hierarchy.path),
+            devices=", ".join(f"{d.name or '?'}={d}" for d in self.node.devices),
+            defaults=str(self.config.defaults),
         )
         for warning in self.config_warnings:
-            log.warning("%s", warning)
+            log.warning("configuration warning", reason=warning)
         try:
             async with trio.open_nursery() as nursery:
                 self._start_enforcement(nursery)
@@ -265,7 +266,8 @@ class Agent:
                     name="http",
                 )
                 log.info(
-                    "serving /healthz /readyz /metrics /status on %s", ", ".join(self.http_binds)
+                    "serving /healthz /readyz /metrics /status",
+                    addresses=", ".join(self.http_binds),
                 )
                 # Measuring starts alongside: a BPF compile must not delay enforcement.
                 nursery.start_soon(self._start_measuring, nursery, name="measurement")
@@ -375,11 +377,7 @@ class Agent:
                 kernel_lock=self._kernel_lock,
                 listeners=() if use_kubelet_rates else listeners,
             )
-            log.info(
-                "IO sampler: %s%s",
-                sampler.kind,
-                f" (degraded: {sampler.degraded})" if sampler.degraded else "",
-            )
+            log.info("IO sampler started", kind=sampler.kind, degraded=sampler.degraded or "")
         if smart is not None:
             nursery.start_soon(self._run_smart, smart, name="smart-limit")
         if self.sampling is not None:
@@ -402,8 +400,8 @@ async def run_until_signalled(config: Config, env: Mapping[str, str]) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     log.info(
-                        "received %s: stopping, kernel limits stay in place",
-                        signal.Signals(signum).name,
+                        "stopping on a signal; kernel limits stay in place",
+                        signal=signal.Signals(signum).name,
                     )
                     nursery.cancel_scope.cancel()
                     return

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from diskguard.agent.reconciler import Reconciler
 from diskguard.kube.events import pod_event
+from diskguard.logs import get_logger
 from diskguard.model import ContainerKey, PodInfo
 from diskguard.policy.annotations import (
     AUTO_BPS,
@@ -47,7 +48,7 @@ from diskguard.policy.smart import (
 )
 from diskguard.policy.smart import pod_decision as combine_decisions
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class SmartLimiter:
@@ -130,7 +131,11 @@ class SmartLimiter:
                 await self._evaluate_pod(uid, plan, now)
             except Exception:
                 # One pod's bug must not end smart limiting (or the agent) for every pod.
-                log.exception("%s: smart-limit evaluation failed", plan.pod.key)
+                log.exception(
+                    "smart-limit evaluation failed",
+                    namespace=plan.pod.namespace,
+                    pod=plan.pod.name,
+                )
 
     async def _evaluate_pod(self, uid: str, plan: PodPlan, now: float) -> None:
         pod = plan.pod
@@ -201,12 +206,23 @@ class SmartLimiter:
         self, pod: PodInfo, annotations: dict[str, str | None], action: SmartAction, message: str
     ) -> bool:
         if self.dry_run:
-            log.info("smart limit (dry run) would %s on %s: %s", action, pod.key, message)
+            log.info(
+                "smart limit (dry run): not patching",
+                action=action,
+                namespace=pod.namespace,
+                pod=pod.name,
+                reason=message,
+            )
             self.patches["dry_run"] += 1
             return False
         if not self._take_token():
             self.patches["rate_limited"] += 1
-            log.warning("smart limit: patch budget exhausted, %s on %s deferred", action, pod.key)
+            log.warning(
+                "smart limit: patch budget exhausted, deferred",
+                action=action,
+                namespace=pod.namespace,
+                pod=pod.name,
+            )
             return False
         # Only diskguard's own keys, guarded by the resourceVersion the decision was made on:
         # a concurrent edit (opt-out, deletion) makes it fail with 409 and the next pass
@@ -232,20 +248,31 @@ class SmartLimiter:
             level = logging.INFO if exc.status in (404, 409) else logging.WARNING
             log.log(
                 level,
-                "smart limit: %s on %s not written (HTTP %s); will re-evaluate",
-                action,
-                pod.key,
-                exc.status,
+                "smart limit not written; will re-evaluate",
+                action=action,
+                namespace=pod.namespace,
+                pod=pod.name,
+                status=exc.status,
             )
             return False
         except Exception as exc:  # connection errors: retried on the next pass
             self.patches["error"] += 1
             log.warning(
-                "smart limit: %s on %s failed (%s); will retry", action, pod.key, type(exc).__name__
+                "smart limit patch failed; will retry",
+                action=action,
+                namespace=pod.namespace,
+                pod=pod.name,
+                error=type(exc).__name__,
             )
             return False
         self.patches[action] += 1
-        log.info("smart limit %s on %s: %s", action, pod.key, message)
+        log.info(
+            "smart limit patched",
+            action=action,
+            namespace=pod.namespace,
+            pod=pod.name,
+            reason=message,
+        )
         return True
 
     async def _current_resource_version(self, pod: PodInfo) -> str | None:
@@ -272,7 +299,12 @@ class SmartLimiter:
         elif self._own(meta.get("annotations")) != self._own(pod.annotations):
             why = "its diskguard annotations changed since the decision"
         if why or not meta.get("resourceVersion"):
-            log.info("smart limit: not patching %s: %s", pod.key, why or "no resourceVersion")
+            log.info(
+                "smart limit: not patching",
+                namespace=pod.namespace,
+                pod=pod.name,
+                reason=why or "no resourceVersion",
+            )
             return None
         return str(meta["resourceVersion"])
 

@@ -10,7 +10,6 @@ restart.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +17,9 @@ import attrs
 import trio
 from kubernetes import client as k8s
 
-log = logging.getLogger(__name__)
+from diskguard.logs import get_logger
+
+log = get_logger(__name__)
 
 RECHECK_INTERVAL = 60.0
 
@@ -139,7 +140,11 @@ class AccessGate:
         if (self.state, self.denied, self.error) == before:
             return  # said already: one log line per change, not one a minute
         if self.state is AccessState.GRANTED:
-            log.info("%s: granted %s; starting it", self.feature, ", ".join(map(str, self.wanted)))
+            log.info(
+                "access granted; starting the feature",
+                feature=self.feature,
+                granted=", ".join(map(str, self.wanted)),
+            )
             self.granted.set()
         else:
-            log.error("%s", self.problem())
+            log.error("access missing", feature=self.feature, reason=self.problem())

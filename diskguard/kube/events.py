@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import enum
-import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -23,9 +22,10 @@ import trio
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from diskguard.logs import get_logger
 from diskguard.model import PodInfo
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 QUEUE_SIZE = 1000
 # Posts in flight at once: one slow or failing Event holds one slot, the others go on.
@@ -139,17 +139,20 @@ class EventQueue:
 
     def put(self, item: Queued) -> None:
         if self._closed:
-            log.warning("event %s after shutdown began, not posted", item.request.reason)
+            log.warning(
+                "event not posted: shutdown began",
+                reason=item.request.reason,
+                **_about(item.request),
+            )
             return
         if len(self._items) >= self._size:
             oldest = self._items.popleft()
             self._stats.dropped += 1
             log.warning(
-                "event queue full (%d), dropped the oldest: %s for %s/%s",
-                self._size,
-                oldest.request.reason,
-                oldest.request.namespace,
-                oldest.request.name,
+                "event queue full; dropped the oldest",
+                size=self._size,
+                reason=oldest.request.reason,
+                **_about(oldest.request),
             )
         self._items.append(item)
         self._lot.unpark()
@@ -301,7 +304,9 @@ async def _post(api: CoreV1Api, posting: Posting, attempts: int, stats: EventSta
                     _posted(stats, since)
                 else:
                     stats.failed += 1
-                    log.warning("event %s rejected: HTTP %s", req.reason, exc.status)
+                    log.warning(
+                        "event rejected", reason=req.reason, status=exc.status, **_about(req)
+                    )
                 return
             err: str = f"HTTP {exc.status}"
         except Exception as exc:  # connection errors of many types
@@ -309,12 +314,11 @@ async def _post(api: CoreV1Api, posting: Posting, attempts: int, stats: EventSta
         if attempt == attempts:
             stats.failed += 1
             log.warning(
-                "event %s for %s/%s not posted after %d attempts (%s)",
-                req.reason,
-                req.namespace,
-                req.name,
-                attempts,
-                err,
+                "event not posted",
+                reason=req.reason,
+                attempts=attempts,
+                error=err,
+                **_about(req),
             )
         else:
             stats.retries += 1
@@ -327,3 +331,10 @@ def _posted(stats: EventStats, since: float) -> None:
     stats.posted += 1
     stats.last_latency = latency
     stats.max_latency = max(stats.max_latency, latency)
+
+
+def _about(req: EventRequest) -> dict[str, str]:
+    """The log fields naming what an Event is about: a pod, or a namespace."""
+    if req.kind is InvolvedKind.POD:
+        return {"namespace": req.namespace, "pod": req.name}
+    return {"namespace": req.name}

@@ -12,7 +12,6 @@ Every failure becomes a `KubeletError` whose message says what to check.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import ssl
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ import httpx
 import trio
 
 from diskguard.config import KubeletSettings
+from diskguard.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -229,13 +229,14 @@ class KubeletClient:
     def __init__(self, settings: KubeletSettings) -> None:
         self.settings = settings
         if settings.skip_verify:
-            warning = (
-                "KUBELET_SKIP_VERIFY=true: the kubelet's serving certificate is NOT verified; "
-                "anyone who can intercept %s can impersonate the kubelet"
-            )
+            risk = "anyone who can intercept it can impersonate the kubelet"
             if settings.token_path:
-                warning += " and read the bearer token we send"
-            log.warning(warning, settings.base_url)
+                risk += " and read the bearer token we send"
+            log.warning(
+                "KUBELET_SKIP_VERIFY=true: the kubelet's serving certificate is NOT verified",
+                kubelet=settings.base_url,
+                risk=risk,
+            )
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
             verify=build_ssl_context(settings),

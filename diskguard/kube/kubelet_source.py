@@ -18,7 +18,6 @@ reconciler's view is rebuilt whole and nothing falls between the two.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,8 +26,9 @@ import trio
 
 from diskguard.kube.kubelet import KubeletError
 from diskguard.kube.watch import Relisted, WatchEvent
+from diskguard.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Clock = Callable[[], float]
 
@@ -81,7 +81,7 @@ class KubeletSourceHealth:
 
     def failed(self, now: float, error: KubeletError) -> None:
         if str(error) != self.last_error:
-            log.warning("kubelet pod source: %s", error)
+            log.warning("kubelet pod source failed", error=str(error))
         self.polls += 1
         self.failures += 1
         if self.failing_since is None:
@@ -260,11 +260,10 @@ async def run_pod_source(
             if on_switch is not None:
                 on_switch(Source.API)
             log.warning(
-                "kubelet failed %d times in a row (%s): pods now come from the API server "
-                "watch; retrying the kubelet every %.0fs",
-                selector.consecutive_failures,
-                health.last_error,
-                selector.retry_interval,
+                "kubelet failing: pods now come from the API server watch",
+                failures=selector.consecutive_failures,
+                error=health.last_error,
+                retry_every_s=round(selector.retry_interval),
             )
             continue
         pods: tuple[Mapping[str, Any], ...] = ()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import logging
 import random
 import threading
 import time
@@ -34,7 +33,9 @@ import trio
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-log = logging.getLogger(__name__)
+from diskguard.logs import get_logger
+
+log = get_logger(__name__)
 
 # Client-go picks the server-side watch timeout at random in [5, 10) min so that a fleet of
 # agents does not reconnect in lockstep; the read timeout must outlast the gap between
@@ -246,10 +247,10 @@ class ListWatcher:
                 continue  # progressed (an event or the server's clean timeout): go on at once
             except _Relist as exc:
                 log.info(
-                    "%s watch: resourceVersion %s unusable (%s), relisting",
-                    self.name,
-                    resource_version,
-                    exc,
+                    "resourceVersion unusable, relisting",
+                    watch=self.name,
+                    resource_version=resource_version,
+                    reason=str(exc),
                 )
                 resource_version = ""
                 error: BaseException = exc
@@ -263,10 +264,10 @@ class ListWatcher:
             delay = backoff.next()
             self._failing(error, delay)
             log.warning(
-                "%s watch made no progress (%s); retrying in %.1fs",
-                self.name,
-                _brief(error),
-                delay,
+                "watch made no progress; retrying",
+                watch=self.name,
+                error=_brief(error),
+                retry_in_s=round(delay, 1),
             )
             await trio.sleep(delay)
 
@@ -274,7 +275,7 @@ class ListWatcher:
         """The stream delivered an event or ended at the server's timeout."""
         self._backoff.reset()
         if self.health.failing_since is not None:
-            log.info("%s watch recovered", self.name)
+            log.info("watch recovered", watch=self.name)
         self.health = attrs.evolve(
             self.health,
             failing_since=None,

@@ -6,12 +6,12 @@ batch, so the trio loop never waits on sysfs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
 
+from diskguard.logs import get_logger
 from diskguard.model import UNLIMITED, CgroupDriver, ContainerRef, Device, IOLimits
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.kubepods import resolve_container_cgroup
@@ -20,7 +20,7 @@ from diskguard.node.state import LimitRecord, Rule, rule
 from diskguard.policy.plan import ContainerPlan
 from diskguard.policy.values import Unlimited, render_limit
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @attrs.frozen
@@ -143,7 +143,12 @@ class Applier:
         # One container's failure must never keep the others from their limits, nor end
         # the task: it is reported with this container and retried at the next reconcile
         # of its pod (with a fresh cgroup lookup).
-        log.exception("%s: applying limits raised", plan.ref.display)
+        log.exception(
+            "applying limits raised",
+            namespace=plan.ref.namespace,
+            pod=plan.ref.pod,
+            container=plan.ref.container,
+        )
         return ApplyResult(
             plan.ref,
             path,

@@ -12,7 +12,6 @@ administrator said a plain directory is intended (DATA_MOUNT_ALLOW_UNMOUNTED).
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,10 +20,11 @@ from pathlib import Path
 import attrs
 import trio
 
+from diskguard.logs import get_logger
 from diskguard.model import Device
 from diskguard.node.devices import DeviceError, find_mount, parse_mountinfo, resolve_data_device
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MOUNTINFO = "/proc/self/mountinfo"
 # While a data path is not ready it is looked at this often (besides mount-table changes).
@@ -149,7 +149,7 @@ class DataDisks:
         before = self.current
         if found.problem != before.problem:
             if found.problem:
-                log.warning("data disks: %s", found.problem)
+                log.warning("data disks unresolved", reason=found.problem)
             else:
                 log.info("data disks: every data path resolved")
         # A path that cannot be resolved right now keeps the disks it had: limits stay
@@ -163,9 +163,9 @@ class DataDisks:
             )
         if {(d.major, d.minor) for d in devices} != {(d.major, d.minor) for d in before.devices}:
             log.warning(
-                "data disks changed: %s -> %s; moving the limits",
-                ", ".join(map(str, before.devices)) or "none",
-                ", ".join(map(str, devices)) or "none",
+                "data disks changed; moving the limits",
+                before=", ".join(map(str, before.devices)) or "none",
+                after=", ".join(map(str, devices)) or "none",
             )
             self.changes += 1
             await self._on_change(devices)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
 
+from diskguard.logs import get_logger
 from diskguard.model import Device
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_STATE_DIR = "/var/lib/diskguard"
 # The directory's files (the layout): one per kind of node state.
@@ -155,7 +155,9 @@ class LimitRecord:
         except StateError as exc:
             # An unreadable record (a newer schema, corruption): keep it for the operator
             # and start a fresh one beside it; reset-all then clears only what this run sets.
-            log.error("%s; moving it aside and starting a new record", exc)
+            log.error(
+                "limit record unreadable; moving it aside, starting a new one", error=str(exc)
+            )
             aside = state.limit_record.with_suffix(".unreadable")
             try:
                 os.replace(state.limit_record, aside)
@@ -204,7 +206,7 @@ class LimitRecord:
             self.problem = f"cannot write {self.state.limit_record}: {exc.strerror}"
             if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO):
                 self.problem += f" (errno {exc.errno})"
-            log.error("limit record: %s; limits are still enforced", self.problem)
+            log.error("limit record not saved; limits are still enforced", error=self.problem)
             return False
         self.saves += 1
         self.problem = ""

@@ -485,7 +485,7 @@ class BpfSampler:
                 if target not in self._outside:
                     self._outside.add(target)
                     self._log.warning(
-                        "sampler.target_outside_hierarchy",
+                        "cgroup outside the hierarchy; not sampled",
                         cgroup=str(target.path),
                         root=str(self._root),
                     )
@@ -602,7 +602,7 @@ def open_bpf_sampler(
             raise
         # Latency is an extra: a kernel whose verifier refuses the completion probe still
         # gets the IO counts, and says why latency is missing.
-        log.warning("sampler.bpf.latency_refused", reason=str(e))
+        log.warning("BPF latency probe refused", reason=str(e))
         latency_problem = f"completion probe refused by the kernel: {str(e)[-400:]}"
         cflags = [f for f in cflags if not f.startswith(("-DDG_ARG_RQ_COMPLETE", "-DDG_ARG_NR"))]
         cflags.append("-DDG_NO_LATENCY=1")
@@ -641,6 +641,6 @@ def open_bpf_sampler(
         bpf.cleanup()
         raise SamplerUnavailable(f"cannot read the BPF counter map: {e}") from e
     if degraded:
-        log.warning("sampler.bpf.degraded", reason=degraded)
-    log.info("sampler.bpf.loaded", **info)
+        log.warning("BPF sampler degraded", reason=degraded)
+    log.info("BPF sampler loaded", **info)
     return sampler

@@ -145,7 +145,7 @@ class CgroupSampler:
                     return  # the cgroup went away; read() drops it
                 reason = "no such device" if e.errno == errno.ENODEV else str(e)
                 self._warn_once(
-                    target, "sampler.cgroup.arm_failed", device=str(device), reason=reason
+                    target, "cannot arm cgroup IO counting", device=str(device), reason=reason
                 )
             self._armed.add((target, device))
 
@@ -161,10 +161,10 @@ class CgroupSampler:
             if target.path.is_dir():
                 # The directory exists but has no stat file: the IO controller is not
                 # enabled for it (v2 subtree_control), so it has no counters at all.
-                self._warn_once(target, "sampler.cgroup.no_io_stat")
+                self._warn_once(target, "no IO counters: io controller not enabled")
             return None
         except OSError as e:
-            self._warn_once(target, "sampler.cgroup.read_failed", error=str(e))
+            self._warn_once(target, "cgroup IO counters unreadable", error=str(e))
             return None
 
     # The cgroup files count IO; they hold no per-request timing.
@@ -177,7 +177,9 @@ class CgroupSampler:
         out: Snapshot = {}
         for target in targets:
             if not under_root(self._root, target.path):
-                self._warn_once(target, "sampler.target_outside_hierarchy", root=str(self._root))
+                self._warn_once(
+                    target, "cgroup outside the hierarchy; not sampled", root=str(self._root)
+                )
                 continue
             stats = self._read_one(target)
             # Checked after reading so a directory replaced meanwhile is not misreported.

@@ -57,5 +57,5 @@ def open_sampler(
     degraded = None
     if bpf_reason is not None:
         degraded = f"eBPF sampler unavailable ({bpf_reason}); using the kernel's cgroup IO counters"
-        log.warning("sampler.bpf_unavailable", reason=bpf_reason, fallback="cgroup")
+        log.warning("BPF sampler unavailable", reason=bpf_reason, fallback="cgroup")
     return CgroupSampler(devices, cgroup_hierarchy_path, version, log, degraded)

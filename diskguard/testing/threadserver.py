@@ -22,11 +22,13 @@ import hypercorn.trio
 import hypercorn.typing
 import trio
 
+from diskguard.logs import get_logger
+
 T = TypeVar("T")
 
 CALL_TIMEOUT = 30.0
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @attrs.define
@@ -131,7 +133,7 @@ class ThreadedServer:
             if not ready.done():
                 ready.set_exception(exc)
             else:
-                log.exception("%s loop failed", self.what)
+                log.exception("server loop failed", server=self.what)
 
     def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run `fn` on the server's loop and wait for its result (from another thread)."""

@@ -9,7 +9,6 @@ otherwise the cgroup path stands in for the name.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import attrs
-import structlog
 
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
+from diskguard.logs import get_logger
 from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, LimitField, Rates
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.kubepods import container_cgroups, kubepods_dirs, resolve_container_cgroup
@@ -34,7 +33,7 @@ from diskguard.sampler.latency import (
     percentiles,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @attrs.frozen
@@ -120,7 +119,7 @@ def list_node_pods(env: Mapping[str, str], node_name: str) -> list[dict[str, Any
         body = json.loads(cast(Any, response).data)  # raw: _preload_content=False
         return list(body.get("items") or [])
     except Exception as exc:  # no cluster: names fall back to cgroup paths
-        log.info("no pod names (%s): showing cgroup paths", type(exc).__name__)
+        log.info("no pod names: showing cgroup paths", error=type(exc).__name__)
         return None
     finally:
         api_client.close()
@@ -269,7 +268,7 @@ def run_top(
         node.devices,
         node.hierarchy.path,
         node.hierarchy.version,
-        structlog.get_logger("diskguard.sampler"),
+        get_logger("diskguard.sampler"),
     )
     try:
         top = Top(config, node.hierarchy, node.devices, names, sampler)

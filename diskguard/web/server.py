@@ -29,11 +29,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from diskguard.config import ListenAddress
+from diskguard.logs import get_logger
 from diskguard.web.metrics import exposition, version
 from diskguard.web.status import status_json
 from diskguard.web.view import AgentView
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # What socket(AF_INET6) or bind("::") fail with where IPv6 is off (ipv6.disable=1, no
 # IPv6 in the container's network namespace).
@@ -69,7 +70,7 @@ def listen_socket(
         except OSError as exc:
             if exc.errno not in _NO_IPV6:
                 raise
-            log.info("no IPv6 on this node (%s): listening on IPv4 only", exc.strerror)
+            log.info("no IPv6 on this node: listening on IPv4 only", error=exc.strerror)
         return _bind(make_socket, socket.AF_INET, ("0.0.0.0", address.port))
     infos = socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV

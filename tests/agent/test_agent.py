@@ -6,6 +6,7 @@ cgroup), or on what the fake API server received.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,39 @@ async def test_agent_restart_applies_annotations_changed_while_down(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+async def test_json_log_lines_of_a_pod_name_its_namespace_pod_and_container(
+    cluster: Cluster,
+) -> None:
+    """LOG_FORMAT=json: the agent's line for a container's new limits carries namespace,
+    pod and container as fields (logs can be filtered by pod), and every line of the
+    agent's output is one JSON object."""
+    pod = cluster.add_pod("logged", namespace="shop", annotations={f"{P}/iops": "120"})
+    [ref] = cluster.refs(pod)
+    cg = cluster.cgroup(ref)
+    proc = agent_subprocess(cluster.env(LOG_FORMAT="json", LOG_LEVEL="info"))
+
+    def limits_set() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in agent_output(proc).splitlines() if line.strip()]
+        return [line for line in lines if line["event"] == "limits set"]
+
+    try:
+        await cluster.wait_kernel(cg, IOLimits(120, 120), timeout=15)
+        with trio.fail_after(scaled(10)):  # the line follows the kernel write
+            while not limits_set():
+                assert proc.poll() is None, agent_output(proc).decode()[-3000:]
+                await trio.sleep(0.05)
+        [line] = limits_set()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (line["namespace"], line["pod"], line["container"]) == ("shop", "logged", "app")
+    assert line["cgroup"] == str(cg) and "120" in line["changes"], line
+    assert line["level"] == "info" and line["logger"] == "diskguard.agent.reconciler"
+    lines = [json.loads(x) for x in agent_output(proc).splitlines() if x.strip()]
+    [starting] = [x for x in lines if x["event"] == "diskguard starting"]
+    assert starting["node"] == NODE
 
 
 async def test_bad_env_var_stops_start_up_naming_the_variable(cluster: Cluster) -> None:

@@ -406,7 +406,8 @@ async def test_skip_verify_trusts_any_certificate_and_warns_once(
             assert len(await kc.pods()) == 2
     warnings = [r for r in caplog.records if "KUBELET_SKIP_VERIFY" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
-    assert "bearer token" in warnings[0].getMessage()
+    assert warnings[0].kubelet == f"https://localhost:{kubelet.port}"  # type: ignore[attr-defined]
+    assert "bearer token" in warnings[0].risk  # type: ignore[attr-defined]
 
 
 async def test_down_kubelet_is_connection_refused(kubelet: FakeKubelet, pki: Pki) -> None:

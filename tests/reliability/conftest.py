@@ -93,7 +93,10 @@ async def wait_until(
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-_SERVING = re.compile(rb"serving /healthz /readyz /metrics /status on (http://[\d.:]+)")
+# The text log line: `... serving /healthz /readyz /metrics /status  [logger] addresses=...`.
+_SERVING = re.compile(
+    rb"serving /healthz /readyz /metrics /status [^\n]*?addresses='?(http://[\d.:]+)"
+)
 
 
 async def subprocess_http(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:

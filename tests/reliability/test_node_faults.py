@@ -328,7 +328,7 @@ async def test_sampler_auto_without_bpf_falls_back_and_limits_hold(
         degraded = status["sampler"]["degraded"] or ""
         # the fallback happened for the reason this test caused, not some other one
         assert "eBPF sampler unavailable" in degraded and reason in degraded, degraded
-        assert "bpf_unavailable" in out  # the reason is logged
+        assert "BPF sampler unavailable" in out  # the reason is logged
         # still enforcing: an edit lands
         cluster.set_annotations("default", "web", {f"{P}/write-iops": "70"})
         await cluster.wait_kernel(cg, IOLimits(500, 70), timeout=2)

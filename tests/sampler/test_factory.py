@@ -83,7 +83,7 @@ def test_auto_falls_back_with_the_reason_and_bpf_raises(
     assert isinstance(sampler, CgroupSampler)
     assert sampler.kind == "cgroup"
     assert sampler.degraded is not None and EXPECTED[what] in sampler.degraded
-    warnings = log.named("sampler.bpf_unavailable")
+    warnings = log.named("BPF sampler unavailable")
     assert len(warnings) == 1 and EXPECTED[what] in warnings[0]["reason"]
     _measures(sampler, kubelet_root.leaf("c"), disk.device)
     if what == "compile failure":
@@ -177,7 +177,7 @@ def test_auto_falls_back_without_bcc_or_root(
     result = json.loads(done.stdout)
     assert result["kind"] == "cgroup"
     assert expected in result["degraded"]
-    assert result["events"].count("sampler.bpf_unavailable") == 1
+    assert result["events"].count("BPF sampler unavailable") == 1
 
 
 def test_bad_arguments(cgroup_hierarchy: CgroupHierarchy, disk: LoopDisk) -> None:
@@ -240,7 +240,7 @@ def test_without_btf_v2_degrades_to_task_attribution(
     try:
         assert sampler.kind == "bpf"
         assert sampler.degraded is not None and "issuing task" in sampler.degraded
-        assert len(log.named("sampler.bpf.degraded")) == 1
+        assert len(log.named("BPF sampler degraded")) == 1
         target = Target.of(unified_cgroup)
         before = sampler.read([target])[target][disk.device]
         fio = fio_result(

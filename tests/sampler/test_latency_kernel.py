@@ -220,7 +220,7 @@ def test_a_refused_completion_probe_leaves_counting_working(
     try:
         assert sampler.latency_problem is not None
         assert "refused" in sampler.latency_problem, sampler.latency_problem
-        assert log.named("sampler.bpf.latency_refused")
+        assert log.named("BPF latency probe refused")
         assert "block_rq_complete" not in sampler.info["attach"]
         cg = kubelet_root.leaf("counted-anyway")
         target = Target.of(cg)
