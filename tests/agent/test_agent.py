@@ -310,7 +310,10 @@ async def test_json_log_lines_of_a_pod_name_its_namespace_pod_and_container(
         return [line for line in lines if line["event"] == "limits set"]
 
     try:
-        await cluster.wait_kernel(cg, IOLimits(120, 120), timeout=15)
+        try:
+            await cluster.wait_kernel(cg, IOLimits(120, 120), timeout=15)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; agent: {agent_output(proc).decode()[-3000:]}") from None
         with trio.fail_after(scaled(10)):  # the line follows the kernel write
             while not limits_set():
                 assert proc.poll() is None, agent_output(proc).decode()[-3000:]
