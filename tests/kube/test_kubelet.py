@@ -598,7 +598,7 @@ async def test_falls_back_to_the_api_watch_and_switches_back(
         finally:
             watch_runs.append("ended")
 
-    def names(event: Relisted) -> list[str]:
+    def names(event: Relisted[Any]) -> list[str]:
         return [p["metadata"]["name"] for p in event.objects]
 
     try:

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from diskguard.agent.reconciler import ErrorStage
-from diskguard.model import CgroupVersion, IOLimits
+from diskguard.model import CgroupVersion, ErrorStage, IOLimits
 
 from .conftest import Cluster, P, http_get, wait_until
 

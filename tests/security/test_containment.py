@@ -12,12 +12,20 @@ import pytest
 import trio
 
 import diskguard.agent.reconciler as reconciler_module
-from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
+from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
 from diskguard.kube.namespaces import NamespaceEvent
 from diskguard.kube.pods import PodEvent, parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted
-from diskguard.model import CgroupDriver, CgroupVersion, ContainerInfo, Device, IOLimits, PodInfo
+from diskguard.model import (
+    CgroupDriver,
+    CgroupVersion,
+    ContainerInfo,
+    Device,
+    ErrorStage,
+    IOLimits,
+    PodInfo,
+)
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import V1Backend, V2Backend, backend_for

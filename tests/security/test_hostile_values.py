@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from diskguard.agent.reconciler import ErrorStage
-from diskguard.model import IOLimits
+from diskguard.model import ErrorStage, IOLimits
 from diskguard.testing.fakeapi.objects import make_namespace
 
 from .conftest import Cluster, P, http_get

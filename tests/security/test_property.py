@@ -22,12 +22,12 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from diskguard.agent.reconciler import ErrorStage, Reconciler, ReconcileSettings
+from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.kube.events import EventRequest
 from diskguard.kube.namespaces import NamespaceEvent, namespace_event
 from diskguard.kube.pods import MIRROR_ANNOTATION, PodEvent, PodParseError, parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
-from diskguard.model import LIMIT_FIELDS, CgroupDriver, CgroupVersion, Device, IOLimits
+from diskguard.model import LIMIT_FIELDS, CgroupDriver, CgroupVersion, Device, ErrorStage, IOLimits
 from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
