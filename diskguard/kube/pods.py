@@ -6,7 +6,6 @@ PodInfo, or a PodParseFailure saying why the pod cannot be acted on (contained t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,10 +13,11 @@ import attrs
 import trio
 
 from diskguard.kube.watch import Changed, Relisted, WatchEvent
+from diskguard.logs import get_logger
 from diskguard.model import ContainerInfo, ContainerKind, PodInfo, QoSClass, Runtime
 from diskguard.node.kubepods import parse_container_id, validate_pod_uid
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Mirror pods of static pods carry the config hash kubelet uses as the pod's UID locally.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -55,7 +55,7 @@ def read_pod(obj: object, forced_runtime: Runtime | None = None) -> PodUpdate:
         return PodParseFailure(_key(obj), str(exc))
     except Exception as exc:
         # A bug reachable from tenant input must cost that pod, not the event or the task.
-        log.exception("parsing a pod failed")
+        log.exception("parsing a pod failed", pod_key=_key(obj))
         text = str(exc)
         if len(text) > 200:
             text = f"{text[:200]}... ({len(text)} characters)"
