@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import importlib.resources
+import importlib.util
 import os
 import struct
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from diskguard.sampler.base import (
     under_root,
     zero_counters,
 )
+from diskguard.sampler.bpfsys import NO_BATCH, BpfError, BpfMap
 from diskguard.sampler.btf import (
     BTF,
     KIND_INT,
@@ -53,15 +54,13 @@ from diskguard.sampler.btf import (
 )
 from diskguard.sampler.headers import DEFAULT_SEARCH, HeadersError, find_kernel_headers
 from diskguard.sampler.latency import SLOTS, DeviceLatency, LatencyHistogram, LatencySnapshot
+from diskguard.sampler.maplayout import DEV, DEVICE_VALUE, KEY, LAT, VAL, expected_sizes
 from diskguard.sampler.tracefs import DEFAULT_TRACEFS, TracefsError, ensure_tracefs
 
 TRACEPOINT = "block_rq_issue"
 COMPLETE_TRACEPOINT = "block_rq_complete"
 # REQ_OP_BITS has been 8 since the op/flags split (4.10); it is a #define, absent from BTF.
 REQ_OP_MASK = 0xFF
-_KEY = struct.Struct("<QIIII")  # struct dg_key
-_VAL = struct.Struct("<QQ")  # struct dg_val
-_LAT = struct.Struct(f"<{SLOTS}QQ")  # struct dg_lat: slots, sum_ns
 _DIR_READ, _DIR_WRITE = 0, 1
 
 
@@ -89,6 +88,9 @@ class BpfOptions:
     # False builds the program without the completion probe and its maps (benchmarks).
     latency: bool = True
     release: str = attrs.field(factory=lambda: os.uname().release)
+    # How long the loader process may take (compile, load, attach, hand-over) before it is
+    # killed and the agent goes on without BPF; a compile takes ~25 s under emulation.
+    loader_timeout: float = 300.0
 
 
 @attrs.frozen
@@ -271,47 +273,83 @@ def _tail(text: str, lines: int = 6) -> str:
     return " | ".join(kept)
 
 
+@attrs.frozen
+class Maps:
+    """The maps the agent reads (counts, latency) and writes (the device filter)."""
+
+    counts: BpfMap
+    devices: BpfMap
+    latency: BpfMap | None = None
+
+    def all(self) -> tuple[BpfMap, ...]:
+        return (self.counts, self.devices) + ((self.latency,) if self.latency else ())
+
+    def check_layout(self) -> None:
+        """Each map's key/value sizes, as the kernel reports them for the descriptor, are
+        the ones maplayout reads; raises ValueError naming the map otherwise."""
+        for m in self.all():
+            want = expected_sizes(m.name)
+            if (m.key_size, m.value_size) != want:
+                raise ValueError(
+                    f"map {m.name}: key/value {m.key_size}/{m.value_size} bytes in the kernel, "
+                    f"{want[0]}/{want[1]} in diskguard.sampler.maplayout"
+                )
+
+    def close(self) -> None:
+        for m in self.all():
+            m.close()
+
+
 class BpfSampler:
-    """Reads the counters the loaded program keeps; create with `open_bpf_sampler`."""
+    """Reads the counters the loaded program keeps, with plain bpf() calls on map
+    descriptors this object owns; create with `open_bpf_sampler` (the loader process) or
+    `open_bpf_sampler_in_process`.
+
+    `keep` holds whatever keeps the program attached (the handed-over attachment and
+    program descriptors, or the in-process BCC object); `release` lets go of it.
+    """
 
     kind = "bpf"
 
     def __init__(
         self,
-        bpf: Any,
+        maps: Maps,
         devices: Sequence[Device],
         root: Path,
         log: Logger,
         degraded: str | None,
         info: dict[str, str],
-        max_entries: int,
+        release: Callable[[], None],
         latency_problem: str | None = "not compiled in",
-        latency_entries: int = 0,
+        keep: Any = None,
     ) -> None:
-        self._bpf: Any = bpf
-        self._devices = tuple(devices)
-        self._by_number = {(d.major, d.minor): d for d in self._devices}
+        maps.check_layout()
+        self._maps: Maps | None = maps
+        self._bpf: Any = keep
+        self._release = release
+        self._devices: tuple[Device, ...] = ()
+        self._by_number: dict[tuple[int, int], Device] = {}
         self._root = root
         self._log = log
         self._outside: set[Target] = set()
         self._degraded = degraded
         self.info = info
-        self._max = max_entries
-        self._fd: int = bpf[b"dg_counts"].map_fd
-        self._keys = ctypes.create_string_buffer(_KEY.size * max_entries)
-        self._vals = ctypes.create_string_buffer(_VAL.size * max_entries)
+        counts = maps.counts
+        self._keys = ctypes.create_string_buffer(KEY.size * counts.max_entries)
+        self._vals = ctypes.create_string_buffer(VAL.size * counts.max_entries)
         # The latency map, when the completion probe is attached (None: latency unavailable).
         self.latency_problem: str | None = latency_problem
-        self._lat_max = latency_entries
-        self._lat_fd: int | None = None
         self._lat_keys = self._lat_vals = ctypes.create_string_buffer(0)
-        if latency_problem is None:
-            self._lat_fd = bpf[b"dg_lat"].map_fd
-            self._lat_keys = ctypes.create_string_buffer(_KEY.size * latency_entries)
-            self._lat_vals = ctypes.create_string_buffer(_LAT.size * latency_entries)
+        if maps.latency is None and latency_problem is None:
+            raise ValueError("latency is available but no latency map was given")
+        if maps.latency is not None and latency_problem is None:
+            n = maps.latency.max_entries
+            self._lat_keys = ctypes.create_string_buffer(KEY.size * n)
+            self._lat_vals = ctypes.create_string_buffer(LAT.size * n)
         self._batch_ok = True
-        # read() runs in worker threads; the batch buffers and the BCC object are shared.
+        # read() runs in worker threads; the batch buffers and the maps are shared.
         self._lock = threading.Lock()
+        self.set_devices(devices)
 
     @property
     def degraded(self) -> str | None:
@@ -321,64 +359,65 @@ class BpfSampler:
     def devices(self) -> Sequence[Device]:
         return self._devices
 
-    def _entries(self) -> Iterator[tuple[int, int, int, int, int, int]]:
-        """(cgroup id, major, minor, dir, ios, bytes) for every map entry."""
-        if self._batch_ok:
-            try:
-                n = self._lookup_batch(self._fd, self._max, self._keys, self._vals, _VAL.size)
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
-                    raise
-                self._batch_ok = False  # kernel without BPF_MAP_LOOKUP_BATCH (< 5.6)
-            else:
-                keys = memoryview(self._keys)[: n * _KEY.size]
-                vals = memoryview(self._vals)[: n * _VAL.size]
-                for (cg, major, minor, direction, _), (ios, nbytes) in zip(
-                    _KEY.iter_unpack(keys), _VAL.iter_unpack(vals), strict=True
-                ):
-                    yield cg, major, minor, direction, ios, nbytes
-                return
-        for k, v in self._bpf[b"dg_counts"].items():
-            yield k.cgroup_id, k.major, k.minor, k.dir, v.ios, v.bytes
+    def _open_maps(self) -> Maps:
+        if self._maps is None:
+            raise RuntimeError("sampler is closed")
+        return self._maps
 
-    def _lookup_batch(
+    def set_devices(self, devices: Sequence[Device]) -> None:
+        """Count IO on these disks from now on (the data disks changed): the program's
+        device filter map is updated in place, the program stays attached."""
+        new = tuple(dict.fromkeys(devices))
+        with self._lock:
+            table = self._open_maps().devices
+            wanted = {(d.major, d.minor) for d in new}
+            for major, minor in set(self._by_number) - wanted:
+                table.delete(DEV.pack(major, minor))
+            for major, minor in wanted - set(self._by_number):
+                table.update(DEV.pack(major, minor), bytes(DEVICE_VALUE(1)))
+            self._devices = new
+            self._by_number = {(d.major, d.minor): d for d in new}
+
+    def filtered_devices(self) -> set[tuple[int, int]]:
+        """(major, minor) pairs in the kernel's device filter map, read back."""
+        with self._lock:
+            return {DEV.unpack(k) for k in self._open_maps().devices.walk_keys()}
+
+    def _raw(
         self,
-        fd: int,
-        limit: int,
+        table: BpfMap,
         keys: ctypes.Array[ctypes.c_char],
         vals: ctypes.Array[ctypes.c_char],
-        val_size: int,
-    ) -> int:
-        from bcc.libbcc import lib  # imported lazily: bcc is optional
+        val: struct.Struct,
+    ) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Every (key, value) of a map, unpacked: one BPF_MAP_LOOKUP_BATCH walk, or
+        get-next-key plus a lookup per entry where the kernel lacks batches (< 5.6)."""
+        if self._batch_ok:
+            try:
+                n = table.lookup_batch(keys, vals)
+            except BpfError as e:
+                if e.errno not in NO_BATCH:
+                    raise
+                self._batch_ok = False
+            else:
+                yield from zip(
+                    KEY.iter_unpack(memoryview(keys)[: n * KEY.size]),
+                    val.iter_unpack(memoryview(vals)[: n * val.size]),
+                    strict=True,
+                )
+                return
+        for k, v in table.items_walk():
+            yield KEY.unpack(k), val.unpack(v)
 
-        token_in = ctypes.c_uint32(0)
-        token_out = ctypes.c_uint32(0)
-        count = ctypes.c_uint32(0)
-        total = 0
-        while total < limit:
-            count.value = limit - total
-            res = lib.bpf_lookup_batch(
-                fd,
-                ctypes.byref(token_in) if total else None,
-                ctypes.byref(token_out),
-                ctypes.byref(keys, _KEY.size * total),
-                ctypes.byref(vals, val_size * total),
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            total += count.value
-            if res != 0:
-                if err == errno.ENOENT:
-                    break  # walked the whole map
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-            if count.value == 0:
-                break
-            token_in.value = token_out.value
-        return total
+    def _entries(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """(cgroup id, major, minor, dir, ios, bytes) for every map entry."""
+        counts = self._open_maps().counts
+        for (cg, major, minor, direction, _), (ios, nbytes) in self._raw(
+            counts, self._keys, self._vals, VAL
+        ):
+            yield cg, major, minor, direction, ios, nbytes
 
     def _totals(self, wanted: set[int] | None) -> dict[int, dict[Device, list[int]]]:
-        if self._bpf is None:
-            raise RuntimeError("sampler is closed")
         found: dict[int, dict[Device, list[int]]] = {}
         for cg, major, minor, direction, ios, nbytes in self._entries():
             if wanted is not None and cg not in wanted:
@@ -416,47 +455,23 @@ class BpfSampler:
     ) -> Iterator[tuple[int, int, int, int, LatencyHistogram]]:
         """(cgroup id, major, minor, dir, histogram) for the map entries of wanted cgroups
         (histogram objects are built only for those)."""
-        assert self._lat_fd is not None
-        if self._batch_ok:
-            try:
-                n = self._lookup_batch(
-                    self._lat_fd, self._lat_max, self._lat_keys, self._lat_vals, _LAT.size
-                )
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524):
-                    raise
-                self._batch_ok = False
-            else:
-                keys = memoryview(self._lat_keys)[: n * _KEY.size]
-                vals = memoryview(self._lat_vals)[: n * _LAT.size]
-                for (cg, major, minor, direction, _), val in zip(
-                    _KEY.iter_unpack(keys), _LAT.iter_unpack(vals), strict=True
-                ):
-                    if cg in wanted:
-                        yield cg, major, minor, direction, LatencyHistogram(val[:SLOTS], val[SLOTS])
-                return
-        for k, v in self._bpf[b"dg_lat"].items():
-            if k.cgroup_id not in wanted:
-                continue
-            yield (
-                k.cgroup_id,
-                k.major,
-                k.minor,
-                k.dir,
-                LatencyHistogram(tuple(v.slots), v.sum_ns),
-            )
+        table = self._open_maps().latency
+        assert table is not None
+        for (cg, major, minor, direction, _), val in self._raw(
+            table, self._lat_keys, self._lat_vals, LAT
+        ):
+            if cg in wanted:
+                yield cg, major, minor, direction, LatencyHistogram(val[:SLOTS], val[SLOTS])
 
     def read_latency(self, targets: Sequence[Target]) -> LatencySnapshot | None:
         """Cumulative service-time histograms per target and data device, or None when the
         completion probe is not attached. Like `read`, leaves out targets that are gone."""
-        if self._lat_fd is None:
+        if self.latency_problem is not None:
             return None
         wanted = {t.cgroup_id for t in targets}
         # One map entry per (cgroup, device, direction): no summing needed.
         found: dict[int, dict[Device, dict[int, LatencyHistogram]]] = {}
         with self._lock:
-            if self._bpf is None:
-                raise RuntimeError("sampler is closed")
             for cg, major, minor, direction, hist in self._latency_entries(wanted):
                 dev = self._by_number.get((major, minor))
                 if dev is not None:
@@ -499,16 +514,27 @@ class BpfSampler:
         return out
 
     def close(self) -> None:
+        """Close the maps and let go of the attachment: the kernel detaches the program
+        once no descriptor of it is left (also when this process dies, SIGKILL included)."""
         with self._lock:
-            bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            bpf.cleanup()  # detaches the tracepoint, closes program and map fds
+            maps, self._maps = self._maps, None
+            self._bpf = None
+        if maps is not None:
+            maps.close()
+            self._release()
 
 
-def _set_devices(bpf: Any, devices: Sequence[Device]) -> None:
-    table = bpf[b"dg_devices"]
-    for dev in devices:
-        table[table.Key(dev.major, dev.minor)] = ctypes.c_uint8(1)
+# ---------------------------------------------------------------- compiling (BCC)
+
+
+@attrs.frozen
+class Loaded:
+    """A compiled, loaded and attached program, still held by the BCC object `bpf`."""
+
+    bpf: Any
+    info: dict[str, str]
+    degraded: str | None
+    latency_problem: str | None
 
 
 def _compile(bcc: Any, source: str, cflags: list[str], headers: Path, described: str) -> Any:
@@ -526,17 +552,26 @@ def _compile(bcc: Any, source: str, cflags: list[str], headers: Path, described:
         ) from e
 
 
-def open_bpf_sampler(
-    devices: Sequence[Device],
-    cgroup_root: Path,
-    version: CgroupVersion,
-    log: Logger,
-    options: BpfOptions | None = None,
-) -> BpfSampler:
-    """Compile, load and attach the program; raises SamplerUnavailable with the reason."""
-    opts = options or BpfOptions()
+def preflight(devices: Sequence[Device]) -> None:
+    """The cheap reasons BPF cannot run here, checked before anything is compiled (and
+    without importing bcc)."""
     if not devices:
         raise SamplerUnavailable("no data devices to measure")
+    if os.geteuid() != 0:
+        raise SamplerUnavailable("not root: loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN")
+    try:
+        found = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError) as e:
+        found, why = None, str(e)
+    else:
+        why = "no module named 'bcc'"
+    if found is None:
+        raise SamplerUnavailable(f"BCC missing (python3-bpfcc not importable: {why})")
+
+
+def load_program(version: CgroupVersion, log: Logger, opts: BpfOptions) -> Loaded:
+    """Compile, load and attach the program with BCC (imported here, in whichever process
+    calls this: the loader, or a benchmark); raises SamplerUnavailable with the reason."""
     if os.geteuid() != 0:
         raise SamplerUnavailable("not root: loading BPF programs needs CAP_BPF/CAP_SYS_ADMIN")
     try:
@@ -609,14 +644,6 @@ def open_bpf_sampler(
         attach = attach.split(",")[0]
         bpf = _compile(bcc, source, cflags, headers.path, headers.describe())
     compile_s = time.monotonic() - started
-    _release_compiler_heap()
-    _release_compiler_code()
-    try:
-        _set_devices(bpf, devices)
-    except Exception as e:
-        bpf.cleanup()
-        raise SamplerUnavailable(f"cannot configure BPF device filter: {e}") from e
-
     info = {
         "headers": headers.describe(),
         "headers_path": str(headers.path),
@@ -625,22 +652,79 @@ def open_bpf_sampler(
         "btf": str(opts.btf_path) if btf is not None else "unavailable",
         "latency": latency_problem or "issue -> completion histograms",
     }
+    return Loaded(bpf, info, degraded, latency_problem)
+
+
+def bcc_maps(bpf: Any, latency: bool) -> dict[str, int]:
+    """Map name -> descriptor (BCC's own) of the maps the agent uses."""
+    names = ["dg_counts", "dg_devices"] + (["dg_lat"] if latency else [])
+    return {name: bpf[name.encode()].map_fd for name in names}
+
+
+def bcc_map_sizes(bpf: Any, latency: bool) -> dict[str, tuple[int, int]]:
+    """Map name -> (key size, value size) as BCC derived them from the C source."""
+    names = ["dg_counts", "dg_devices"] + (["dg_lat"] if latency else [])
+    out = {}
+    for name in names:
+        table = bpf[name.encode()]
+        out[name] = (ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))
+    return out
+
+
+def maps_from(fds: dict[str, int], latency: bool) -> Maps:
+    """Maps over descriptors now owned by the Maps (closed with it)."""
+    opened = {name: BpfMap.from_fd(name, fd) for name, fd in fds.items()}
+    return Maps(opened["dg_counts"], opened["dg_devices"], opened["dg_lat"] if latency else None)
+
+
+def open_bpf_sampler_in_process(
+    devices: Sequence[Device],
+    cgroup_root: Path,
+    version: CgroupVersion,
+    log: Logger,
+    options: BpfOptions | None = None,
+) -> BpfSampler:
+    """Compile and attach in this process (BCC and LLVM stay mapped here): for benchmarks
+    that reach into the BCC object. The agent uses `open_bpf_sampler`."""
+    opts = options or BpfOptions()
+    preflight(devices)
+    loaded = load_program(version, log, opts)
+    bpf = loaded.bpf
+    _release_compiler_heap()
+    _release_compiler_code()
+    latency = loaded.latency_problem is None
     try:
+        fds = {name: os.dup(fd) for name, fd in bcc_maps(bpf, latency).items()}
         sampler = BpfSampler(
-            bpf,
+            maps_from(fds, latency),
             devices,
             cgroup_root,
             log,
-            degraded,
-            info,
-            opts.max_entries,
-            latency_problem,
-            opts.latency_entries,
+            loaded.degraded,
+            loaded.info,
+            bpf.cleanup,
+            loaded.latency_problem,
+            keep=bpf,
         )
     except Exception as e:
         bpf.cleanup()
-        raise SamplerUnavailable(f"cannot read the BPF counter map: {e}") from e
-    if degraded:
-        log.warning("BPF sampler degraded", reason=degraded)
-    log.info("BPF sampler loaded", **info)
+        raise SamplerUnavailable(f"cannot use the BPF maps: {e}") from e
+    if loaded.degraded:
+        log.warning("BPF sampler degraded", reason=loaded.degraded)
+    log.info("BPF sampler loaded", **loaded.info)
     return sampler
+
+
+def open_bpf_sampler(
+    devices: Sequence[Device],
+    cgroup_root: Path,
+    version: CgroupVersion,
+    log: Logger,
+    options: BpfOptions | None = None,
+) -> BpfSampler:
+    """Compile, load and attach the program in a short-lived loader process, which hands
+    the attachment and the maps over (diskguard.sampler.handoff): BCC, LLVM and clang never
+    enter this process. Raises SamplerUnavailable with the reason."""
+    from diskguard.sampler.handoff import open_via_loader
+
+    return open_via_loader(devices, cgroup_root, version, log, options or BpfOptions())
