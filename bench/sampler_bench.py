@@ -33,7 +33,11 @@ sys.path.insert(0, str(REPO))
 from diskguard.model import CgroupVersion, Device  # noqa: E402
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup  # noqa: E402
 from diskguard.sampler.base import Target  # noqa: E402
-from diskguard.sampler.bpf import BpfOptions, BpfSampler, open_bpf_sampler  # noqa: E402
+from diskguard.sampler.bpf import (  # noqa: E402
+    BpfOptions,
+    BpfSampler,
+    open_bpf_sampler_in_process as open_bpf_sampler,
+)
 from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
 from diskguard.sampler.latency import latency_between  # noqa: E402
@@ -356,7 +360,8 @@ def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> No
         "import sys, json, time, resource\n"
         "from pathlib import Path\n"
         "from diskguard.model import Device, CgroupVersion\n"
-        "from diskguard.sampler.bpf import open_bpf_sampler, BpfOptions\n"
+        "from diskguard.sampler.bpf import open_bpf_sampler_in_process as open_bpf_sampler\n"
+        "from diskguard.sampler.bpf import BpfOptions\n"
         "def rss():\n"
         "    f = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
         "    return '/'.join(str(int(f[k].split()[0]) // 1024) for k in"

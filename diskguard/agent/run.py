@@ -169,6 +169,11 @@ class Agent:
         """The data disks changed: limits go to the new ones, diskguard's come off the old."""
         async with self._kernel_lock:  # between two apply batches
             self.applier.set_devices(devices)
+            if self._sampler is not None and devices:  # the BPF device filter map, too
+                try:
+                    await trio.to_thread.run_sync(self._sampler.set_devices, devices)
+                except Exception as exc:  # measuring must not stop enforcement
+                    log.warning("sampler: cannot switch to the new data disks: %s", exc)
         self.reconciler.resync_now()
 
     def readiness_problem(self) -> str:

@@ -81,6 +81,10 @@ class Sampler(Protocol):
         """Why this sampler measures no latency, or None when it does."""
         ...
 
+    def set_devices(self, devices: Sequence[Device]) -> None:
+        """Measure these data devices from now on (the data disks changed)."""
+        ...
+
     def read(self, targets: Sequence[Target]) -> Snapshot: ...
 
     def read_latency(self, targets: Sequence[Target]) -> LatencySnapshot | None:

@@ -119,6 +119,10 @@ class CgroupSampler:
     def devices(self) -> Sequence[Device]:
         return self._devices
 
+    def set_devices(self, devices: Sequence[Device]) -> None:
+        """Read these disks' counters from now on (the data disks changed)."""
+        self._devices = tuple(dict.fromkeys(devices))
+
     def _warn_once(self, target: Target, what: str, **kw: object) -> None:
         if (target, what) not in self._warned:
             self._warned.add((target, what))

@@ -18,12 +18,19 @@ import attrs
 
 from diskguard.config import Config, ConfigError, load_config
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, Access, denied_access
-from diskguard.model import CgroupDriver, CgroupVersion
+from diskguard.model import CgroupDriver, CgroupVersion, SamplerKind
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, resolve_data_devices
 from diskguard.node.kubepods import container_cgroups, kubepods_dirs
-from diskguard.sampler.bpf import COMPLETE_TRACEPOINT, blkcg_layout, latency_layout
+from diskguard.sampler.base import SamplerUnavailable
+from diskguard.sampler.bpf import (
+    COMPLETE_TRACEPOINT,
+    BpfOptions,
+    blkcg_layout,
+    latency_layout,
+    open_bpf_sampler,
+)
 from diskguard.sampler.btf import BTF, VMLINUX_BTF, BTFError
 
 
@@ -52,6 +59,7 @@ class Doctor:
     env: Mapping[str, str]
     findings: list[Finding] = attrs.Factory(list)
     btf_path: Path = VMLINUX_BTF
+    bpf_options: BpfOptions = attrs.Factory(BpfOptions)
 
     def add(self, check: str, status: Status, detail: str) -> None:
         self.findings.append(Finding(check, status, detail))
@@ -68,6 +76,8 @@ class Doctor:
             self._layout(config, hierarchy)
         self._devices(config)
         self._bpf()
+        if hierarchy is not None:
+            self._bpf_loader(config, hierarchy)
         self._latency()
         self._api(config)
         return self.findings
@@ -146,7 +156,7 @@ class Doctor:
         if not Path("/sys/kernel/btf/vmlinux").exists():
             problems.append("no /sys/kernel/btf/vmlinux: per-container attribution degrades")
         tracefs = any(
-            Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+            _is_dir(Path(p, "events")) for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
         )
         if not tracefs:
             problems.append("tracefs is not mounted (the agent mounts it if it may)")
@@ -154,6 +164,40 @@ class Doctor:
             self.add("eBPF sampling", Status.WARN, "; ".join(problems))
         else:
             self.add("eBPF sampling", Status.OK, "bcc importable, BTF and tracefs present")
+
+    def _bpf_loader(self, config: Config, hierarchy: CgroupHierarchy) -> None:
+        """Run the BPF loader as the agent would (compile, load, attach, hand over), then
+        detach: says why the agent measures with the cgroup counters instead, if it does."""
+        check = "eBPF loader"
+        if config.sampler is SamplerKind.CGROUP:
+            self.add(check, Status.OK, "not used (SAMPLER=cgroup)")
+            return
+        # SAMPLER=bpf refuses to start without it; auto falls back to the cgroup counters.
+        if config.sampler is SamplerKind.BPF:
+            failed, then = Status.FAIL, "SAMPLER=bpf: the agent will not start"
+        else:
+            failed, then = Status.WARN, "the agent measures with the cgroup IO counters"
+        try:
+            devices = resolve_data_devices(config.data_mounts)
+        except DeviceError:
+            self.add(check, Status.WARN, "not tried: no data devices (see above)")
+            return
+        try:
+            sampler = open_bpf_sampler(
+                devices, hierarchy.path, hierarchy.version, _QuietLog(), self.bpf_options
+            )
+        except SamplerUnavailable as exc:
+            self.add(check, failed, f"{exc} ({then})")
+            return
+        info = sampler.info
+        sampler.close()
+        self.add(
+            check,
+            Status.OK,
+            f"compiled and attached in a loader process in {info.get('loader_seconds')}s "
+            f"(compile {info.get('compile_seconds')}s, loader peak "
+            f"{int(info.get('loader_peak_kib', '0')) // 1024} MiB): {info.get('attached')}",
+        )
 
     def _latency(self) -> None:
         """Can the BPF sampler time requests (issue -> completion) per container? It needs
@@ -228,6 +272,23 @@ class Doctor:
             )
         else:
             self.add("RBAC (smart limit)", Status.OK, "allowed: " + ", ".join(map(str, wanted)))
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # EACCES when not root: then it is unusable anyway
+        return False
+
+
+class _QuietLog:
+    """The loader's log lines are not findings: the finding says what matters."""
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
 
 
 def run_doctor(env: Mapping[str, str], echo: Callable[[str], None], *, as_json: bool) -> int:

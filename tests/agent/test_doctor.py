@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Cluster
+from .conftest import Cluster, scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -23,7 +23,7 @@ def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, Any]]:
         env=full,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(90),  # the eBPF loader check compiles the program
         check=False,
     )
     findings = {f["check"]: f for f in json.loads(done.stdout)}
@@ -32,7 +32,7 @@ def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, Any]]:
 
 def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
     cluster.add_pod("web")
-    code, found = doctor(cluster)
+    code, found = doctor(cluster, SAMPLER="auto")
     assert code == 0, json.dumps(found, indent=1)
     assert found["cgroup hierarchy"]["status"] == "ok"
     assert cluster.hierarchy.version.value in found["cgroup hierarchy"]["detail"]
@@ -44,6 +44,13 @@ def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
     # Says whether per-container latency can be measured (BTF and the completion probe).
     latency = found["latency (completion probe)"]
     assert latency["status"] == ("ok" if Path("/sys/kernel/btf/vmlinux").exists() else "warn")
+    # The loader check really compiled and attached (or says why not: then the agent
+    # measures with cgroup counters, and doctor must say so).
+    loader = found["eBPF loader"]
+    if loader["status"] == "ok":
+        assert "compiled and attached in a loader process" in loader["detail"], loader
+    else:
+        assert loader["status"] == "warn" and "cgroup IO counters" in loader["detail"], loader
 
 
 def test_doctor_names_what_is_wrong(cluster: Cluster) -> None:
