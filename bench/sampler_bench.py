@@ -33,10 +33,12 @@ sys.path.insert(0, str(REPO))
 from diskguard.model import CgroupVersion, Device  # noqa: E402
 from diskguard.node.cgroups import CgroupHierarchy, detect_cgroup  # noqa: E402
 from diskguard.sampler.base import Target  # noqa: E402
+
+# In process (not the agent's loader path): the benchmarks toggle BCC's attachments.
 from diskguard.sampler.bpf import (  # noqa: E402
     BpfOptions,
     BpfSampler,
-    open_bpf_sampler_in_process as open_bpf_sampler,
+    open_bpf_sampler_in_process,
 )
 from diskguard.sampler.btf import BTF, VMLINUX_BTF  # noqa: E402
 from diskguard.sampler.cgroupfs import CgroupSampler  # noqa: E402
@@ -235,7 +237,7 @@ def probe_cost(
         f"\n== completion probe cost: {rounds} rounds of {seconds:g}s fio randrw, program with "
         "latency vs without, attached in turn"
     )
-    lean = open_bpf_sampler(
+    lean = open_bpf_sampler_in_process(
         [disk], hier.path, hier.version, QuietLog(), attrs.evolve(opts, latency=False)
     )
     cg = top / "probecost"
@@ -360,8 +362,7 @@ def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> No
         "import sys, json, time, resource\n"
         "from pathlib import Path\n"
         "from diskguard.model import Device, CgroupVersion\n"
-        "from diskguard.sampler.bpf import open_bpf_sampler_in_process as open_bpf_sampler\n"
-        "from diskguard.sampler.bpf import BpfOptions\n"
+        "from diskguard.sampler.bpf import open_bpf_sampler_in_process, BpfOptions\n"
         "def rss():\n"
         "    f = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
         "    return '/'.join(str(int(f[k].split()[0]) // 1024) for k in"
@@ -372,7 +373,8 @@ def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> No
         "import bcc\n"
         "before = rss()\n"
         "t = time.monotonic()\n"
-        f"s = open_bpf_sampler([Device({disk.major}, {disk.minor})], Path('{hier.path}'), "
+        f"s = open_bpf_sampler_in_process([Device({disk.major}, {disk.minor})], "
+        f"Path('{hier.path}'), "
         f"CgroupVersion('{hier.version.value}'), L(),"
         f" BpfOptions(cache_dir=Path('{opts.cache_dir}')))\n"
         "total = time.monotonic() - t\n"
@@ -444,7 +446,9 @@ def main() -> None:
             prepare_fio_file(ld.mount, 64)
             if "compile" in only:
                 compile_and_rss(hier, ld.device, opts)
-            bpf = open_bpf_sampler([ld.device], hier.path, hier.version, QuietLog(), opts)
+            bpf = open_bpf_sampler_in_process(
+                [ld.device], hier.path, hier.version, QuietLog(), opts
+            )
             try:
                 print(f"  headers used: {bpf.info['headers']}")
                 print(f"  latency: {bpf.info['latency']}")
