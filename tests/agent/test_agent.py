@@ -443,6 +443,38 @@ async def test_sigterm_detaches_the_bpf_program_and_keeps_the_limits(cluster: Cl
 
 
 @pytest.mark.bpf
+async def test_sigkill_of_the_agent_leaves_no_bpf_program_attached(cluster: Cluster) -> None:
+    """BCC compiles in the loader process, which hands the attachment to the agent and
+    exits: once the agent is SIGKILLed (no cleanup runs) nothing holds the programs, and
+    the kernel detaches them. Nothing of BCC/LLVM is mapped in the agent meanwhile."""
+    pod = cluster.add_pod("bpf", annotations={f"{P}/iops": "100"})
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    proc = agent_subprocess(cluster.env(SAMPLER="bpf"))
+    try:
+        await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=30)
+        with trio.fail_after(scaled(30)):
+            while not (mine := _bpf_program_ids_of(proc.pid)):
+                assert proc.poll() is None, agent_output(proc)[-2000:]
+                await trio.sleep(0.1)
+        assert mine <= {prog for prog, _ in _bpf_programs()}
+        mapped = await trio.Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libbcc" not in mapped and "libLLVM" not in mapped, "BCC in the agent"
+        proc.kill()
+        with trio.fail_after(scaled(10)):
+            assert await trio.to_thread.run_sync(proc.wait) == -signal.SIGKILL
+        with trio.move_on_after(scaled(10)):  # the kernel's deferred free (see above)
+            while {prog for prog, _ in _bpf_programs()} & mine:
+                await trio.sleep(0.05)
+        left = {prog for prog, _ in _bpf_programs()} & mine
+        assert not left, f"BPF programs {left} left attached after SIGKILL"
+        assert cluster.kernel(cg) == IOLimits(100, 100)  # limits stay
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.bpf
 async def test_stopping_the_agent_in_process_detaches_bpf(
     cluster: Cluster, start_agent: Any
 ) -> None:
