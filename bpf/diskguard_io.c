@@ -42,6 +42,9 @@
 #define DG_DIR_READ 0
 #define DG_DIR_WRITE 1
 
+// The agent reads and writes the maps below without BCC, through the ctypes twins of these
+// structs in diskguard/sampler/maplayout.py: change both together (the agent checks the sizes
+// BCC and the kernel report against its own before reading; tests/sampler/test_handoff.py too).
 struct dg_key {
     u64 cgroup_id;
     u32 major;

@@ -693,8 +693,10 @@ def open_bpf_sampler_in_process(
     _release_compiler_heap()
     _release_compiler_code()
     latency = loaded.latency_problem is None
+    fds: dict[str, int] = {}
     try:
-        fds = {name: os.dup(fd) for name, fd in bcc_maps(bpf, latency).items()}
+        for name, fd in bcc_maps(bpf, latency).items():
+            fds[name] = os.dup(fd)  # the sampler's own, closed with it
         sampler = BpfSampler(
             maps_from(fds, latency),
             devices,
@@ -707,6 +709,9 @@ def open_bpf_sampler_in_process(
             keep=bpf,
         )
     except Exception as e:
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
         bpf.cleanup()
         raise SamplerUnavailable(f"cannot use the BPF maps: {e}") from e
     if loaded.degraded:
