@@ -491,3 +491,31 @@ async def test_stopping_the_agent_in_process_detaches_bpf(
     with trio.fail_after(scaled(5)):
         while loaded & _bpf_programs():
             await trio.sleep(0.05)
+
+
+@pytest.mark.bpf
+async def test_new_data_disks_reach_the_bpf_device_filter(
+    cluster: Cluster, start_agent: Any, tmp_path: Path
+) -> None:
+    """When the data disks change, the agent rewrites the handed-over program's device
+    filter map itself (no BCC in the agent, no reload)."""
+    from kernel_fixtures import loop_disk_ctx
+
+    from diskguard.sampler.bpf import BpfSampler
+
+    cluster.add_pod("bpf")
+    running = await start_agent(SAMPLER="bpf")
+    with trio.fail_after(scaled(60)):
+        await running.agent.measuring.wait()
+    sampler = running.agent._sampler
+    assert isinstance(sampler, BpfSampler)
+    assert sampler.filtered_devices() == {(cluster.device.major, cluster.device.minor)}
+    with loop_disk_ctx(tmp_path / "second") as second:
+        await running.agent._move_limits((cluster.device, second.device))
+        assert sampler.filtered_devices() == {
+            (d.major, d.minor) for d in (cluster.device, second.device)
+        }
+        assert set(sampler.devices) == {cluster.device, second.device}
+        await running.agent._move_limits((cluster.device,))
+        assert sampler.filtered_devices() == {(cluster.device.major, cluster.device.minor)}
+    running.stop()
