@@ -241,6 +241,6 @@ def open_via_loader(
         handoff.close_all()
         raise SamplerUnavailable(f"cannot use what the BPF loader handed over: {e}") from e
     if sampler.degraded:
-        log.warning("sampler.bpf.degraded", reason=sampler.degraded)
-    log.info("sampler.bpf.loaded", **sampler.info)
+        log.warning("BPF sampler degraded", reason=sampler.degraded)
+    log.info("BPF sampler loaded", **sampler.info)
     return sampler

@@ -499,9 +499,8 @@ async def test_new_data_disks_reach_the_bpf_device_filter(
 ) -> None:
     """When the data disks change, the agent rewrites the handed-over program's device
     filter map itself (no BCC in the agent, no reload)."""
-    from kernel_fixtures import loop_disk_ctx
-
     from diskguard.sampler.bpf import BpfSampler
+    from tests.kernel_fixtures import loop_disk_ctx
 
     cluster.add_pod("bpf")
     running = await start_agent(SAMPLER="bpf")

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-from kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from diskguard.model import CgroupVersion, SamplerKind
 from diskguard.node.cgroups import CgroupHierarchy
@@ -30,6 +29,7 @@ from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.sampler.factory import open_sampler
 from diskguard.sampler.handoff import open_via_loader, run_loader
 from diskguard.sampler.maplayout import expected_sizes
+from tests.kernel_fixtures import KubeletRoot, LoopDisk, RunInCgroup
 
 from .conftest import RecordingLog, fio_result, start_fio
 
@@ -163,7 +163,7 @@ def test_a_failing_loader_falls_back_to_the_cgroup_counters(
         assert sampler.degraded is not None
         assert "BPF compile/load failed" in sampler.degraded, sampler.degraded
         assert "this is not C" in sampler.degraded or "error" in sampler.degraded
-        [warned] = log.named("sampler.bpf_unavailable")
+        [warned] = log.named("BPF sampler unavailable")
         assert "BPF compile/load failed" in warned["reason"]
     finally:
         sampler.close()
