@@ -173,7 +173,7 @@ class Agent:
                 try:
                     await trio.to_thread.run_sync(self._sampler.set_devices, devices)
                 except Exception as exc:  # measuring must not stop enforcement
-                    log.warning("sampler: cannot switch to the new data disks: %s", exc)
+                    log.warning("sampler cannot follow the new data disks", error=str(exc))
         self.reconciler.resync_now()
 
     def readiness_problem(self) -> str:
