@@ -115,25 +115,27 @@ def test_limit_wait_is_not_device_latency(
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
-    """Held at 50 write IOPS, writes wait in blk-throttle before they become requests
+    """Held at 20 write IOPS, writes wait in blk-throttle before they become requests
     (released in bursts per throttle slice: most pass at once, some wait ~100 ms): fio's
     clat tail and mean show the wait, the device histogram does not."""
     assert disk.mount is not None
     cg = kubelet_root.leaf("limited")
     target = Target.of(cg)
     backend = backend_for(cgroup_hierarchy.version)
-    backend.write(cg, disk.device, IOLimits(wiops=50))
-    assert backend.read(cg)[(disk.device.major, disk.device.minor)].wiops == 50
+    # 20 IOPS: each IO waits ~50 ms for the limit, an order of magnitude above the disk's
+    # service time even for a loop disk in an emulated guest on a loaded host (3.3 ms seen).
+    backend.write(cg, disk.device, IOLimits(wiops=20))
+    assert backend.read(cg)[(disk.device.major, disk.device.minor)].wiops == 20
     before = bpf_sampler.read_latency([target])
-    fio = fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randwrite", number_ios=150))
+    fio = fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randwrite", number_ios=100))
     after = bpf_sampler.read_latency([target])
     hist = added(after, before, target)[disk.device].write
-    assert fio.write_iops < 60, fio  # the limit held
+    assert fio.write_iops < 24, fio  # the limit held
     assert hist.count == fio.write_ios, (hist.count, fio.write_ios)
-    # QD1: each IO's mean wait as the application saw it (>= 15 ms at <= 60 IOPS).
+    # QD1: each IO's mean wait as the application saw it (>= 40 ms at <= 24 IOPS).
     fio_mean = fio.runtime_s / fio.write_ios
     ours_mean = hist.sum_ns / hist.count / 1e9
-    assert ours_mean < fio_mean / 10, (ours_mean, fio_mean, hist.slots)
+    assert ours_mean < fio_mean / 5, (ours_mean, fio_mean, hist.slots)
     ours99 = hist.quantile(0.99)
     assert fio.write_clat_p99_s is not None and ours99 is not None
     # The limit's slice wait (~100 ms) is fio's tail; ours is the disk's (sub-ms on the host,

@@ -56,12 +56,24 @@ def test_sibling_cgroups_bpf_matches_fio_and_kernel_counters(
     bpf_rates.update(bpf_before)
     kernel_rates.update(kernel_before)
 
+    # A count of IOs, not a time: a CPU-starved or emulated machine takes longer for them
+    # instead of doing too few (about 3 s at these rates on a quiet machine).
     procs = [
         start_fio(
-            run_in_cgroup, writer, disk.mount, "randwrite", runtime=3, extra=["--rate_iops=150"]
+            run_in_cgroup,
+            writer,
+            disk.mount,
+            "randwrite",
+            number_ios=450,
+            extra=["--rate_iops=150"],
         ),
         start_fio(
-            run_in_cgroup, reader, disk.mount, "randread", runtime=3, extra=["--rate_iops=400"]
+            run_in_cgroup,
+            reader,
+            disk.mount,
+            "randread",
+            number_ios=1200,
+            extra=["--rate_iops=400"],
         ),
     ]
     w_fio, r_fio = (fio_result(p) for p in procs)
@@ -74,7 +86,7 @@ def test_sibling_cgroups_bpf_matches_fio_and_kernel_counters(
     w_bpf, r_bpf = (delta(bpf_after, bpf_before, t, dev) for t in targets)
     w_kernel, r_kernel = (delta(kernel_after, kernel_before, t, dev) for t in targets)
 
-    assert w_fio.write_ios > 300 and r_fio.read_ios > 800, "fio did too little IO"
+    assert (w_fio.write_ios, r_fio.read_ios) == (450, 1200), "fio did not do its IOs"
     # The writer only wrote, the reader only read: any other count is cross-attribution.
     assert w_bpf.rios == 0 and r_bpf.wios == 0, (w_bpf, r_bpf)
     assert within(w_bpf.wios, w_fio.write_ios, 0.01), (w_bpf, w_fio)
@@ -91,7 +103,8 @@ def test_sibling_cgroups_bpf_matches_fio_and_kernel_counters(
         b, k = bpf_r[t][dev], kernel_r[t][dev]
         assert within(k.riops, b.riops, 0.05) and within(k.wiops, b.wiops, 0.05), (b, k)
         assert within(k.rbps, b.rbps, 0.05) and within(k.wbps, b.wbps, 0.05), (b, k)
-    # Different rates really were told apart (150 vs 400 IOPS while fio ran).
+    # Different amounts over the same interval really were told apart (1,200 reads vs 450
+    # writes, whatever the machine's speed).
     assert bpf_r[targets[1]][dev].riops > 2 * bpf_r[targets[0]][dev].wiops
 
 
