@@ -24,7 +24,6 @@ from diskguard.model import Device
 
 log = get_logger(__name__)
 
-DEFAULT_STATE_DIR = "/var/lib/diskguard"
 # The directory's files (the layout): one per kind of node state.
 LIMIT_RECORD_FILE = "limits.json"
 

@@ -331,7 +331,3 @@ def device_limits(resolution: Resolution) -> DeviceLimits:
     """What a cgroup should hold on each data device under `resolution`."""
     return DeviceLimits(resolution.limits, resolution.keep, resolution.ceilings)
 
-
-def limits_to_enforce(resolution: Resolution, kernel: IOLimits) -> IOLimits:
-    """Fold the kernel's current values into the fields the resolution keeps (clamped)."""
-    return device_limits(resolution).against(kernel)

@@ -230,10 +230,6 @@ class BTF:
             raise BTFError(f"type {tid} is not a pointer")
         return t.size_or_type
 
-    def name_of(self, tid: int) -> str:
-        tid = self._strip(tid)
-        return "" if tid == 0 else self._str(self._type(tid).name_off)
-
     # -- structs -------------------------------------------------------------------------
 
     def _members(self, tid: int) -> Iterator[tuple[str, int, int, int]]:

@@ -119,9 +119,6 @@ class KubeletRoot:
         """Create the container cgroup exactly where kubelet + runtime would put it."""
         return self.make_dirs(container_cgroup_path(ref, driver, self.prefix))
 
-    def create_all(self, ref: ContainerRef) -> dict[CgroupDriver, Path]:
-        return {driver: self.create(ref, driver) for driver in CgroupDriver}
-
     def leaf(self, name: str = "leaf") -> Path:
         """A plain cgroup under this root, for callers that do not care about the layout."""
         return self.make_dirs(Path(self.name, name))

@@ -4,7 +4,7 @@ The tests must run where no kubectl/kustomize binary is installed, so deploy/ is
 `resources` (files and directories), `components` and JSON 6902 `patches` with a `target`.
 Anything else in a kustomization is refused with a message, so a manifest that starts to
 use a feature this builder does not know fails loudly instead of being built wrong. Where
-`kubectl` is installed, test_kustomize.py checks that both builds agree.
+`kubectl` is installed, test_components.py checks that both builds agree.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from diskguard.policy.resolve import (
     KeyMemory,
     NamespacePolicy,
     Resolution,
+    device_limits,
     key_set,
-    limits_to_enforce,
     namespace_policy,
     resolve_limits,
 )
@@ -78,8 +78,8 @@ def test_invalid_value_on_first_sight_keeps_the_kernel_value() -> None:
     res = resolve({f"{P}/write-iops": "1.5", f"{P}/iops": "300"})
     assert res.keep == frozenset({"wiops"})
     assert res.limits.wiops == 300  # only where the kernel holds nothing
-    assert limits_to_enforce(res, IOLimits(wiops=42)).wiops == 42
-    assert limits_to_enforce(res, IOLimits()).wiops == 300
+    assert device_limits(res).against(IOLimits(wiops=42)).wiops == 42
+    assert device_limits(res).against(IOLimits()).wiops == 300
     assert "kernel" in res.sources[LimitField.WIOPS]
     again = resolve({f"{P}/write-iops": "1.5", f"{P}/iops": "300"}, previous=res.memory)
     assert again.keep == frozenset({"wiops"})
@@ -194,6 +194,6 @@ def test_bad_namespace_key_on_first_sight_is_ignored() -> None:
 
 def test_kept_kernel_value_is_clamped_too() -> None:
     res = resolve({f"{P}/write-iops": "abc"}, guardrails=CEIL)
-    assert limits_to_enforce(res, IOLimits(wiops=0)).wiops == 500  # nothing held: fallback
-    assert limits_to_enforce(res, IOLimits(wiops=7000)).wiops == 1000
-    assert limits_to_enforce(res, IOLimits(wiops=70)).wiops == 70
+    assert device_limits(res).against(IOLimits(wiops=0)).wiops == 500  # nothing held: fallback
+    assert device_limits(res).against(IOLimits(wiops=7000)).wiops == 1000
+    assert device_limits(res).against(IOLimits(wiops=70)).wiops == 70
