@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +412,27 @@ def _bpf_program_ids_of(pid: int) -> set[int]:
     return ids
 
 
+async def _wait_own_programs(proc: subprocess.Popen[bytes]) -> set[int]:
+    """The agent's own BPF programs, from its file descriptors: other processes on the
+    machine (another agent under test) may load programs of the same name meanwhile."""
+    with trio.fail_after(scaled(30)):
+        while not (mine := _bpf_program_ids_of(proc.pid)):
+            assert proc.poll() is None, agent_output(proc)[-2000:]
+            await trio.sleep(0.1)
+    return mine
+
+
+async def _programs_left(mine: set[int]) -> set[int]:
+    """Which of `mine` are still loaded once the kernel has had time to free them: it
+    releases a raw tracepoint's link, and then its program, from a work queue after the
+    fds close (an RCU grace period per link), so they may be listed for a while after the
+    exit; one that stays was left behind."""
+    with trio.move_on_after(scaled(10)):
+        while {prog for prog, _ in _bpf_programs()} & mine:
+            await trio.sleep(0.05)
+    return {prog for prog, _ in _bpf_programs()} & mine
+
+
 @pytest.mark.bpf
 async def test_sigterm_detaches_the_bpf_program_and_keeps_the_limits(cluster: Cluster) -> None:
     pod = cluster.add_pod("bpf", annotations={f"{P}/iops": "100"})
@@ -418,22 +440,11 @@ async def test_sigterm_detaches_the_bpf_program_and_keeps_the_limits(cluster: Cl
     proc = agent_subprocess(cluster.env(SAMPLER="bpf"))
     try:
         await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=30)
-        # The agent's own programs, from its file descriptors: other processes on the
-        # machine (another agent under test) may load programs of the same name meanwhile.
-        with trio.fail_after(scaled(30)):
-            while not (mine := _bpf_program_ids_of(proc.pid)):
-                assert proc.poll() is None, agent_output(proc)[-2000:]
-                await trio.sleep(0.1)
+        mine = await _wait_own_programs(proc)
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(scaled(10)):
             assert await trio.to_thread.run_sync(proc.wait) == 0
-        # The kernel releases a raw tracepoint's link, and then its program, from a work
-        # queue after the fds close (an RCU grace period per link): it may still be listed
-        # for a while after the exit; one that stays was left behind.
-        with trio.move_on_after(scaled(10)):
-            while {prog for prog, _ in _bpf_programs()} & mine:
-                await trio.sleep(0.05)
-        left = {prog for prog, _ in _bpf_programs()} & mine
+        left = await _programs_left(mine)
         assert not left, f"BPF programs {left} left behind"
         assert cluster.kernel(cg) == IOLimits(100, 100)
     finally:
@@ -452,20 +463,14 @@ async def test_sigkill_of_the_agent_leaves_no_bpf_program_attached(cluster: Clus
     proc = agent_subprocess(cluster.env(SAMPLER="bpf"))
     try:
         await cluster.wait_kernel(cg, IOLimits(100, 100), timeout=30)
-        with trio.fail_after(scaled(30)):
-            while not (mine := _bpf_program_ids_of(proc.pid)):
-                assert proc.poll() is None, agent_output(proc)[-2000:]
-                await trio.sleep(0.1)
+        mine = await _wait_own_programs(proc)
         assert mine <= {prog for prog, _ in _bpf_programs()}
         mapped = await trio.Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libbcc" not in mapped and "libLLVM" not in mapped, "BCC in the agent"
         proc.kill()
         with trio.fail_after(scaled(10)):
             assert await trio.to_thread.run_sync(proc.wait) == -signal.SIGKILL
-        with trio.move_on_after(scaled(10)):  # the kernel's deferred free (see above)
-            while {prog for prog, _ in _bpf_programs()} & mine:
-                await trio.sleep(0.05)
-        left = {prog for prog, _ in _bpf_programs()} & mine
+        left = await _programs_left(mine)
         assert not left, f"BPF programs {left} left attached after SIGKILL"
         assert cluster.kernel(cg) == IOLimits(100, 100)  # limits stay
     finally:

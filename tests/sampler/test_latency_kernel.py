@@ -173,28 +173,6 @@ def test_histogram_counts_match_kernel_io_counters(
     assert (lat.read.count, lat.write.count) == (counted.rios, counted.wios), (lat, counted)
 
 
-def test_batch_and_iterative_latency_reads_agree(
-    bpf_sampler: BpfSampler,
-    kubelet_root: KubeletRoot,
-    disk: LoopDisk,
-    run_in_cgroup: RunInCgroup,
-) -> None:
-    """Kernels before 5.6 lack BPF_MAP_LOOKUP_BATCH; the fallback walk must read the same."""
-    assert disk.mount is not None
-    cg = kubelet_root.leaf("both")
-    fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randrw", number_ios=200))
-    target = Target.of(cg)
-    batched = bpf_sampler.read_latency([target])
-    bpf_sampler._batch_ok = False  # what the sampler does after EINVAL from the kernel
-    try:
-        walked = bpf_sampler.read_latency([target])
-    finally:
-        bpf_sampler._batch_ok = True
-    assert batched is not None and batched == walked
-    lat = batched[target][disk.device]
-    assert lat.read.count + lat.write.count == 200 and lat.read.sum_ns > 0
-
-
 def test_a_refused_completion_probe_leaves_counting_working(
     bpf_options: BpfOptions,
     cgroup_hierarchy: CgroupHierarchy,

@@ -226,20 +226,26 @@ def test_batch_and_iterative_map_reads_agree(
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
-    """Kernels before 5.6 lack BPF_MAP_LOOKUP_BATCH; the fallback walk must read the same."""
+    """Kernels before 5.6 lack BPF_MAP_LOOKUP_BATCH; the fallback walk must read the same,
+    for the counters and for the latency histograms."""
     assert disk.mount is not None
     cg = kubelet_root.leaf("both")
     fio_result(start_fio(run_in_cgroup, cg, disk.mount, "randrw", number_ios=200))
     target = Target.of(cg)
     batched = bpf_sampler.read([target])
+    batched_lat = bpf_sampler.read_latency([target])
     bpf_sampler._batch_ok = False  # what the sampler does after EINVAL from the kernel
     try:
         walked = bpf_sampler.read([target])
+        walked_lat = bpf_sampler.read_latency([target])
     finally:
         bpf_sampler._batch_ok = True
     assert batched == walked
     counted = batched[target][disk.device]
     assert counted.rios + counted.wios == 200
+    assert batched_lat is not None and batched_lat == walked_lat
+    lat = batched_lat[target][disk.device]
+    assert lat.read.count + lat.write.count == 200 and lat.read.sum_ns > 0
 
 
 @pytest.mark.v2  # cgroup v1 has no cgroup writeback: flushed pages are charged to the root
