@@ -17,6 +17,7 @@ uniquely named and removed on exit, also after a failure, Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/core_bench.py            # full run, a few minutes
     .venv/bin/python bench/core_bench.py --quick    # under a minute
+    .venv/bin/python bench/core_bench.py --only idle --idle-seconds 20   # memory, idle CPU
 """
 
 from __future__ import annotations
@@ -605,6 +606,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--edits", type=int, help="annotation edits per latency scenario")
     p.add_argument("--repeats", type=int, help="start-up runs per size")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window")
+    p.add_argument("--idle-pods", type=int, help="pods (x 2 containers) in the idle section")
+    p.add_argument("--only", choices=("latency", "startup", "idle"),
+                   help="run one section (e.g. the memory figures alone: --only idle)")
     return p.parse_args(argv)
 
 
@@ -640,7 +644,9 @@ def main(argv: Sequence[str]) -> int:
         edits=args.edits or plan.edits,
         repeats=args.repeats or plan.repeats,
         window=args.idle_seconds or plan.window,
+        idle_pods=args.idle_pods or plan.idle_pods,
     )
+    wanted = {args.only} if args.only else {"latency", "startup", "idle"}
     command = shlex.join([interpreter(), "bench/core_bench.py", *argv])
 
     if os.geteuid() != 0:
@@ -664,18 +670,22 @@ def main(argv: Sequence[str]) -> int:
             log(f"cgroup {hierarchy.version.value} at {hierarchy.path}, data disk "
                 f"{ld.node} ({ld.device}) on {ld.mount}")
 
-            lat = []
-            for others in (0, plan.others):
+            lat: list[Latency] = []
+            for others in (0, plan.others) if "latency" in wanted else ():
                 log(f"1. edit latency: {plan.edits} edits, {others} other pods ...")
                 lat.append(bench_latency(disk, plan.edits, others, gap=0.01))
-            starts = []
-            for pods, sampler, log_run in plan.startups:
+            starts: list[Startup] = []
+            for pods, sampler, log_run in plan.startups if "startup" in wanted else ():
                 log(f"2. start-up: {pods} pods x 2 containers, SAMPLER={sampler}, "
                     f"{plan.repeats} run(s) ...")
                 starts.append(bench_startup(disk, pods, plan.repeats, sampler, log_run))
-            log(f"3. memory and idle CPU: {plan.idle_pods * 2} containers, {plan.window:g} s "
-                "windows ...")
-            idle = bench_idle(disk, plan.idle_pods, plan.window, plan.idle, plan.baseline_window)
+            idle: list[Idle] = []
+            if "idle" in wanted:
+                log(f"3. memory and idle CPU: {plan.idle_pods * 2} containers, "
+                    f"{plan.window:g} s windows ...")
+                idle = bench_idle(
+                    disk, plan.idle_pods, plan.window, plan.idle, plan.baseline_window
+                )
     except KeyboardInterrupt:
         print("core_bench: interrupted; everything created was removed", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 from kubernetes import client, config
 
+from diskguard.kube.api import CoreApi
 from diskguard.kube.events import EventRequest, EventSink, post_events
 from diskguard.testing.fakeapi import FakeAPIServer
 
@@ -44,7 +45,7 @@ def _arrivals(api: FakeAPIServer) -> dict[str, float]:
 
 async def _scenario(
     api: FakeAPIServer,
-    v1: client.CoreV1Api,
+    v1: CoreApi,
     names: list[str],
     gap: float,
     *,
@@ -96,7 +97,7 @@ async def run(repeats: int) -> None:
             config_file=api.write_kubeconfig(Path(tmp) / "kubeconfig"), client_configuration=cfg
         )
         cfg.retries = False
-        v1 = client.CoreV1Api(client.ApiClient(cfg))
+        v1 = CoreApi(client.ApiClient(cfg))
         serial = {"concurrency": 1, "burst": 1, "rate": 10.0}
         scenarios: list[tuple[str, Callable[[int], Any]]] = [
             ("3 Events at once", lambda i: _scenario(api, v1, [f"c{i}-{k}" for k in range(3)], 0)),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 import trio
-from kubernetes import client as k8s
+from kubernetes.client.api_client import ApiClient
 
 from diskguard.agent.kubelet_rates import KubeletRateTask
 from diskguard.agent.measuring import SamplingTask
@@ -22,6 +22,7 @@ from diskguard.agent.smart import SmartLimiter
 from diskguard.agent.view import AgentReadout
 from diskguard.config import Config, startup_warnings
 from diskguard.kube.access import SMART_LIMIT_ACCESS, AccessGate, denied_access
+from diskguard.kube.api import CoreApi
 from diskguard.kube.client import make_api_client
 from diskguard.kube.events import EventSink, Posting, post_events
 from diskguard.kube.kubelet import KubeletClient
@@ -73,10 +74,10 @@ class Agent:
     """The running agent's parts, reachable for tests; the HTTP side reads it only as a
     `web.view.AgentView` (answered by `agent.view.AgentReadout`)."""
 
-    def __init__(self, config: Config, node: NodeSetup, api_client: k8s.ApiClient) -> None:
+    def __init__(self, config: Config, node: NodeSetup, api_client: ApiClient) -> None:
         self.config = config
         self.node = node
-        self.api = k8s.CoreV1Api(api_client)
+        self.api = CoreApi(api_client)
         self.applier = Applier(
             node.hierarchy,
             backend_for(node.hierarchy.version),

@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import trio
-from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from diskguard.agent.reconciler import Reconciler
+from diskguard.kube.api import CoreApi
 from diskguard.kube.events import pod_event
 from diskguard.logs import get_logger
 from diskguard.model import ContainerKey, PodInfo
@@ -57,7 +57,7 @@ class SmartLimiter:
         settings: SmartSettings,
         monitor_interval: float,
         reconciler: Reconciler,
-        api: CoreV1Api,
+        api: CoreApi,
         emit: Any,
         prefix: str,
         *,

@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 import trio
-from kubernetes import client as k8s
 
+from diskguard.kube.api import CoreApi
 from diskguard.logs import get_logger
 
 log = get_logger(__name__)
@@ -55,20 +55,12 @@ SMART_LIMIT_ACCESS = (
 def denied_access(api_client: Any, wanted: Sequence[Access], timeout: float = 10.0) -> list[Access]:
     """The permissions of `wanted` this client's user does not hold (blocking; raises
     the client's exceptions when the API server cannot answer)."""
-    authz = k8s.AuthorizationV1Api(api_client)
-    denied = []
-    for access in wanted:
-        body = k8s.V1SelfSubjectAccessReview(
-            spec=k8s.V1SelfSubjectAccessReviewSpec(
-                resource_attributes=k8s.V1ResourceAttributes(
-                    verb=access.verb, resource=access.resource, group=access.group
-                )
-            )
-        )
-        review = authz.create_self_subject_access_review(body, _request_timeout=(5, timeout))
-        if review.status is None or not review.status.allowed:
-            denied.append(access)
-    return denied
+    api = CoreApi(api_client)
+    return [
+        access
+        for access in wanted
+        if not api.may(access.verb, access.resource, access.group, timeout=(5, timeout))
+    ]
 
 
 class AccessState(enum.Enum):

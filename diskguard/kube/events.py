@@ -19,9 +19,9 @@ from typing import Any
 
 import attrs
 import trio
-from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from diskguard.kube.api import CoreApi
 from diskguard.logs import get_logger
 from diskguard.model import PodInfo
 
@@ -219,7 +219,7 @@ class _TokenBucket:
 
 async def post_events(
     sink: EventSink,
-    api: CoreV1Api,
+    api: CoreApi,
     node_name: str,
     *,
     rate: float = RATE,
@@ -280,7 +280,7 @@ async def post_events(
             unfinished.extend(pending)
 
 
-async def _post(api: CoreV1Api, posting: Posting, attempts: int, stats: EventStats) -> None:
+async def _post(api: CoreApi, posting: Posting, attempts: int, stats: EventStats) -> None:
     req, body, since = posting
     delay = 0.5
     for attempt in range(1, attempts + 1):
@@ -290,7 +290,7 @@ async def _post(api: CoreV1Api, posting: Posting, attempts: int, stats: EventSta
             await trio.to_thread.run_sync(
                 lambda: api.create_namespaced_event(
                     body["metadata"]["namespace"],
-                    body,  # type: ignore[arg-type]  # the client serialises dicts as they are
+                    body,
                     _request_timeout=(5, 10),
                 ),
                 abandon_on_cancel=True,

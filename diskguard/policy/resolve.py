@@ -330,4 +330,3 @@ def raise_to_kernel_minimum(resolution: Resolution, minimum: int) -> Resolution:
 def device_limits(resolution: Resolution) -> DeviceLimits:
     """What a cgroup should hold on each data device under `resolution`."""
     return DeviceLimits(resolution.limits, resolution.keep, resolution.ceilings)
-

@@ -102,8 +102,7 @@ def pod_names(
 
 def list_node_pods(env: Mapping[str, str], node_name: str) -> list[dict[str, Any]] | None:
     """The pods of this node from the API server, or None without a reachable cluster."""
-    from kubernetes import client as k8s
-
+    from diskguard.kube.api import CoreApi
     from diskguard.kube.client import KubeConfigError, make_api_client
 
     try:
@@ -111,7 +110,7 @@ def list_node_pods(env: Mapping[str, str], node_name: str) -> list[dict[str, Any
     except KubeConfigError:
         return None
     try:
-        response = k8s.CoreV1Api(api_client).list_pod_for_all_namespaces(
+        response = CoreApi(api_client).list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={node_name}",
             _preload_content=False,
             _request_timeout=(3, 10),

@@ -34,6 +34,7 @@ from diskguard.config import (
     KubeletSettings,
     load_config,
 )
+from diskguard.kube.api import CoreApi
 from diskguard.kube.cadvisor import (
     CadvisorParseError,
     CadvisorRateTracker,
@@ -578,7 +579,7 @@ async def test_falls_back_to_the_api_watch_and_switches_back(
     config.load_kube_config(
         config_file=api.write_kubeconfig(tmp_path / "kubeconfig"), client_configuration=cfg
     )
-    core = client.CoreV1Api(client.ApiClient(cfg))
+    core = CoreApi(client.ApiClient(cfg))
 
     send, receive = trio.open_memory_channel[WatchEvent](100)
     watcher = ListWatcher(

@@ -423,9 +423,7 @@ async def test_malformed_pod_from_the_kubelet_does_not_take_the_agent_down(
             # a loaded machine takes as long as it takes, within the lane's deadline).
             await cluster.wait_kernel(cg, IOLimits(123, 123), timeout=30)
             served = len(kubelet.requests())
-            await trio.to_thread.run_sync(
-                lambda: kubelet.wait_for_requests(served + 5, scaled(30))
-            )
+            await trio.to_thread.run_sync(lambda: kubelet.wait_for_requests(served + 5, scaled(30)))
             assert proc.poll() is None, agent_output(proc).decode()[-3000:]
             await cluster.wait_kernel(cg, IOLimits(123, 123))
         finally:

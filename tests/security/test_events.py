@@ -16,6 +16,7 @@ import pytest
 import trio
 from kubernetes import client, config
 
+from diskguard.kube.api import CoreApi
 from diskguard.kube.events import EventRequest, EventSink, Posting, post_events
 from diskguard.model import IOLimits
 from diskguard.testing.fakeapi import FakeAPIServer, RecordedRequest
@@ -156,13 +157,13 @@ def api() -> Iterator[FakeAPIServer]:
 
 
 @pytest.fixture
-def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[client.CoreV1Api]:
+def v1(api: FakeAPIServer, tmp_path: Path) -> Iterator[CoreApi]:
     cfg = client.Configuration()
     config.load_kube_config(
         config_file=api.write_kubeconfig(tmp_path / "kubeconfig"), client_configuration=cfg
     )
     cfg.retries = False
-    core = client.CoreV1Api(client.ApiClient(cfg))
+    core = CoreApi(client.ApiClient(cfg))
     yield core
     core.api_client.close()
 
@@ -175,9 +176,7 @@ def _stored_names(api: FakeAPIServer) -> list[str]:
     return sorted(e["involvedObject"]["name"] for e in api.list("events", "default"))
 
 
-async def test_a_full_queue_drops_the_oldest_and_counts_it(
-    api: FakeAPIServer, v1: client.CoreV1Api
-) -> None:
+async def test_a_full_queue_drops_the_oldest_and_counts_it(api: FakeAPIServer, v1: CoreApi) -> None:
     sink = EventSink(size=5)
     api.inject_fault("POST", r"/events$", status=None, hang=True)  # every post held
     async with trio.open_nursery() as nursery:
@@ -195,7 +194,7 @@ async def test_a_full_queue_drops_the_oldest_and_counts_it(
 
 
 async def test_events_cut_off_at_shutdown_are_handed_back_and_posted_once_by_the_flush(
-    api: FakeAPIServer, v1: client.CoreV1Api
+    api: FakeAPIServer, v1: CoreApi
 ) -> None:
     sink = EventSink()
     unfinished: list[Posting] = []

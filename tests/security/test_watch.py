@@ -19,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from diskguard.kube.api import CoreApi
 from diskguard.kube.watch import (
     FIRST_PROGRESS_WAIT,
     ListWatcher,
@@ -339,7 +340,7 @@ async def test_a_quiet_stream_ending_at_the_servers_timeout_is_progress(tmp_path
             client_configuration=cfg,
         )
         cfg.retries = False
-        core = client.CoreV1Api(client.ApiClient(cfg))
+        core = CoreApi(client.ApiClient(cfg))
         send, receive = trio.open_memory_channel[WatchEvent](100)
         watcher = ListWatcher("pods", core.list_pod_for_all_namespaces, send, timeout_range=(1, 1))
         server.inject_fault("GET", PODS, status=None, watch=True, stream_end=True, count=2)
