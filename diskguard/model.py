@@ -52,7 +52,8 @@ class QoSClass(enum.Enum):
     BESTEFFORT = "BestEffort"
 
 
-@attrs.frozen(order=True)
+# Hash cached: devices, container keys and targets key the per-pass dictionaries.
+@attrs.frozen(order=True, cache_hash=True)
 class Device:
     """A whole block device, the unit the kernel's IO throttling is keyed by."""
 
@@ -289,7 +290,7 @@ class PodInfo:
         )
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class ContainerKey:
     """Identifies a container slot across restarts (the container ID changes, this does not)."""
 

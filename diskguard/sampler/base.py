@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +30,7 @@ def _absolute(_inst: object, _attr: attrs.Attribute[Path], value: Path) -> None:
         raise ValueError(f"cgroup path must be absolute without '..', got {value}")
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a key of every per-pass dictionary
 class Target:
     """One container cgroup to measure.
 
@@ -115,5 +116,44 @@ def alive(target: Target) -> bool:
         return False
 
 
+# A target found alive is trusted for this long before its directory is looked at again.
+LIVENESS_RECHECK = 10.0
+
+
+@attrs.define
+class Liveness:
+    """`alive`, remembered per target for `recheck` seconds.
+
+    The BPF sampler reads every container from one map, so a stat of each cgroup directory
+    on every pass was its main cost: a third of the idle agent's CPU at 1,000 containers
+    (py-spy, `bench/core_bench.py`). A target is checked when first seen and then every
+    `recheck` seconds; a cgroup removed in between keeps its last, unchanging counters until
+    then (its container is gone, and the reconciler forgets it on the pod event anyway).
+    """
+
+    recheck: float = LIVENESS_RECHECK
+    clock: Callable[[], float] = time.monotonic
+    _checked: dict[Target, float] = attrs.field(factory=dict, init=False)
+
+    def __call__(self, target: Target) -> bool:
+        now = self.clock()
+        last = self._checked.get(target)
+        if last is not None and now - last < self.recheck:
+            return True
+        if alive(target):
+            self._checked[target] = now
+            return True
+        self._checked.pop(target, None)
+        return False
+
+    def keep_only(self, targets: Collection[Target]) -> None:
+        """Forget the targets no longer asked about (bounded by the current set)."""
+        if len(self._checked) > len(targets):
+            self._checked = {t: at for t, at in self._checked.items() if t in targets}
+
+
+_ZERO = Counters()  # frozen: one shared instance, not one per target per pass
+
+
 def zero_counters(devices: Sequence[Device]) -> dict[Device, Counters]:
-    return dict.fromkeys(devices, Counters())
+    return dict.fromkeys(devices, _ZERO)

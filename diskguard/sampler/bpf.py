@@ -34,11 +34,11 @@ import attrs
 
 from diskguard.model import CgroupVersion, Counters, Device
 from diskguard.sampler.base import (
+    Liveness,
     Logger,
     SamplerUnavailable,
     Snapshot,
     Target,
-    alive,
     under_root,
     zero_counters,
 )
@@ -332,6 +332,7 @@ class BpfSampler:
         self._root = root
         self._log = log
         self._outside: set[Target] = set()
+        self._alive = Liveness()
         self._degraded = degraded
         self.info = info
         counts = maps.counts
@@ -477,9 +478,10 @@ class BpfSampler:
                 if dev is not None:
                     found.setdefault(cg, {}).setdefault(dev, {})[direction] = hist
         empty = LatencyHistogram()
+        nothing_yet = DeviceLatency(empty, empty)  # shared: most targets, most passes
         out: LatencySnapshot = {}
         for target in targets:
-            if not under_root(self._root, target.path) or not alive(target):
+            if not under_root(self._root, target.path) or not self._alive(target):
                 continue
             per_dev = found.get(target.cgroup_id, {})
             out[target] = {
@@ -487,7 +489,7 @@ class BpfSampler:
                     per_dev[dev].get(_DIR_READ, empty), per_dev[dev].get(_DIR_WRITE, empty)
                 )
                 if dev in per_dev
-                else DeviceLatency(empty, empty)
+                else nothing_yet
                 for dev in self._devices
             }
         return out
@@ -505,12 +507,13 @@ class BpfSampler:
                         root=str(self._root),
                     )
                 continue
-            if not alive(target):
+            if not self._alive(target):
                 continue
             counters = zero_counters(self._devices)
             for dev, acc in found.get(target.cgroup_id, {}).items():
                 counters[dev] = Counters(*acc)
             out[target] = counters
+        self._alive.keep_only(set(targets))
         return out
 
     def close(self) -> None:

@@ -33,10 +33,15 @@ def counters_reset(old: Counters, new: Counters) -> bool:
     )
 
 
+_IDLE = Rates()
+
+
 def rates_between(old: Counters, new: Counters, seconds: float) -> Rates:
     """Rates from `old` to `new`; a counter that went backwards restarted from zero."""
     if seconds <= 0:
         raise ValueError("interval must be positive")
+    if new == old:  # an idle container, most of them most of the time
+        return _IDLE
     # After a restart (cgroup recreated, BPF map entry evicted) everything counted so far
     # happened since the restart, which lies inside this interval: a lower bound, never
     # a negative rate.
@@ -54,6 +59,7 @@ class _Series:
     at: float
     counters: dict[Device, Counters]
     history: dict[Device, deque[RateSample]]
+    interval: float = 0.0  # the seconds the last rates were measured over
 
 
 class RateTracker:
@@ -101,6 +107,7 @@ class RateTracker:
             for stale in series.history.keys() - counters.keys():
                 del series.history[stale]
             series.at = now
+            series.interval = elapsed
             series.counters = dict(counters)
             out[target] = rates
         for gone in self._series.keys() - snapshot.keys():
@@ -113,6 +120,11 @@ class RateTracker:
         if series is None:
             return {}
         return {device: tuple(samples) for device, samples in series.history.items()}
+
+    def interval(self, target: Target) -> float | None:
+        """The seconds the target's latest rates were measured over (None: no rates yet)."""
+        series = self._series.get(target)
+        return series.interval if series is not None and series.interval > 0 else None
 
     def latest(self, target: Target) -> dict[Device, RateSample]:
         series = self._series.get(target)

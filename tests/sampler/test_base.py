@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diskguard.sampler.base import Target, under_root
+from diskguard.sampler.base import Liveness, Target, under_root
 
 ROOT = Path("/sys/fs/cgroup/blkio")
 
@@ -44,3 +44,25 @@ def test_target_of_reads_the_inode(tmp_path: Path) -> None:
     assert Target.of(d).cgroup_id == d.stat().st_ino
     with pytest.raises(OSError):
         Target.of(tmp_path / "missing")
+
+
+def test_liveness_is_checked_when_first_seen_and_again_after_recheck(tmp_path: Path) -> None:
+    now = [100.0]
+    liveness = Liveness(recheck=10.0, clock=lambda: now[0])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = Target.of(tmp_path / "a"), Target.of(tmp_path / "b")
+    (tmp_path / "b").rmdir()
+    assert liveness(a) and not liveness(b)  # both looked at on first sight
+    (tmp_path / "a").rmdir()
+    now[0] += 9.9
+    assert liveness(a)  # trusted within `recheck`: no stat
+    now[0] += 0.2
+    assert not liveness(a)  # looked at again: gone
+    (tmp_path / "a").mkdir()  # the same path, a new directory (another inode)
+    assert liveness(a) is (Target.of(tmp_path / "a").cgroup_id == a.cgroup_id)
+    (tmp_path / "c").mkdir()
+    c = Target.of(tmp_path / "c")
+    assert liveness(c)
+    liveness.keep_only({c})
+    assert liveness._checked.keys() == {c}  # bounded by what is still asked about
