@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
+import durationpy
 
 from diskguard.logs import LogFormat
 from diskguard.model import (
@@ -176,11 +177,35 @@ def _accepted(kind: type[enum.Enum], auto: bool = False) -> str:
     return " | ".join((["auto"] if auto else []) + [str(member.value) for member in kind])
 
 
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError
-    return number
+# Bounds the text handed to the duration parser (an env var is the administrator's, but a
+# typo should still meet a short, clear error).
+MAX_DURATION_TEXT = 64
+
+
+def _duration(unit: float) -> Callable[[str], float]:
+    """Seconds, from a Go-style duration as Kubernetes writes them (`30s`, `10m`, `1h30m`,
+    `500ms`; parsed by durationpy) or a plain number in the variable's documented unit."""
+
+    def parse(value: str) -> float:
+        text = value.strip()
+        if len(text) > MAX_DURATION_TEXT:
+            raise ValueError
+        try:
+            number = float(text) * unit
+        except ValueError:
+            number = durationpy.from_str(text).total_seconds()  # DurationError: a ValueError
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError
+        return number
+
+    return parse
+
+
+_seconds = _duration(1.0)
+
+
+def _form(example: str, unit: str = "seconds") -> str:
+    return f"a positive duration such as {example} (a plain number is {unit}, fractions allowed)"
 
 
 def _path_list(value: str) -> tuple[str, ...]:
@@ -227,14 +252,10 @@ def _count(value: str) -> int:
 def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
     fraction = "a fraction in (0, 1], such as 0.8"
     computed = " (0 = computed from the observed IO)"
-    window_minutes = get(
-        "SMART_LIMIT_HISTORY_WINDOW",
-        _seconds,
-        "a positive number of minutes (fractions allowed, such as 0.25)",
-        10.0,
-    )
+    # Minutes when a plain number, as before durations were accepted.
+    window = get("SMART_LIMIT_HISTORY_WINDOW", _duration(60.0), _form("10m", "minutes"), 600.0)
     settings = SmartSettings(
-        window=window_minutes * 60.0,
+        window=window,
         io_threshold=get("SMART_LIMIT_HIGH_IO_THRESHOLD", _fraction, fraction, 0.8),
         bps_threshold=get("SMART_LIMIT_HIGH_BPS_THRESHOLD", _fraction, fraction, 0.8),
         remove_threshold=get("SMART_LIMIT_REMOVE_THRESHOLD", _fraction, fraction, 0.5),
@@ -250,7 +271,7 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
         monitor_interval=get(
             "SMART_LIMIT_MONITOR_INTERVAL",
             _seconds,
-            "a positive number of seconds (fractions allowed)",
+            _form("1m"),
             60.0,
         ),
         settings=settings,
@@ -399,13 +420,9 @@ def load_config(
             "an annotation prefix that is a DNS subdomain, such as iops-limit",
             "iops-limit",
         ),
-        resync_interval=get(
-            "RESYNC_INTERVAL", _seconds, "a positive number of seconds, such as 60", 60.0
-        ),
+        resync_interval=get("RESYNC_INTERVAL", _seconds, _form("60s"), 60.0),
         sampler=get("SAMPLER", _enum(SamplerKind), _accepted(SamplerKind), SamplerKind.AUTO),
-        sample_interval=get(
-            "SAMPLE_INTERVAL", _seconds, "a positive number of seconds, such as 1", 1.0
-        ),
+        sample_interval=get("SAMPLE_INTERVAL", _seconds, _form("1s"), 1.0),
         smart=_smart(get, iops_form, bps_form),
         http_addr=get(
             "HTTP_ADDR",
@@ -414,9 +431,7 @@ def load_config(
             ListenAddress("", 2112),
         ),
         status_localhost_only=get("STATUS_LOCALHOST_ONLY", _bool, "true or false", True),
-        readiness_watch_grace=get(
-            "READINESS_WATCH_GRACE", _seconds, "a positive number of seconds, such as 60", 60.0
-        ),
+        readiness_watch_grace=get("READINESS_WATCH_GRACE", _seconds, _form("60s"), 60.0),
         log_level=get(
             "LOG_LEVEL",
             _choice(("debug", "info", "warning", "error")),
@@ -498,7 +513,7 @@ def _kubelet(env: Mapping[str, str], get: Any, exists: Callable[[str], bool]) ->
         poll_interval=get(
             "KUBELET_POLL_INTERVAL",
             _seconds,
-            "a positive number of seconds, such as 5",
+            _form("5s"),
             KUBELET_DEFAULT_POLL_INTERVAL,
         ),
     )

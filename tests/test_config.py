@@ -64,8 +64,12 @@ def test_values_are_trimmed_and_lists_ignore_empty_items() -> None:
         ({"EXCLUDE_LABEL_SELECTOR": "app in (a"}, "EXCLUDE_LABEL_SELECTOR", "label selector"),
         ({"EXCLUDE_REGEX": "(("}, "EXCLUDE_REGEX", "regular expression"),
         ({"EXCLUDE_NAMESPACES": "Kube_System"}, "EXCLUDE_NAMESPACES", "namespace names"),
-        ({"RESYNC_INTERVAL": "0"}, "RESYNC_INTERVAL", "positive number of seconds"),
-        ({"RESYNC_INTERVAL": "nan"}, "RESYNC_INTERVAL", "positive number of seconds"),
+        ({"RESYNC_INTERVAL": "0"}, "RESYNC_INTERVAL", "positive duration such as 60s"),
+        ({"RESYNC_INTERVAL": "nan"}, "RESYNC_INTERVAL", "plain number is seconds"),
+        ({"RESYNC_INTERVAL": "-1m"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"RESYNC_INTERVAL": "1 minute"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"SAMPLE_INTERVAL": "1" * 100 + "s"}, "SAMPLE_INTERVAL", "positive duration"),
+        ({"SMART_LIMIT_HISTORY_WINDOW": "0s"}, "SMART_LIMIT_HISTORY_WINDOW", "is minutes"),
         ({"SMART_LIMIT_ANNOTATION_PREFIX": "Bad/Prefix"}, "SMART_LIMIT_ANNOTATION_PREFIX", "DNS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text | json"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug | info"),
@@ -211,3 +215,34 @@ def test_a_missing_ceiling_is_warned_about() -> None:
     assert "LIMIT_CEILING_WRITE_BPS" in warning and "READ_IOPS" not in warning
     full = {**ceilings, "LIMIT_CEILING_WRITE_BPS": "1Gi"}
     assert startup_warnings(load_config({"NODE_NAME": "n", **full})) == ()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "seconds"),
+    [
+        ("RESYNC_INTERVAL", "90", 90.0),  # a plain number keeps the documented unit
+        ("RESYNC_INTERVAL", "1m30s", 90.0),
+        ("SAMPLE_INTERVAL", "500ms", 0.5),
+        ("SAMPLE_INTERVAL", " 2s ", 2.0),
+        ("READINESS_WATCH_GRACE", "2m", 120.0),
+        ("KUBELET_POLL_INTERVAL", "1.5s", 1.5),
+        ("SMART_LIMIT_MONITOR_INTERVAL", "1h", 3600.0),
+        ("SMART_LIMIT_HISTORY_WINDOW", "15", 900.0),  # minutes, as before durations
+        ("SMART_LIMIT_HISTORY_WINDOW", "0.05", 3.0),
+        ("SMART_LIMIT_HISTORY_WINDOW", "15m", 900.0),
+        ("SMART_LIMIT_HISTORY_WINDOW", "90s", 90.0),
+    ],
+)
+def test_intervals_accept_go_durations_and_plain_numbers(
+    variable: str, value: str, seconds: float
+) -> None:
+    c = load_config({"NODE_NAME": "n", variable: value})
+    got = {
+        "RESYNC_INTERVAL": c.resync_interval,
+        "SAMPLE_INTERVAL": c.sample_interval,
+        "READINESS_WATCH_GRACE": c.readiness_watch_grace,
+        "KUBELET_POLL_INTERVAL": c.kubelet.poll_interval,
+        "SMART_LIMIT_MONITOR_INTERVAL": c.smart.monitor_interval,
+        "SMART_LIMIT_HISTORY_WINDOW": c.smart.settings.window,
+    }[variable]
+    assert got == pytest.approx(seconds)
