@@ -22,6 +22,7 @@ from diskguard.model import (
     CgroupDriver,
     CgroupVersion,
     IOLimits,
+    LatencyMetrics,
     LimitField,
     Runtime,
     SamplerKind,
@@ -133,6 +134,7 @@ class Config:
     kubelet: KubeletSettings = attrs.field(factory=KubeletSettings)
     http_addr: ListenAddress = ListenAddress("", 2112)
     status_localhost_only: bool = True
+    latency_metrics: LatencyMetrics = LatencyMetrics.CONTAINER
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
@@ -180,6 +182,10 @@ def _accepted(kind: type[enum.Enum], auto: bool = False) -> str:
 # Bounds the text handed to the duration parser (an env var is the administrator's, but a
 # typo should still meet a short, clear error).
 MAX_DURATION_TEXT = 64
+# Go's time.ParseDuration grammar, checked first: durationpy alone would also take
+# separators between the parts (`1h-30m`, `1h 30m` sum to 90 minutes) and units Go has not
+# (`d`, `w`, `y`).
+_GO_DURATION = re.compile(r"\+?(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 
 
 def _duration(unit: float) -> Callable[[str], float]:
@@ -193,6 +199,8 @@ def _duration(unit: float) -> Callable[[str], float]:
         try:
             number = float(text) * unit
         except ValueError:
+            if not _GO_DURATION.fullmatch(text):
+                raise
             number = durationpy.from_str(text).total_seconds()  # DurationError: a ValueError
         if not math.isfinite(number) or number <= 0:
             raise ValueError
@@ -431,6 +439,12 @@ def load_config(
             ListenAddress("", 2112),
         ),
         status_localhost_only=get("STATUS_LOCALHOST_ONLY", _bool, "true or false", True),
+        latency_metrics=get(
+            "LATENCY_METRICS",
+            _enum(LatencyMetrics),
+            _accepted(LatencyMetrics),
+            LatencyMetrics.CONTAINER,
+        ),
         readiness_watch_grace=get("READINESS_WATCH_GRACE", _seconds, _form("60s"), 60.0),
         log_level=get(
             "LOG_LEVEL",

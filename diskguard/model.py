@@ -46,6 +46,15 @@ class SamplerKind(enum.Enum):
     CGROUP = "cgroup"
 
 
+class LatencyMetrics(enum.Enum):
+    """LATENCY_METRICS: the latency histograms' series per container, per pod, or none
+    (a bound on cardinality: 15 buckets x devices x 2 directions per series)."""
+
+    CONTAINER = "container"
+    POD = "pod"
+    OFF = "off"
+
+
 class QoSClass(enum.Enum):
     GUARANTEED = "Guaranteed"
     BURSTABLE = "Burstable"
@@ -375,3 +384,38 @@ class PodError:
     pod: str  # namespace/name
     error: str
     container: str = ""
+
+
+# Pass and apply durations: from well under a millisecond (a quiet node) to seconds (a
+# thousand containers on a starved machine).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@attrs.frozen
+class DurationHistogram:
+    """Counts of observed durations per bucket (not cumulative; the last slot is +Inf) and
+    their sum, as a Prometheus histogram reports them. A value: `observe` returns a new one."""
+
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    counts: tuple[int, ...] = attrs.field()
+    sum_seconds: float = 0.0
+
+    @counts.default
+    def _zeros(self) -> tuple[int, ...]:
+        return (0,) * (len(self.bounds) + 1)
+
+    def observe(self, seconds: float) -> DurationHistogram:
+        slot = next((i for i, le in enumerate(self.bounds) if seconds <= le), len(self.bounds))
+        counts = list(self.counts)
+        counts[slot] += 1
+        return attrs.evolve(self, counts=tuple(counts), sum_seconds=self.sum_seconds + seconds)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, cumulative count) per bucket, +Inf last."""
+        out, total = [], 0
+        for le, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((le, total))
+        return out

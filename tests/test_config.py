@@ -6,7 +6,14 @@ from hypothesis import strategies as st
 
 from diskguard.config import ConfigError, load_config, startup_warnings
 from diskguard.logs import LogFormat
-from diskguard.model import CgroupDriver, CgroupVersion, IOLimits, Runtime, SamplerKind
+from diskguard.model import (
+    CgroupDriver,
+    CgroupVersion,
+    IOLimits,
+    LatencyMetrics,
+    Runtime,
+    SamplerKind,
+)
 
 
 def test_defaults() -> None:
@@ -68,10 +75,16 @@ def test_values_are_trimmed_and_lists_ignore_empty_items() -> None:
         ({"RESYNC_INTERVAL": "nan"}, "RESYNC_INTERVAL", "plain number is seconds"),
         ({"RESYNC_INTERVAL": "-1m"}, "RESYNC_INTERVAL", "positive duration"),
         ({"RESYNC_INTERVAL": "1 minute"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"RESYNC_INTERVAL": "1h-30m"}, "RESYNC_INTERVAL", "positive duration"),  # not Go's
+        ({"RESYNC_INTERVAL": "1h 30m"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"RESYNC_INTERVAL": "2d"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"RESYNC_INTERVAL": "9" * 40 + "h"}, "RESYNC_INTERVAL", "positive duration"),
+        ({"RESYNC_INTERVAL": "1ns"}, "RESYNC_INTERVAL", "positive duration"),
         ({"SAMPLE_INTERVAL": "1" * 100 + "s"}, "SAMPLE_INTERVAL", "positive duration"),
         ({"SMART_LIMIT_HISTORY_WINDOW": "0s"}, "SMART_LIMIT_HISTORY_WINDOW", "is minutes"),
         ({"SMART_LIMIT_ANNOTATION_PREFIX": "Bad/Prefix"}, "SMART_LIMIT_ANNOTATION_PREFIX", "DNS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text | json"),
+        ({"LATENCY_METRICS": "node"}, "LATENCY_METRICS", "container | pod | off"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug | info"),
     ],
 )
@@ -94,8 +107,10 @@ def test_choices_become_enums_once() -> None:
             "CONTAINER_RUNTIME": "cri-o",
             "SAMPLER": "bpf",
             "LOG_FORMAT": "JSON",
+            "LATENCY_METRICS": " Pod",
         }
     )
+    assert c.latency_metrics is LatencyMetrics.POD
     assert (c.cgroup_version, c.cgroup_driver, c.container_runtime) == (
         CgroupVersion.V2,
         CgroupDriver.SYSTEMD,
@@ -223,6 +238,8 @@ def test_a_missing_ceiling_is_warned_about() -> None:
         ("RESYNC_INTERVAL", "90", 90.0),  # a plain number keeps the documented unit
         ("RESYNC_INTERVAL", "1m30s", 90.0),
         ("SAMPLE_INTERVAL", "500ms", 0.5),
+        ("SAMPLE_INTERVAL", "250000us", 0.25),
+        ("SAMPLE_INTERVAL", ".5s", 0.5),
         ("SAMPLE_INTERVAL", " 2s ", 2.0),
         ("READINESS_WATCH_GRACE", "2m", 120.0),
         ("KUBELET_POLL_INTERVAL", "1.5s", 1.5),

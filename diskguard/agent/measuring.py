@@ -14,7 +14,7 @@ import trio
 
 from diskguard.agent.reconciler import Reconciler
 from diskguard.logs import get_logger
-from diskguard.model import ContainerKey, Counters, Device, Rates
+from diskguard.model import ContainerKey, Counters, Device, DurationHistogram, Rates
 from diskguard.policy.smart import Sample
 from diskguard.sampler import RateTracker, Sampler, Target
 from diskguard.sampler.base import Snapshot
@@ -73,6 +73,7 @@ class SamplingTask:
         self._window_view: dict[ContainerKey, dict[Device, DeviceLatency]] | None = None
         self.passes = 0
         self.last_pass_seconds = 0.0
+        self.pass_durations = DurationHistogram()
         self.errors = 0
 
     def _current_targets(self) -> dict[ContainerKey, Target]:
@@ -151,6 +152,7 @@ class SamplingTask:
             return
         now = trio.current_time()
         self.last_pass_seconds = now - started
+        self.pass_durations = self.pass_durations.observe(self.last_pass_seconds)
         self.passes += 1
         rates = self._tracker.update(snapshot)
         self._record_latency(targets, latency)

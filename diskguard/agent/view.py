@@ -56,6 +56,7 @@ class AgentReadout:
             cgroup_version=agent.node.hierarchy.version,
             cgroup_hierarchy=agent.node.hierarchy.path,
             warnings=tuple(agent.config_warnings),
+            latency_metrics=agent.config.latency_metrics,
         )
 
     def node_snapshot(self) -> NodeState:
@@ -95,6 +96,7 @@ class AgentReadout:
                 interval=task.interval,
                 passes=task.passes,
                 last_pass_seconds=task.last_pass_seconds,
+                pass_durations=task.pass_durations,
                 errors=task.errors,
                 # The task replaces these each pass rather than changing them: shallow
                 # copies are enough.

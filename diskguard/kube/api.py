@@ -6,12 +6,15 @@ it loads about 250 pydantic model modules (22 MiB of the agent's RSS, measured w
 as raw JSON at the API edge (kube/pods.py, kube/namespaces.py). `CoreApi` keeps what the
 official client does well — the `ApiClient` with its configuration (in-cluster or kubeconfig,
 TLS, bearer-token refresh, proxies) and its `ApiException` — and builds the handful of
-requests itself. Method names and keyword arguments are the generated client's, so a
-`CoreV1Api` can stand in for a `CoreApi` (tests do that to check the two agree).
+requests itself with the client's `param_serialize`/`call_api` (the OpenAPI Generator 7
+client, kubernetes 37 and later: pyproject's lower bound). The list, read, patch and Event
+methods keep the generated client's names and keyword arguments, so tests can check the two
+against each other.
 
-Every call returns the raw urllib3 response (read `.data`, or stream it for a watch) and
-raises `ApiException` on a non-2xx status, with a bounded body, as the generated client does
-with `_preload_content=False`.
+Every call returns the raw urllib3 response (its `.data` read, or, for a watch, the stream)
+and raises `ApiException` on a non-2xx status with `.status`, `.reason` and the error body
+as bytes, bounded (the generated client reads it whole and raises subclasses per status;
+callers here look at `.status` only).
 """
 
 from __future__ import annotations
@@ -127,7 +130,13 @@ class CoreApi:
                 raise TypeError(f"unexpected list parameter {name!r}")
             text = str(value).lower() if isinstance(value, bool) else str(value)
             query.append((_LIST_QUERY[name], text))
-        return self._request("GET", path, query=query, timeout=kwargs.get("_request_timeout"))
+        return self._request(
+            "GET",
+            path,
+            query=query,
+            timeout=kwargs.get("_request_timeout"),
+            stream=bool(kwargs.get("watch")),
+        )
 
     def _request(
         self,
@@ -139,7 +148,10 @@ class CoreApi:
         body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
         timeout: Timeout = None,
+        stream: bool = False,
     ) -> Any:
+        """The response; its body read already (`.data`) and its connection back in the
+        pool, unless `stream` (a watch: the caller reads it line by line, then closes it)."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -156,13 +168,17 @@ class CoreApi:
         )
         response = self.api_client.call_api(*request, _request_timeout=timeout).response
         if 200 <= response.status <= 299:
+            if not stream:
+                _ = response.data  # read whole: urllib3 hands the connection back to the pool
+                response.release_conn()
             return response
+        error = ApiException(status=response.status, reason=response.reason)
+        error.headers = response.headers
         try:
-            error_body = response.read(MAX_ERROR_BODY)
+            error.body = response.read(MAX_ERROR_BODY)
+        except Exception:  # a broken error body: still an HTTP error, not a network one
+            error.body = None
         finally:
             # Closed, not returned to the pool: a longer body may be left unread on it.
             response.close()
-        error = ApiException(status=response.status, reason=response.reason)
-        error.body = error_body
-        error.headers = response.headers
         raise error

@@ -65,7 +65,9 @@ class Sampler(Protocol):
     `read` blocks (file or BPF-map reads); call it from a worker thread. The result holds
     every requested target that still exists, with an entry (possibly all zero) for every
     data device; a target missing from the result no longer exists (its cgroup directory is
-    gone, or its id now belongs to another directory).
+    gone, or its id now belongs to another directory). The BPF sampler notices that within
+    `LIVENESS_RECHECK` seconds (see `Liveness`), the cgroup sampler on the pass itself; in
+    between, a removed container reports its last counters, unchanged (rates of 0).
     """
 
     @property

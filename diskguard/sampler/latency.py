@@ -65,6 +65,13 @@ class LatencyHistogram:
             self.sum_ns - old.sum_ns,
         )
 
+    def plus(self, other: LatencyHistogram) -> LatencyHistogram:
+        """Both together (LATENCY_METRICS=pod sums a pod's containers)."""
+        return LatencyHistogram(
+            tuple(a + b for a, b in zip(self.slots, other.slots, strict=True)),
+            self.sum_ns + other.sum_ns,
+        )
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound in seconds, cumulative count) per slot, as Prometheus buckets."""
         out = []

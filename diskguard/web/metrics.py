@@ -10,7 +10,13 @@ import platform
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,9 +25,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from diskguard.model import ContainerKey, ErrorStage, LimitField
+from diskguard.model import (
+    ContainerKey,
+    Device,
+    DurationHistogram,
+    ErrorStage,
+    LatencyMetrics,
+    LimitField,
+    LimitUnit,
+)
 from diskguard.policy.annotations import parse_smart_annotations
-from diskguard.sampler.latency import Direction
+from diskguard.sampler.latency import Direction, LatencyHistogram
 from diskguard.web.status import source_kind
 from diskguard.web.view import AgentView, ReconcileSnapshot, SamplingState, SmartState
 
@@ -39,14 +53,39 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+# A data disk as node_exporter and cAdvisor label it (`device` = its kernel name, e.g.
+# nvme0n1) plus its numbers, so queries can join on either.
+DEVICE_LABELS = ["device", "major", "minor"]
+
+
+def _device_labels(device: Device) -> list[str]:
+    return [device.name or str(device), str(device.major), str(device.minor)]
+
+
+def _add_durations(
+    family: HistogramMetricFamily, labels: list[str], hist: DurationHistogram
+) -> None:
+    family.add_metric(
+        labels,
+        buckets=[(_le(le), n) for le, n in hist.cumulative()],
+        sum_value=hist.sum_seconds,
+    )
+
+
 class AgentCollector(Collector):
     def __init__(self, view: AgentView) -> None:
         self._view = view
+        # Kernel files name devices by number only: their names come from the data disks.
+        self._named: dict[Device, Device] = {}
+
+    def _device(self, device: Device) -> list[str]:
+        return _device_labels(self._named.get(device, device))
 
     def collect(self) -> Iterator[Metric]:
         view = self._view
         setup = view.setup_snapshot()
         rec = view.reconcile_snapshot()
+        self._named = {d: d for d in view.node_snapshot().devices}
 
         info = GaugeMetricFamily(
             "diskguard_build_info",
@@ -60,12 +99,21 @@ class AgentCollector(Collector):
         ready.add_metric([], 1 if view.health_snapshot().ready else 0)
         yield ready
 
-        limit = GaugeMetricFamily(
-            "diskguard_container_limit",
-            "IO limit the kernel holds for a container on a data device (0 = unlimited), "
-            "and where the value came from",
-            labels=["namespace", "pod", "container", "device", "direction", "unit", "source"],
-        )
+        limit_labels = ["namespace", "pod", "container", *DEVICE_LABELS, "direction", "source"]
+        limits = {
+            LimitUnit.IOPS: GaugeMetricFamily(
+                "diskguard_container_limit_iops",
+                "IO operations/s limit the kernel holds for a container on a data device, and "
+                "where the value came from (an unlimited direction has no series)",
+                labels=limit_labels,
+            ),
+            LimitUnit.BPS: GaugeMetricFamily(
+                "diskguard_container_limit_bytes_per_second",
+                "Bytes/s limit the kernel holds for a container on a data device, and where "
+                "the value came from (an unlimited direction has no series)",
+                labels=limit_labels,
+            ),
+        }
         states = {"limited": 0, "excluded": 0, "waiting_for_cgroup": 0, "error": 0}
         for pod in rec.pods:
             for container in pod.containers:
@@ -83,19 +131,21 @@ class AgentCollector(Collector):
                     continue
                 for device, held in result.kernel:
                     for field in LimitField:
-                        limit.add_metric(
+                        value = held.get(field)
+                        if not value:
+                            continue  # unlimited: absent, not 0
+                        limits[field.unit].add_metric(
                             [
                                 ref.namespace,
                                 ref.pod,
                                 ref.container,
-                                str(device),
+                                *self._device(device),
                                 str(field.direction),
-                                str(field.unit),
                                 str(source_kind(res.origins.get(field))),
                             ],
-                            held.get(field),
+                            value,
                         )
-        yield limit
+        yield from limits.values()
 
         containers = GaugeMetricFamily(
             "diskguard_containers", "Containers on this node by state", labels=["state"]
@@ -156,7 +206,7 @@ class AgentCollector(Collector):
             if c.result is not None
         }
         yield from self._sampling(sampling, names)
-        yield from self._latency(sampling, names)
+        yield from self._latency(sampling, names, setup.latency_metrics)
         yield from self._smart(view.smart_snapshot(), rec, setup.annotation_prefix)
 
         events = view.events_snapshot()
@@ -189,105 +239,116 @@ class AgentCollector(Collector):
     ) -> Iterator[Metric]:
         sampler = GaugeMetricFamily(
             "diskguard_sampler_info",
-            "The IO sampler in use (bpf or cgroup; none when no sampler could start), and "
-            "why it is degraded if it is",
+            "The IO sampler in use (bpf or cgroup; none when no sampler could start) and "
+            "whether it is degraded (why: /status, diskguard doctor)",
             labels=["kind", "degraded"],
         )
         state = sampling.sampler
         if state is None:
-            sampler.add_metric(["none", sampling.problem], 1)
+            sampler.add_metric(["none", "false"], 1)
             yield sampler
             return
-        sampler.add_metric([state.kind, state.degraded or ""], 1)
+        sampler.add_metric([state.kind, "true" if state.degraded else "false"], 1)
         yield sampler
-        pass_seconds = GaugeMetricFamily(
-            "diskguard_sampler_pass_seconds", "Duration of the last sampling pass"
+        passes = HistogramMetricFamily(
+            "diskguard_sampler_pass_duration_seconds",
+            "Duration of the sampling passes (reading every container's counters)",
         )
-        pass_seconds.add_metric([], state.last_pass_seconds)
-        yield pass_seconds
+        _add_durations(passes, [], state.pass_durations)
+        yield passes
 
-        labels = ["namespace", "pod", "container", "device", "direction"]
+        # Rates: rate() over these counters (the agent keeps no rate gauges).
+        labels = ["namespace", "pod", "container", *DEVICE_LABELS, "direction"]
         ops = CounterMetricFamily(
             "diskguard_container_io_ops", "IO requests on a data device", labels=labels
         )
         nbytes = CounterMetricFamily(
             "diskguard_container_io_bytes", "Bytes of IO on a data device", labels=labels
         )
-        iops = GaugeMetricFamily(
-            "diskguard_container_iops", "IO requests/s over the last interval", labels=labels
-        )
-        bps = GaugeMetricFamily(
-            "diskguard_container_bytes_per_second",
-            "Bytes/s over the last interval",
-            labels=labels,
-        )
         for key, per_device in state.counters.items():
             if key not in names:
                 continue
             for device, c in per_device.items():
-                ops.add_metric([*names[key], str(device), "read"], c.rios)
-                ops.add_metric([*names[key], str(device), "write"], c.wios)
-                nbytes.add_metric([*names[key], str(device), "read"], c.rbytes)
-                nbytes.add_metric([*names[key], str(device), "write"], c.wbytes)
-        for key, per_rates in state.rates.items():
-            if key not in names:
-                continue
-            for device, r in per_rates.items():
-                iops.add_metric([*names[key], str(device), "read"], r.riops)
-                iops.add_metric([*names[key], str(device), "write"], r.wiops)
-                bps.add_metric([*names[key], str(device), "read"], r.rbps)
-                bps.add_metric([*names[key], str(device), "write"], r.wbps)
+                dev = self._device(device)
+                ops.add_metric([*names[key], *dev, "read"], c.rios)
+                ops.add_metric([*names[key], *dev, "write"], c.wios)
+                nbytes.add_metric([*names[key], *dev, "read"], c.rbytes)
+                nbytes.add_metric([*names[key], *dev, "write"], c.wbytes)
         yield ops
         yield nbytes
-        yield iops
-        yield bps
 
     def _latency(
-        self, sampling: SamplingState, names: Mapping[ContainerKey, Labels]
+        self, sampling: SamplingState, names: Mapping[ContainerKey, Labels], per: LatencyMetrics
     ) -> Iterator[Metric]:
         """Device service-time histograms, straight from the kernel's cumulative log2
-        buckets. Absent (not zero) when the sampler measures no latency; a direction with no
-        completed request yet has no series."""
+        buckets, per container or summed per pod (LATENCY_METRICS). Absent (not zero) when
+        the sampler measures no latency; a direction with no completed request yet has no
+        series."""
         state = sampling.sampler
-        if state is None or state.latency is None:
+        if state is None or state.latency is None or per is LatencyMetrics.OFF:
             return
+        by_pod = per is LatencyMetrics.POD
+        owner = ["namespace", "pod"] if by_pod else ["namespace", "pod", "container"]
         family = HistogramMetricFamily(
-            "diskguard_container_io_latency_seconds",
-            "Device service time of a container's IO requests (block layer issue to "
-            "completion; excludes time a blk-throttle limit holds the IO back), log2 buckets",
-            labels=["namespace", "pod", "container", "device", "direction"],
+            "diskguard_pod_io_latency_seconds"
+            if by_pod
+            else "diskguard_container_io_latency_seconds",
+            "Device service time of IO requests (block layer issue to completion; excludes "
+            "time a blk-throttle limit holds the IO back), log2 buckets",
+            labels=[*owner, *DEVICE_LABELS, "direction"],
         )
+        series: dict[tuple[str, ...], LatencyHistogram] = {}
         for key, per_device in state.latency.items():
             labels = names.get(key)
             if labels is None:
                 continue
+            who = labels[:2] if by_pod else labels
             for device, lat in per_device.items():
                 for direction in Direction:
                     hist = lat.get(direction)
                     if hist.count == 0:
                         continue
-                    family.add_metric(
-                        [*labels, str(device), direction.value],
-                        buckets=[(_le(le), n) for le, n in hist.cumulative()],
-                        sum_value=hist.sum_ns / 1e9,
-                    )
+                    at = (*who, *self._device(device), direction.value)
+                    before = series.get(at)
+                    series[at] = hist if before is None else before.plus(hist)
+        for at, hist in series.items():
+            family.add_metric(
+                list(at),
+                buckets=[(_le(le), n) for le, n in hist.cumulative()],
+                sum_value=hist.sum_ns / 1e9,
+            )
         yield family
 
     def _smart(self, smart: SmartState, rec: ReconcileSnapshot, prefix: str) -> Iterator[Metric]:
+        labels = ["namespace", "pod"]
         active = GaugeMetricFamily(
             "diskguard_smart_limit_active",
-            "1 while a pod carries an automatic (smart) limit; the value labels say how much",
-            labels=["namespace", "pod", "auto_iops", "auto_bps"],
+            "1 for each pod that carries an automatic (smart) limit",
+            labels=labels,
+        )
+        auto_iops = GaugeMetricFamily(
+            "diskguard_smart_limit_iops",
+            "The automatic IO operations/s limit a pod carries (no series: none)",
+            labels=labels,
+        )
+        auto_bps = GaugeMetricFamily(
+            "diskguard_smart_limit_bytes_per_second",
+            "The automatic bytes/s limit a pod carries (no series: none)",
+            labels=labels,
         )
         for pod in rec.pods:
             info = pod.plan.pod
             found = parse_smart_annotations(info.annotations, prefix)
-            if found.active:
-                active.add_metric(
-                    [info.namespace, info.name, str(found.auto_iops), str(found.auto_bps)],
-                    1,
-                )
+            if not found.active:
+                continue
+            active.add_metric([info.namespace, info.name], 1)
+            if found.auto_iops:
+                auto_iops.add_metric([info.namespace, info.name], found.auto_iops)
+            if found.auto_bps:
+                auto_bps.add_metric([info.namespace, info.name], found.auto_bps)
         yield active
+        yield auto_iops
+        yield auto_bps
         patches = CounterMetricFamily(
             "diskguard_smart_limit_patches",
             "Smart-limit annotation writes by outcome (apply, lift, dry_run, rate_limited, "
@@ -302,4 +363,9 @@ class AgentCollector(Collector):
 def exposition(view: AgentView) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(view))
+    # The standard process_*, python_info and python_gc_* series: prometheus_client's own
+    # collectors (they register themselves), reading /proc/self and the interpreter.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return generate_latest(registry)

@@ -21,7 +21,9 @@ from diskguard.model import (
     ContainerKey,
     Counters,
     Device,
+    DurationHistogram,
     ErrorStage,
+    LatencyMetrics,
     PodError,
     Rates,
 )
@@ -92,6 +94,7 @@ class Setup:
     cgroup_version: CgroupVersion
     cgroup_hierarchy: Path
     warnings: tuple[str, ...] = ()  # about the configuration, said at start-up
+    latency_metrics: LatencyMetrics = LatencyMetrics.CONTAINER
 
 
 @attrs.frozen
@@ -140,6 +143,7 @@ class SamplerState:
     passes: int
     last_pass_seconds: float
     errors: int
+    pass_durations: DurationHistogram = attrs.field(factory=DurationHistogram)
     counters: Mapping[ContainerKey, Mapping[Device, Counters]] = attrs.field(factory=dict)
     rates: Mapping[ContainerKey, Mapping[Device, Rates]] = attrs.field(factory=dict)
     # Cumulative (metrics) and over the last interval (/status); None: no latency measured.

@@ -62,16 +62,29 @@ async def test_metrics_expose_limits_with_their_source(cluster: Cluster, start_a
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     limits = {
-        (s.labels["direction"], s.labels["unit"]): (s.value, s.labels["source"])
-        for s in families["diskguard_container_limit"].samples
+        (s.labels["direction"], unit): (s.value, s.labels["source"])
+        for unit, name in (
+            ("iops", "diskguard_container_limit_iops"),
+            ("bps", "diskguard_container_limit_bytes_per_second"),
+        )
+        for s in families[name].samples
         if s.labels["pod"] == "web"
     }
+    # One metric per unit; an unlimited direction (bytes/s here) has no series at all.
     assert limits == {
         ("read", "iops"): (500, "default"),
         ("write", "iops"): (100, "annotation"),
-        ("read", "bps"): (0, "default"),
-        ("write", "bps"): (0, "default"),
     }
+    [held] = [
+        s for s in families["diskguard_container_limit_iops"].samples
+        if s.labels["pod"] == "web" and s.labels["direction"] == "write"
+    ]  # fmt: skip
+    device = cluster.device
+    assert (held.labels["major"], held.labels["minor"]) == (str(device.major), str(device.minor))
+    assert held.labels["device"] == device.name  # the kernel's name, as node_exporter has it
+    # The standard collectors ride along.
+    assert "process_resident_memory_bytes" in families and "python_info" in families
+    assert "diskguard_sampler_pass_duration_seconds" in families
     states = {s.labels["state"]: s.value for s in families["diskguard_containers"].samples}
     assert states["limited"] == 1
     assert any(

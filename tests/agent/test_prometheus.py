@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from diskguard.model import IOLimits
+from diskguard.testing.lab import start_fio
 
 from .conftest import Cluster, P, scaled
 
@@ -53,7 +54,7 @@ async def test_prometheus_scrapes_the_agent(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    query = 'diskguard_container_limit{pod="web",container="app",direction="write",unit="iops"}'
+    query = 'diskguard_container_limit_iops{pod="web",container="app",direction="write"}'
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             with trio.fail_after(scaled(60)):
@@ -68,7 +69,9 @@ async def test_prometheus_scrapes_the_agent(
                         break
             [series] = result
             assert series["metric"]["namespace"] == "default"
-            assert series["metric"]["device"] == str(cluster.device)
+            device = cluster.device
+            assert series["metric"]["device"] == device.name  # as node_exporter names it
+            assert series["metric"]["major"] == str(device.major)
             assert series["metric"]["source"] == "annotation"
             assert float(series["value"][1]) == 100
             r = await client.get("/api/v1/query", params={"query": "up{job='diskguard'}"})
@@ -76,3 +79,38 @@ async def test_prometheus_scrapes_the_agent(
     finally:
         prom.terminate()
         prom.wait(timeout=10)
+
+
+@pytest.mark.parametrize("sampler", ["cgroup", pytest.param("bpf", marks=pytest.mark.bpf)])
+async def test_promtool_finds_the_exposition_clean(
+    cluster: Cluster, start_agent: Any, sampler: str
+) -> None:
+    """Prometheus' own linter (naming, units, histogram and counter conventions) over a
+    live agent's /metrics, with limits, IO counters and (BPF) latency histograms in it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("needs Debian's prometheus package (promtool)")
+    pod = cluster.add_pod("web", annotations={f"{P}/write-iops": "100"})
+    running = await start_agent(SAMPLER=sampler, SAMPLE_INTERVAL="0.5")
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 100))
+    with trio.fail_after(scaled(60)):
+        await running.agent.measuring.wait()
+    writes = start_fio(cg, cluster.mount, number_ios=20, size_mib=4)
+    await trio.to_thread.run_sync(writes.communicate)
+    assert writes.returncode == 0
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(scaled(30)):
+            while True:
+                text = (await client.get(f"{running.agent.http_binds[0]}/metrics")).text
+                if "diskguard_container_io_ops_total{" in text and (
+                    sampler == "cgroup" or "diskguard_container_io_latency_seconds_bucket{" in text
+                ):
+                    break
+                await trio.sleep(0.2)
+    checked = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+        )
+    )
+    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr

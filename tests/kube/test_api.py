@@ -84,6 +84,7 @@ def test_namespace_list_and_watch_stream_changes_and_bookmarks(
     api: FakeAPIServer, api_client: Any
 ) -> None:
     ours = CoreApi(api_client)
+    api.create("pods", make_pod("old", node="node-1"))
     listed = _json(ours.list_namespace(_request_timeout=TIMEOUT))
     rv = listed["metadata"]["resourceVersion"]
     api.create("pods", make_pod("new", node="node-1"))
@@ -100,10 +101,13 @@ def test_namespace_list_and_watch_stream_changes_and_bookmarks(
     finally:
         response.close()
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "ADDED" and events[0]["object"]["metadata"]["name"] == "new"
+    # From the resourceVersion asked for: "old" came before it and is not replayed.
+    added = [e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"]
+    assert added == ["new"]
     assert "BOOKMARK" in kinds  # allowWatchBookmarks=true reached the server as "true"
     watch_query = api.requests()[-1].query
     assert watch_query["watch"] == "true" and watch_query["timeoutSeconds"] == "1"
+    assert watch_query["resourceVersion"] == rv
 
 
 def test_read_and_merge_patch_a_pod_guarded_by_its_resource_version(
@@ -134,9 +138,18 @@ def test_read_and_merge_patch_a_pod_guarded_by_its_resource_version(
 def test_events_are_posted_as_json(api: FakeAPIServer, api_client: Any) -> None:
     pod = api.create("pods", make_pod("a"))
     body = make_event(pod, "DiskThrottled", "limited to 500 IOPS", type="Warning")
-    created = _json(CoreApi(api_client).create_namespaced_event("default", body))
+    ours = CoreApi(api_client)
+    created = _json(ours.create_namespaced_event("default", body))
     assert created["reason"] == "DiskThrottled"
     assert api.get("events", "default", created["metadata"]["name"])["message"] == body["message"]
+    assert api.requests()[-1].content_type == "application/json"
+    # Answers are read whole, so one connection serves every call (no TCP+TLS per Event).
+    for i in range(5):
+        ours.create_namespaced_event("default", {**body, "metadata": {"name": f"e{i}"}})
+        ours.patch_namespaced_pod("a", "default", {"metadata": {"labels": {"n": str(i)}}})
+    pools = api_client.rest_client.pool_manager.pools
+    [key] = pools.keys()
+    assert pools[key].num_connections == 1
 
 
 def test_access_reviews(api: FakeAPIServer, api_client: Any) -> None:

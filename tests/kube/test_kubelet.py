@@ -198,7 +198,7 @@ def test_settings_in_cluster_defaults_and_overrides() -> None:
         ("KUBELET_POLL_INTERVAL", "0"),
         ("KUBELET_POLL_INTERVAL", "-5"),
         ("KUBELET_POLL_INTERVAL", "nan"),
-        ("KUBELET_POLL_INTERVAL", "5s"),
+        ("KUBELET_POLL_INTERVAL", "5 s"),
     ],
 )
 def test_settings_bad_value_names_the_variable(variable: str, value: str) -> None:

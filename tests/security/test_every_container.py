@@ -222,10 +222,9 @@ async def test_ephemeral_container_io_is_measured_and_shown(
     limit_lines = [
         line
         for line in exposition(running.agent).decode().splitlines()
-        if line.startswith("diskguard_container_limit{")
+        if line.startswith("diskguard_container_limit_iops{")
         and 'container="debugger"' in line
         and 'direction="write"' in line
-        and 'unit="iops"' in line
     ]
     assert limit_lines and limit_lines[0].endswith(" 300.0"), limit_lines
 
