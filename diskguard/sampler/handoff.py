@@ -209,6 +209,8 @@ def _adopt(
     info["attached"] = ", ".join(attached)
     info["loader_seconds"] = f"{handoff.seconds:.2f}"
     info["loader_peak_kib"] = str(int(m.get("peak_kib") or 0))
+    info["loader_anon_kib"] = str(int(m.get("anon_kib") or 0))
+    info["loader_file_kib"] = str(int(m.get("file_kib") or 0))
     return BpfSampler(
         maps_from(maps_fds, latency_problem is None),
         devices,

@@ -92,12 +92,18 @@ class _CollectingLog:
         self.events.append((event, kw))
 
 
-def _peak_kib() -> int:
+def _memory_kib() -> dict[str, int]:
+    """VmHWM (peak RSS) and, at hand-off, RssAnon and RssFile: how much of the peak is
+    the compile's own heap and how much mapped libraries (libbcc links LLVM and clang),
+    whose clean pages the kernel can drop under a memory limit."""
+    wanted = {"VmHWM": "peak_kib", "RssAnon": "anon_kib", "RssFile": "file_kib"}
+    out = dict.fromkeys(wanted.values(), 0)
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+            key, _, value = line.partition(":")
+            if key in wanted:
+                out[wanted[key]] = int(value.split()[0])
+    return out
 
 
 def _die_with_parent() -> None:
@@ -178,7 +184,7 @@ def run(argv: Sequence[str]) -> int:
         traceback.print_exc()
         message = {"ok": False, "error": f"loader failed: {type(e).__name__}: {e}"}
     message["warnings"] = log.events
-    message["peak_kib"] = _peak_kib()
+    message.update(_memory_kib())
     send(sock, message, fds)
     return 0 if message["ok"] else 1
 

@@ -196,7 +196,10 @@ class Doctor:
             Status.OK,
             f"compiled and attached in a loader process in {info.get('loader_seconds')}s "
             f"(compile {info.get('compile_seconds')}s, loader peak "
-            f"{int(info.get('loader_peak_kib', '0')) // 1024} MiB): {info.get('attached')}",
+            f"{int(info.get('loader_peak_kib', '0')) // 1024} MiB, of it at the end "
+            f"{int(info.get('loader_anon_kib', '0')) // 1024} MiB heap and "
+            f"{int(info.get('loader_file_kib', '0')) // 1024} MiB mapped libraries): "
+            f"{info.get('attached')}",
         )
 
     def _latency(self) -> None:

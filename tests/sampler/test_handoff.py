@@ -99,6 +99,9 @@ def test_loader_reports_the_layouts_maplayout_reads(bpf_options: BpfOptions) -> 
         for a in handoff.message["attachments"]:
             assert int(fdinfo(handoff.fds[a["fd"]])["prog_id"]) in progs, a
         assert handoff.message["peak_kib"] > 0
+        # The split the README's memory figures quote: both parts there, within the peak.
+        parts = handoff.message["anon_kib"] + handoff.message["file_kib"]
+        assert handoff.message["anon_kib"] > 0 and 0 < parts <= handoff.message["peak_kib"]
     finally:
         handoff.close_all()
 
