@@ -132,15 +132,19 @@ def test_limit_wait_is_not_device_latency(
     hist = added(after, before, target)[disk.device].write
     assert fio.write_iops < 24, fio  # the limit held
     assert hist.count == fio.write_ios, (hist.count, fio.write_ios)
-    # QD1: each IO's mean wait as the application saw it (>= 40 ms at <= 24 IOPS).
+    # QD1: each IO's mean wait as the application saw it (>= 40 ms at <= 24 IOPS). Ours
+    # (exact: the kernel's sum) leaves out at least half of the limit's 50 ms per IO. Not a
+    # ratio: a loop disk shared with other IO on the host serves in 10+ ms at times (12.8 ms
+    # seen beside a CI run), which says nothing about where the limit's wait went.
     fio_mean = fio.runtime_s / fio.write_ios
     ours_mean = hist.sum_ns / hist.count / 1e9
-    assert ours_mean < fio_mean / 5, (ours_mean, fio_mean, hist.slots)
+    assert fio_mean - ours_mean >= 0.5 / 20, (ours_mean, fio_mean, hist.slots)
     ours99 = hist.quantile(0.99)
     assert fio.write_clat_p99_s is not None and ours99 is not None
     # The limit's slice wait (~100 ms) is fio's tail; ours is the disk's (sub-ms on the host,
-    # ~10 ms in the emulated v2 lane).
-    assert ours99 < fio.write_clat_p99_s / 4, (ours99, fio, hist.slots)
+    # ~10 ms in the emulated v2 lane). The estimate is within a factor 2 of the true p99:
+    # with the wait in it, it could not be below a third of fio's.
+    assert ours99 < fio.write_clat_p99_s / 3, (ours99, fio, hist.slots)
 
 
 def test_histogram_counts_match_kernel_io_counters(
