@@ -282,8 +282,16 @@ FAR = 3
 QUEUED = {"ioengine": "libaio", "iodepth": 4}
 
 
-def within(measured: float, target: float) -> bool:
-    return abs(measured - target) <= TOLERANCE * target
+# A throttled rate may fall below its limit on a loaded machine, never above it: the loop
+# disk's worker threads compete with everything else for the CPU (write_clat p99 392 ms and
+# 87 IOPS under a 100 IOPS limit, seen beside a CPU hog). The lower bound still catches a
+# limit set wrong by a factor.
+STARVED = 0.75
+
+
+def held(measured: float, limit: float) -> bool:
+    """At the limit: at most TOLERANCE above it, at most 1 - STARVED below."""
+    return STARVED * limit <= measured <= (1 + TOLERANCE) * limit
 
 
 @pytest.mark.slow
@@ -291,18 +299,18 @@ def test_fio_write_iops_limit_holds(backend, container_cgroup, loop_disk, fio_io
     free = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=1, **QUEUED)
     backend.write(container_cgroup, loop_disk.device, IOLimits(wiops=100))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randwrite", runtime=3, **QUEUED)
-    assert within(limited.write_iops, 100), limited
+    assert held(limited.write_iops, 100), limited
     assert free.write_iops > FAR * 100, free
     # Counts agree with the rate: ~300 IOs in 3 s, not a burst then a stall.
-    assert within(limited.write_ios / limited.runtime_s, 100), limited
+    assert held(limited.write_ios / limited.runtime_s, 100), limited
 
 
 @pytest.mark.slow
 def test_fio_read_bps_limit_holds(backend, container_cgroup, loop_disk, fio_iops) -> None:
     backend.write(container_cgroup, loop_disk.device, IOLimits(rbps=MiB))
     limited = fio_iops(container_cgroup, loop_disk.mount, rw="randread", runtime=3, **QUEUED)
-    assert within(limited.read_iops, MiB / 4096), limited
-    assert within(limited.read_bw, MiB), limited
+    assert held(limited.read_iops, MiB / 4096), limited
+    assert held(limited.read_bw, MiB), limited
     assert limited.write_ios == 0
 
 

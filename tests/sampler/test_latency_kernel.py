@@ -154,8 +154,13 @@ def test_histogram_counts_match_kernel_io_counters(
     disk: LoopDisk,
     run_in_cgroup: RunInCgroup,
 ) -> None:
-    """Completed requests in the histogram = the cgroup's own IO counters (io.stat on v2,
-    blkio.throttle.io_serviced on v1) for O_DIRECT 4k IO, where bios and requests are 1:1."""
+    """The requests the sampler counted at issue = the cgroup's own IO counters (io.stat on
+    v2, blkio.throttle.io_serviced on v1) for O_DIRECT 4k IO, where bios and requests are
+    1:1; and the histogram timed all of them but a rare few. Untimed by design: the kernel
+    refuses a hash-map update nested in another BPF program's update of the same map on the
+    same CPU (-EBUSY, its guard against deadlock), so an issue probe run from interrupt
+    context while a probe it interrupted holds the in-flight map's lock records no start
+    time: the request is counted, not timed (1,198 of 1,200 seen once beside a CPU hog)."""
     assert disk.mount is not None
     cg = kubelet_root.leaf("counted")
     target = Target.of(cg)
@@ -163,6 +168,7 @@ def test_histogram_counts_match_kernel_io_counters(
         bpf_sampler.devices, cgroup_hierarchy.path, cgroup_hierarchy.version, RecordingLog()
     )
     k0 = kernel.read([target])[target][disk.device]  # arms v1 counting before any IO
+    b0 = bpf_sampler.read([target])[target][disk.device]
     l0 = bpf_sampler.read_latency([target])
     procs = [
         start_fio(run_in_cgroup, cg, disk.mount, "randread", number_ios=1200),
@@ -172,9 +178,13 @@ def test_histogram_counts_match_kernel_io_counters(
         fio_result(proc)
     k1 = kernel.read([target])[target][disk.device]
     lat = added(bpf_sampler.read_latency([target]), l0, target)[disk.device]
+    b1 = bpf_sampler.read([target])[target][disk.device]
     counted = Counters(k1.rios - k0.rios, k1.wios - k0.wios)
+    requests = Counters(b1.rios - b0.rios, b1.wios - b0.wios)
     assert counted.rios >= 1200 and counted.wios >= 800, counted
-    assert (lat.read.count, lat.write.count) == (counted.rios, counted.wios), (lat, counted)
+    assert (requests.rios, requests.wios) == (counted.rios, counted.wios), (requests, counted)
+    for timed, issued in ((lat.read.count, requests.rios), (lat.write.count, requests.wios)):
+        assert issued - max(2, issued // 200) <= timed <= issued, (lat, requests, counted)
 
 
 def test_a_refused_completion_probe_leaves_counting_working(
