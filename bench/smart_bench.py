@@ -1,7 +1,8 @@
 """Smart-limit benchmarks.
 
-1. CPU cost of one evaluation pass over N containers (pure: bucket closing + decide +
-   pod_decision), as the smart-limit task runs it every SMART_LIMIT_MONITOR_INTERVAL.
+1. CPU cost of one evaluation pass over N containers (pure: every tier judged over its
+   window, as the smart-limit task runs it every SMART_LIMIT_MONITOR_INTERVAL), with the
+   single window (one tier) and with three tiers (15, 30, 60 minutes).
 2. Detection delay on the real kernel: fio starts in a container cgroup under a static
    limit; the time until the kernel holds the automatic limit, against window + interval.
 
@@ -21,16 +22,22 @@ from pathlib import Path
 
 import trio
 
+from diskguard.config import _seconds
 from diskguard.model import IOLimits, Rates
-from diskguard.policy.smart import AutoLimit, Bucket, SmartSettings, decide, pod_decision
+from diskguard.policy.smart import AutoLimit, Bucket, SmartSettings
+from diskguard.policy.tiers import Capacity, Tier, judge, parse_tiers, single_tier
+
+THREE_TIERS = (
+    "window=15m,iops=80%,bps=80%,limit=50%obs; window=30m,iops=60%,limit=40%obs;"
+    " window=60m,iops=50%,limit=30%obs"
+)
 
 
 def evaluation_cost(
-    containers: int, window: float, monitor: float, sample: float
+    containers: int, tiers: tuple[Tier, ...], monitor: float, sample: float
 ) -> dict[str, float]:
-    settings = SmartSettings(window=window)
     static = IOLimits(500, 500)
-    depth = int(window / monitor) + 2
+    depth = int(max(t.window for t in tiers) / monitor) + 2
     samples_per_bucket = int(monitor / sample)
     # Fill history as the task would: one bucket per monitor interval.
     histories = []
@@ -53,9 +60,11 @@ def evaluation_cost(
     passes = 20
     applied = 0
     for _ in range(passes):
-        for c, hist in enumerate(histories):
-            d = decide(hist, now, static, AutoLimit(), settings, f"c{c}")
-            applied += pod_decision({"c": d}, AutoLimit()).action == "apply"
+        for hist in histories:
+            verdict = judge(
+                hist, now, static, Capacity(), AutoLimit(), tiers, remove_threshold=0.5
+            )
+            applied += bool(verdict.triggers)
     cpu = (time.process_time() - cpu0) / passes
     wall = (time.perf_counter() - wall0) / passes
     # The sampler's side: one Bucket.add per container per sample interval.
@@ -168,10 +177,15 @@ def main() -> None:
         f"command: .venv/bin/python bench/smart_bench.py --containers {args.containers} "
         f"--runs {args.runs}"
     )
-    cost = evaluation_cost(args.containers, window=600.0, monitor=60.0, sample=1.0)
-    print("\n== evaluation pass (window 10 min, monitor 60 s, sample 1 s)")
-    for k, v in cost.items():
-        print(f"  {k:<36} {v:10.2f}")
+    shapes = {
+        "the single window (10 min: one tier)": (single_tier(SmartSettings(window=600.0)),),
+        "three tiers (15, 30, 60 min)": parse_tiers(THREE_TIERS, _seconds),
+    }
+    for label, tiers in shapes.items():
+        cost = evaluation_cost(args.containers, tiers, monitor=60.0, sample=1.0)
+        print(f"\n== evaluation pass, {label}; monitor 60 s, sample 1 s")
+        for k, v in cost.items():
+            print(f"  {k:<36} {v:10.2f}")
     if args.skip_kernel or os.geteuid() != 0:
         return
     window, monitor, sample = 5.0, 1.0, 0.5

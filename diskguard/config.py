@@ -31,6 +31,7 @@ from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
 from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 from diskguard.policy.resolve import Guardrails
 from diskguard.policy.smart import SmartSettings
+from diskguard.policy.tiers import Tier, parse_tiers, single_tier
 from diskguard.policy.values import parse_bps, parse_iops
 
 T = TypeVar("T")
@@ -88,6 +89,12 @@ class SmartConfig:
     enabled: bool = False
     monitor_interval: float = 60.0
     settings: SmartSettings = attrs.field(factory=lambda: SmartSettings(window=600.0))
+    # SMART_LIMIT_TIERS, shortest window first; unset: the single window above as one tier.
+    tiers: tuple[Tier, ...] = attrs.field(
+        default=attrs.Factory(lambda self: (single_tier(self.settings),), takes_self=True)
+    )
+    remove_delay: float = 0.0  # every tier calm this long before the limit is lifted
+    remove_check_interval: float = 60.0
     dry_run: bool = False
     use_kubelet_api: bool = False
     patches_per_minute: int = 30
@@ -188,7 +195,7 @@ MAX_DURATION_TEXT = 64
 _GO_DURATION = re.compile(r"\+?(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 
 
-def _duration(unit: float) -> Callable[[str], float]:
+def _duration(unit: float, *, zero: bool = False) -> Callable[[str], float]:
     """Seconds, from a Go-style duration as Kubernetes writes them (`30s`, `10m`, `1h30m`,
     `500ms`; parsed by durationpy) or a plain number in the variable's documented unit."""
 
@@ -202,7 +209,7 @@ def _duration(unit: float) -> Callable[[str], float]:
             if not _GO_DURATION.fullmatch(text):
                 raise
             number = durationpy.from_str(text).total_seconds()  # DurationError: a ValueError
-        if not math.isfinite(number) or number <= 0:
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
             raise ValueError
         return number
 
@@ -274,8 +281,20 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
         min_iops=get("SMART_LIMIT_MIN_IOPS", parse_iops, iops_form, 10),
         min_bps=get("SMART_LIMIT_MIN_BPS", parse_bps, bps_form, 1 << 20),
     )
+    tiers = get(
+        "SMART_LIMIT_TIERS",
+        lambda text: parse_tiers(text, _seconds),
+        "tiers separated by ';', each key=value pairs: window=15m,iops=80%,bps=80%,"
+        "limit=50%obs (README: Smart limit tiers)",
+        (single_tier(settings),),
+    )
     return SmartConfig(
         enabled=get("SMART_LIMIT_ENABLED", _bool, "true or false", False),
+        tiers=tiers,
+        remove_delay=get(
+            "SMART_LIMIT_REMOVE_DELAY", _duration(1.0, zero=True), _form("5m") + " or 0", 0.0
+        ),
+        remove_check_interval=get("SMART_LIMIT_REMOVE_CHECK_INTERVAL", _seconds, _form("1m"), 60.0),
         monitor_interval=get(
             "SMART_LIMIT_MONITOR_INTERVAL",
             _seconds,

@@ -263,3 +263,29 @@ def test_intervals_accept_go_durations_and_plain_numbers(
         "SMART_LIMIT_HISTORY_WINDOW": c.smart.settings.window,
     }[variable]
     assert got == pytest.approx(seconds)
+
+
+def test_smart_limit_tiers_default_to_the_single_window() -> None:
+    c = load_config({"NODE_NAME": "n", "SMART_LIMIT_HISTORY_WINDOW": "15m"})
+    [tier] = c.smart.tiers
+    assert tier.window == 900.0 and tier.name == "default"
+    assert (c.smart.remove_delay, c.smart.remove_check_interval) == (0.0, 60.0)
+    graded = load_config(
+        {
+            "NODE_NAME": "n",
+            "SMART_LIMIT_TIERS": (
+                "window=60m,iops=50%,limit=25%obs; window=15m,iops=80%,limit=50%obs"
+            ),
+            "SMART_LIMIT_REMOVE_DELAY": "5m",
+            "SMART_LIMIT_REMOVE_CHECK_INTERVAL": "30s",
+        }
+    )
+    assert [t.name for t in graded.smart.tiers] == ["15m", "60m"]
+    assert (graded.smart.remove_delay, graded.smart.remove_check_interval) == (300.0, 30.0)
+
+
+def test_a_bad_tier_names_the_variable_and_what_is_wrong() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"NODE_NAME": "n", "SMART_LIMIT_TIERS": "window=15m,iops=80%"})
+    assert info.value.variable == "SMART_LIMIT_TIERS"
+    assert "no limit" in str(info.value) and "window=15m,iops=80%,bps=80%" in str(info.value)

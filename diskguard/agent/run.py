@@ -354,14 +354,11 @@ class Agent:
         smart: SmartLimiter | None = None
         if config.smart.enabled and (use_kubelet_rates or sampler is not None):
             smart = SmartLimiter(
-                config.smart.settings,
-                config.smart.monitor_interval,
+                config.smart,
                 self.reconciler,
                 self.api,
                 self.events.emit,
                 config.annotation_prefix,
-                dry_run=config.smart.dry_run,
-                patches_per_minute=config.smart.patches_per_minute,
                 fresh_resource_version=config.kubelet.pod_source,
             )
         # Smart limit listens to one rate source: the kubelet's when asked for, else ours.

@@ -25,6 +25,7 @@ import trio
 from kubernetes.client.exceptions import ApiException
 
 from diskguard.agent.reconciler import Reconciler
+from diskguard.config import SmartConfig
 from diskguard.kube.api import CoreApi
 from diskguard.kube.events import pod_event
 from diskguard.logs import get_logger
@@ -33,49 +34,75 @@ from diskguard.policy.annotations import (
     AUTO_BPS,
     AUTO_IOPS,
     LIMIT_REASON,
+    OWN_KEYS,
     SMART_LIMIT,
+    SMART_LIMIT_TIER,
     parse_smart_annotations,
 )
 from diskguard.policy.plan import Enforcement, PodPlan
-from diskguard.policy.smart import (
-    AutoLimit,
-    Bucket,
-    Decision,
-    Sample,
-    SmartAction,
-    SmartSettings,
-    decide,
+from diskguard.policy.smart import AutoLimit, Bucket, Decision, Sample, SmartAction
+from diskguard.policy.tiers import (
+    DEFAULT_TIER,
+    Capacity,
+    Removal,
+    TierVerdict,
+    judge,
+    strictest,
+    tighter,
 )
-from diskguard.policy.smart import pod_decision as combine_decisions
 
 log = get_logger(__name__)
+
+
+def _reason(container: str, verdict: TierVerdict) -> str:
+    """Why, for the annotation and the Event: each tier that triggered, with the lowest rate
+    of its window against its threshold."""
+    return "; ".join(
+        f"{container}: {t.metric.words} stayed at or above "
+        + (
+            f"{t.fraction:g} x {t.reference} = {t.threshold:g}"
+            if t.fraction is not None
+            else f"{t.threshold:g}"
+        )
+        + f" for {t.window:g}s (tier {t.tier}; lowest {t.observed:.0f})"
+        for t in verdict.triggers
+    )
 
 
 class SmartLimiter:
     def __init__(
         self,
-        settings: SmartSettings,
-        monitor_interval: float,
+        smart: SmartConfig,
         reconciler: Reconciler,
         api: CoreApi,
         emit: Any,
         prefix: str,
         *,
-        dry_run: bool = False,
-        patches_per_minute: int = 30,
         fresh_resource_version: bool = False,
     ) -> None:
+        settings = smart.settings
         self.settings = settings
-        self.monitor_interval = monitor_interval
+        self.tiers = smart.tiers
+        self.monitor_interval = monitor_interval = smart.monitor_interval
+        self._remove_delay = smart.remove_delay
+        self._remove_check_interval = smart.remove_check_interval
+        # Thresholds and limits relative to capacity use the declared one (SMART_LIMIT_DEVICE_*).
+        self._capacity = Capacity(settings.device_iops, settings.device_bps)
+        self._minimum = AutoLimit(settings.min_iops, settings.min_bps)
         self._reconciler = reconciler
         self._api = api
         self._emit = emit
         self._prefix = prefix
-        self.dry_run = dry_run
+        self.dry_run = smart.dry_run
+        patches_per_minute = smart.patches_per_minute
         # The pods come from the kubelet: read the current resourceVersion before patching.
         self._fresh_resource_version = fresh_resource_version
         self._buckets: dict[ContainerKey, Bucket] = {}
-        depth = math.ceil(settings.window / monitor_interval) + 2
+        # Sticky removal per pod uid: since when every tier has been calm, and when it was
+        # last checked (every SMART_LIMIT_REMOVE_CHECK_INTERVAL; every pass without a delay).
+        self._removals: dict[str, tuple[Removal, float]] = {}
+        longest = max(t.window for t in self.tiers)
+        depth = math.ceil(longest / monitor_interval) + 2
         self._history: dict[ContainerKey, collections.deque[Sample]] = {}
         self._depth = depth
         self._max_interval = 1.0
@@ -126,6 +153,8 @@ class SmartLimiter:
         now = trio.current_time()
         for gone in set(self.decisions) - set(self._reconciler.plans):
             del self.decisions[gone]  # bounded by the pods on the node, not by churn
+        for gone in set(self._removals) - set(self._reconciler.plans):
+            del self._removals[gone]
         for uid, plan in list(self._reconciler.plans.items()):
             try:
                 await self._evaluate_pod(uid, plan, now)
@@ -145,28 +174,73 @@ class SmartLimiter:
             if smart.active:
                 await self._lift(pod, "the pod opted out of smart limits")
             return
-        per_container = {}
+        # A pod limited before tiers existed carries no tier key: the single window's.
+        in_force = (smart.tier or DEFAULT_TIER) if smart.active else ""
+        verdicts: dict[str, TierVerdict] = {}
         for cplan in plan.containers:
             if cplan.enforcement is not Enforcement.POD_LIMITS or cplan.resolution is None:
                 continue  # excluded containers are not judged
             history = self._history.get(cplan.ref.key)
             if not history:
                 continue
-            per_container[cplan.ref.container] = decide(
+            verdicts[cplan.ref.container] = judge(
                 list(history),
                 now,
                 cplan.resolution.static,
+                self._capacity,
                 current,
-                self.settings,
-                cplan.ref.container,
+                self.tiers,
+                remove_threshold=self.settings.remove_threshold,
+                minimum=self._minimum,
+                in_force=in_force,
             )
-        decision = combine_decisions(per_container, current)
+        decision = self._pod_decision(uid, verdicts, current, now)
         if decision.action is SmartAction.APPLY:
             self.decisions[uid] = decision
             await self._apply(pod, decision)
         elif decision.action is SmartAction.LIFT:
             self.decisions[uid] = decision
             await self._lift(pod, decision.reason)
+
+    def _pod_decision(
+        self, uid: str, verdicts: Mapping[str, TierVerdict], current: AutoLimit, now: float
+    ) -> Decision:
+        """Any container's triggered tier applies its limit (the strictest, per unit), or
+        tightens the one in force (another tier's: `judge` leaves the tier in force out).
+        The limit goes once every judged container has been calm in every tier for the
+        removal delay."""
+        fired = {name: v for name, v in verdicts.items() if v.triggers}
+        if fired:
+            self._removals.pop(uid, None)
+            new = strictest([v.limit for v in fired.values()])
+            if current.active and not tighter(new, current):
+                return Decision(SmartAction.NONE)
+            limit = strictest([new, current]) if current.active else new
+            reason = "; ".join(_reason(name, v) for name, v in fired.items())
+            tier = next(
+                (v.tier for v in fired.values() if limit.iops and v.limit.iops == limit.iops),
+                next(iter(fired.values())).tier,
+            )
+            return Decision(SmartAction.APPLY, limit, reason=reason, tier=tier)
+        if not current.active:
+            self._removals.pop(uid, None)
+            return Decision(SmartAction.NONE)
+        calm = bool(verdicts) and all(v.calm for v in verdicts.values())
+        removal, checked = self._removals.get(uid, (Removal(), -math.inf))
+        if self._remove_delay == 0 or now - checked >= self._remove_check_interval:
+            removal, checked = removal.update(calm, now), now
+            self._removals[uid] = (removal, checked)
+        if not removal.due(now, self._remove_delay):
+            return Decision(SmartAction.NONE)
+        self._removals.pop(uid, None)
+        return Decision(
+            SmartAction.LIFT,
+            reason=(
+                f"every container's IO stayed below {self.settings.remove_threshold:g} x the "
+                f"automatic limit in every tier's window"
+                + (f" for {self._remove_delay:g}s" if self._remove_delay else "")
+            ),
+        )
 
     def _take_token(self) -> bool:
         now = trio.current_time()
@@ -184,20 +258,20 @@ class SmartLimiter:
             f"{p}/{AUTO_IOPS}": str(decision.auto.iops) if decision.auto.iops else None,
             f"{p}/{AUTO_BPS}": str(decision.auto.bps) if decision.auto.bps else None,
             f"{p}/{LIMIT_REASON}": decision.reason[:1000],
+            f"{p}/{SMART_LIMIT_TIER}": decision.tier or None,
         }
         parts = []
         if decision.auto.iops:
             parts.append(f"{decision.auto.iops} IOPS")
         if decision.auto.bps:
             parts.append(f"{decision.auto.bps} B/s")
-        message = f"automatic limit {' and '.join(parts)}: {decision.reason}"
+        tier = f" (tier {decision.tier})" if decision.tier else ""
+        message = f"automatic limit {' and '.join(parts)}{tier}: {decision.reason}"
         if await self._patch(pod, annotations, SmartAction.APPLY, message):
             self._emit(pod_event(pod, "SmartLimitApplied", message))
 
     async def _lift(self, pod: PodInfo, reason: str) -> None:
-        annotations: dict[str, str | None] = {
-            f"{self._prefix}/{k}": None for k in (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON)
-        }
+        annotations: dict[str, str | None] = {f"{self._prefix}/{k}": None for k in OWN_KEYS}
         message = f"automatic limit removed: {reason}"
         if await self._patch(pod, annotations, SmartAction.LIFT, message):
             self._emit(pod_event(pod, "SmartLimitRemoved", message))

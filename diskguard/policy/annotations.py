@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from diskguard.model import Direction, LimitField, LimitUnit
+from diskguard.policy.names import is_dns1123_label
 from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
 
 
@@ -62,6 +63,9 @@ SMART_LIMIT = "smart-limit"
 AUTO_IOPS = "auto-iops"
 AUTO_BPS = "auto-bps"
 LIMIT_REASON = "limit-reason"
+SMART_LIMIT_TIER = "smart-limit-tier"  # the tier whose limit is in force (SMART_LIMIT_TIERS)
+# Every key the agent writes: the admission policy lets it touch these and nothing else.
+OWN_KEYS = (SMART_LIMIT, AUTO_IOPS, AUTO_BPS, LIMIT_REASON, SMART_LIMIT_TIER)
 # Set by users: this pod is never smart-limited.
 SMART_OPT_OUT = "smart-limit-opt-out"
 
@@ -76,6 +80,7 @@ class SmartAnnotations:
     auto_bps: int = 0
     opted_out: bool = False
     problems: tuple[str, ...] = ()
+    tier: str = ""  # the tier in force (SMART_LIMIT_TIERS); "" before tiers or when unreadable
 
 
 def parse_smart_annotations(annotations: Mapping[str, str], prefix: str) -> SmartAnnotations:
@@ -92,10 +97,13 @@ def parse_smart_annotations(annotations: Mapping[str, str], prefix: str) -> Smar
             values[suffix] = parse(raw)
         except LimitValueError as exc:
             problems.append(f"{prefix}/{suffix}: {exc}")
+    tier = annotations.get(f"{prefix}/{SMART_LIMIT_TIER}", "").strip()
     return SmartAnnotations(
         active=True,
         auto_iops=values.get(AUTO_IOPS, 0),
         auto_bps=values.get(AUTO_BPS, 0),
         opted_out=opted_out,
         problems=tuple(problems),
+        # A label value in metrics: only a tier name as the agent writes them.
+        tier=tier if len(tier) <= 32 and is_dns1123_label(tier) else "",
     )

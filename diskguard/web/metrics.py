@@ -323,8 +323,9 @@ class AgentCollector(Collector):
         labels = ["namespace", "pod"]
         active = GaugeMetricFamily(
             "diskguard_smart_limit_active",
-            "1 for each pod that carries an automatic (smart) limit",
-            labels=labels,
+            "1 for each pod that carries an automatic (smart) limit, with the tier in force "
+            "(SMART_LIMIT_TIERS; default: the single window)",
+            labels=[*labels, "tier"],
         )
         auto_iops = GaugeMetricFamily(
             "diskguard_smart_limit_iops",
@@ -341,7 +342,7 @@ class AgentCollector(Collector):
             found = parse_smart_annotations(info.annotations, prefix)
             if not found.active:
                 continue
-            active.add_metric([info.namespace, info.name], 1)
+            active.add_metric([info.namespace, info.name, found.tier or "default"], 1)
             if found.auto_iops:
                 auto_iops.add_metric([info.namespace, info.name], found.auto_iops)
             if found.auto_bps:

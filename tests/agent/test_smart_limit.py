@@ -27,7 +27,13 @@ SMART_ENV = {
     # the default threshold are the pure tests' job; here the whole path is).
     "SMART_LIMIT_HIGH_IO_THRESHOLD": "0.5",
 }
-SMART_KEYS = {f"{P}/smart-limit", f"{P}/auto-iops", f"{P}/auto-bps", f"{P}/limit-reason"}
+SMART_KEYS = {
+    f"{P}/smart-limit",
+    f"{P}/auto-iops",
+    f"{P}/auto-bps",
+    f"{P}/limit-reason",
+    f"{P}/smart-limit-tier",
+}
 
 
 def background_fio(cluster: Cluster, cgroup: Any, seconds: float) -> subprocess.Popen[bytes]:
@@ -66,6 +72,8 @@ async def test_sustained_io_is_smart_limited_then_lifted(
         # half the lowest sustained rate: the limit's 200 IOPS, or what a starved disk did
         assert 50 <= auto <= 100, ann
         assert "app: write IOPS stayed at or above 0.5 x 200" in ann[f"{P}/limit-reason"]
+        # Without SMART_LIMIT_TIERS the single window is the one tier, named "default".
+        assert ann[f"{P}/smart-limit-tier"] == "default", ann
         # the apply path enforces it: stricter of static and automatic, per direction
         await cluster.wait_kernel(cg, IOLimits(auto, auto), timeout=2)
     finally:
@@ -146,3 +154,47 @@ async def test_agent_restart_keeps_the_smart_limit_and_posts_no_duplicate_events
     finally:
         load.kill()
         load.wait()
+
+
+async def test_tiers_escalate_to_the_stricter_limit_and_lift_after_the_delay(
+    cluster: Cluster, start_agent: Any
+) -> None:
+    """SMART_LIMIT_TIERS with seconds for minutes: the short tier triggers first (150 IOPS),
+    the long one, once its window is full, tightens to 80; after the load, the limit goes
+    only once every tier is calm and the removal delay has passed."""
+    pod = cluster.add_pod("tiered", annotations={f"{P}/write-iops": "200"})
+    tiers = (
+        "name=fast,window=3s,iops=50%,limit-iops=150; name=slow,window=6s,iops=25%,limit-iops=80"
+    )
+    await start_agent(
+        **{**SMART_ENV, "SMART_LIMIT_TIERS": tiers, "SMART_LIMIT_REMOVE_DELAY": "3s",
+           "SMART_LIMIT_REMOVE_CHECK_INTERVAL": "1s"}
+    )  # fmt: skip
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    load = background_fio(cluster, cg, 60)
+    try:
+        first = await wait_annotations(cluster, "tiered", present=True, timeout=20)
+        assert (first[f"{P}/auto-iops"], first[f"{P}/smart-limit-tier"]) == ("150", "fast")
+        assert "tier fast" in first[f"{P}/limit-reason"], first
+        await cluster.wait_kernel(cg, IOLimits(150, 150), timeout=5)
+        with trio.fail_after(scaled(20)):
+            while True:
+                ann = cluster.api.get("pods", "default", "tiered")["metadata"]["annotations"]
+                if ann.get(f"{P}/smart-limit-tier") == "slow":
+                    break
+                await trio.sleep(0.1)
+        assert ann[f"{P}/auto-iops"] == "80", ann
+        await cluster.wait_kernel(cg, IOLimits(80, 80), timeout=5)
+    finally:
+        load.kill()
+        load.wait()
+    stopped = trio.current_time()
+    lifted = await wait_annotations(cluster, "tiered", present=False, timeout=30)
+    # Calm in both windows (the long one: 6 s after the load) plus the 3 s delay.
+    assert trio.current_time() - stopped >= 6 + 3 - 1, trio.current_time() - stopped
+    assert not SMART_KEYS & set(lifted)
+    await cluster.wait_kernel(cg, IOLimits(500, 200), timeout=5)
+    applied = await cluster.wait_events("SmartLimitApplied", 2)
+    assert ["(tier fast)" in e["message"] for e in applied] == [True, False]
+    assert "(tier slow)" in applied[1]["message"]

@@ -5,11 +5,14 @@ one records; and the agent's own smart-limit patches pass it (test_rbac.py)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from diskguard.policy.annotations import OWN_KEYS
 
 from .admission import Decision, Policy, PolicyError
 from .kustomize import find
@@ -127,3 +130,10 @@ def test_the_prefix_is_the_agents_own() -> None:
         f"system:serviceaccount:{account['namespace']}:{account['name']}'"
         in (condition["expression"])
     )
+
+
+def test_the_policys_own_keys_are_the_agents() -> None:
+    """The keys the policy lets the agent write are exactly those the agent writes."""
+    policy = find(built("admission-policy"), "ValidatingAdmissionPolicy")
+    [own] = [v for v in policy["spec"]["variables"] if v["name"] == "ownKeys"]
+    assert tuple(re.findall(r"'([a-z-]+)'", own["expression"])) == OWN_KEYS

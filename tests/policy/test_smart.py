@@ -8,15 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.model import IOLimits, Rates
-from diskguard.policy.smart import (
-    AutoLimit,
-    Decision,
-    Sample,
-    SmartSettings,
-    decide,
-    pod_decision,
-    window_samples,
-)
+from diskguard.policy.smart import AutoLimit, Decision, Sample, SmartSettings, window_samples
+from diskguard.testing.smart_oracle import decide, pod_decision
 
 STATIC = IOLimits(riops=500, wiops=500)
 S = SmartSettings(window=10.0)

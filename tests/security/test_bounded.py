@@ -10,6 +10,7 @@ import pytest
 
 from diskguard.agent.reconciler import Reconciler, ReconcileSettings
 from diskguard.agent.smart import SmartLimiter
+from diskguard.config import SmartConfig
 from diskguard.kube.events import EventRequest
 from diskguard.kube.pods import parse_pod, pod_event
 from diskguard.kube.watch import Changed, Relisted
@@ -116,7 +117,8 @@ def test_parse_failures_go_with_their_pod(tmp_path: Path) -> None:
 
 async def test_smart_decisions_go_with_their_pod(tmp_path: Path) -> None:
     reconciler = _reconciler(tmp_path)
-    limiter = SmartLimiter(SmartSettings(window=60.0), 10.0, reconciler, None, None, P)  # type: ignore[arg-type]
+    smart = SmartConfig(monitor_interval=10.0, settings=SmartSettings(window=60.0))
+    limiter = SmartLimiter(smart, reconciler, None, None, P)  # type: ignore[arg-type]
     for i in range(100):
         limiter.decisions[f"uid-{i}"] = Decision("lift", reason="gone")
     await limiter.evaluate()
