@@ -31,7 +31,7 @@ from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
 from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 from diskguard.policy.resolve import Guardrails
 from diskguard.policy.smart import SmartSettings
-from diskguard.policy.tiers import Tier, parse_tiers, single_tier
+from diskguard.policy.tiers import MAX_WINDOW, Tier, parse_tiers, single_tier
 from diskguard.policy.values import parse_bps, parse_iops
 
 T = TypeVar("T")
@@ -219,6 +219,16 @@ def _duration(unit: float, *, zero: bool = False) -> Callable[[str], float]:
 _seconds = _duration(1.0)
 
 
+def _at_most(bound: float, parse: Callable[[str], float]) -> Callable[[str], float]:
+    def bounded(value: str) -> float:
+        number = parse(value)
+        if number > bound:
+            raise ValueError
+        return number
+
+    return bounded
+
+
 def _form(example: str, unit: str = "seconds") -> str:
     return f"a positive duration such as {example} (a plain number is {unit}, fractions allowed)"
 
@@ -268,7 +278,12 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
     fraction = "a fraction in (0, 1], such as 0.8"
     computed = " (0 = computed from the observed IO)"
     # Minutes when a plain number, as before durations were accepted.
-    window = get("SMART_LIMIT_HISTORY_WINDOW", _duration(60.0), _form("10m", "minutes"), 600.0)
+    window = get(
+        "SMART_LIMIT_HISTORY_WINDOW",
+        _at_most(MAX_WINDOW, _duration(60.0)),
+        _form("10m", "minutes") + ", at most 24h",
+        600.0,
+    )
     settings = SmartSettings(
         window=window,
         io_threshold=get("SMART_LIMIT_HIGH_IO_THRESHOLD", _fraction, fraction, 0.8),

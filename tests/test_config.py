@@ -82,6 +82,7 @@ def test_values_are_trimmed_and_lists_ignore_empty_items() -> None:
         ({"RESYNC_INTERVAL": "1ns"}, "RESYNC_INTERVAL", "positive duration"),
         ({"SAMPLE_INTERVAL": "1" * 100 + "s"}, "SAMPLE_INTERVAL", "positive duration"),
         ({"SMART_LIMIT_HISTORY_WINDOW": "0s"}, "SMART_LIMIT_HISTORY_WINDOW", "is minutes"),
+        ({"SMART_LIMIT_HISTORY_WINDOW": "1e300"}, "SMART_LIMIT_HISTORY_WINDOW", "at most 24h"),
         ({"SMART_LIMIT_ANNOTATION_PREFIX": "Bad/Prefix"}, "SMART_LIMIT_ANNOTATION_PREFIX", "DNS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text | json"),
         ({"LATENCY_METRICS": "node"}, "LATENCY_METRICS", "container | pod | off"),

@@ -18,7 +18,7 @@ import collections
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
@@ -67,6 +67,20 @@ def _reason(container: str, verdict: TierVerdict) -> str:
         + f" for {t.window:g}s (tier {t.tier}; lowest {t.observed:.0f})"
         for t in verdict.triggers
     )
+
+
+def _tier_of(limit: AutoLimit, current: AutoLimit, fired: Iterable[TierVerdict]) -> str:
+    """The tier that set what changes: the IOPS limit's if it changes, else the bytes/s's."""
+    verdicts = list(fired)
+    if limit.iops and limit.iops != current.iops:
+        for v in verdicts:
+            if v.limit.iops == limit.iops and v.iops_tier:
+                return v.iops_tier
+    if limit.bps and limit.bps != current.bps:
+        for v in verdicts:
+            if v.limit.bps == limit.bps and v.bps_tier:
+                return v.bps_tier
+    return ""
 
 
 class SmartLimiter:
@@ -194,7 +208,7 @@ class SmartLimiter:
                 minimum=self._minimum,
                 in_force=in_force,
             )
-        decision = self._pod_decision(uid, verdicts, current, now)
+        decision = self._pod_decision(uid, verdicts, current, now, in_force)
         if decision.action is SmartAction.APPLY:
             self.decisions[uid] = decision
             await self._apply(pod, decision)
@@ -203,7 +217,12 @@ class SmartLimiter:
             await self._lift(pod, decision.reason)
 
     def _pod_decision(
-        self, uid: str, verdicts: Mapping[str, TierVerdict], current: AutoLimit, now: float
+        self,
+        uid: str,
+        verdicts: Mapping[str, TierVerdict],
+        current: AutoLimit,
+        now: float,
+        in_force: str = "",
     ) -> Decision:
         """Any container's triggered tier applies its limit (the strictest, per unit), or
         tightens the one in force (another tier's: `judge` leaves the tier in force out).
@@ -217,22 +236,21 @@ class SmartLimiter:
                 return Decision(SmartAction.NONE)
             limit = strictest([new, current]) if current.active else new
             reason = "; ".join(_reason(name, v) for name, v in fired.items())
-            tier = next(
-                (v.tier for v in fired.values() if limit.iops and v.limit.iops == limit.iops),
-                next(iter(fired.values())).tier,
-            )
+            tier = _tier_of(limit, current, fired.values()) or in_force
             return Decision(SmartAction.APPLY, limit, reason=reason, tier=tier)
         if not current.active:
             self._removals.pop(uid, None)
             return Decision(SmartAction.NONE)
         calm = bool(verdicts) and all(v.calm for v in verdicts.values())
         removal, checked = self._removals.get(uid, (Removal(), -math.inf))
-        if self._remove_delay == 0 or now - checked >= self._remove_check_interval:
-            removal, checked = removal.update(calm, now), now
-            self._removals[uid] = (removal, checked)
+        if self._remove_delay and now - checked < self._remove_check_interval:
+            return Decision(SmartAction.NONE)  # decided on checks only: none is due now
+        removal = removal.update(calm, now)
+        # Kept until the pod shows the limit gone: a lift the patch budget deferred or a
+        # 409 refused is retried at the next check, not after another full delay.
+        self._removals[uid] = (removal, now)
         if not removal.due(now, self._remove_delay):
             return Decision(SmartAction.NONE)
-        self._removals.pop(uid, None)
         return Decision(
             SmartAction.LIFT,
             reason=(

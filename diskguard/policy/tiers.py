@@ -36,6 +36,9 @@ from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
 
 _METRICS = {u: tuple(f for f in LimitField if f.unit is u) for u in LimitUnit}
 MAX_TIERS = 8
+# History is kept per monitor interval for the longest window: bounded, and a typo (1e300)
+# is refused at start-up instead of failing the smart-limit task later.
+MAX_WINDOW = 24 * 3600.0
 DEFAULT_TIER = "default"  # the single window's name (SMART_LIMIT_TIERS unset)
 MAX_TIERS_TEXT = 2048
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
@@ -56,7 +59,7 @@ class Of(enum.Enum):
 
 @attrs.frozen
 class Amount:
-    value: float  # the absolute amount, or the fraction (0.8 for 80%)
+    value: float  # the absolute amount (an exact int), or the fraction (0.8 for 80%)
     of: Of = Of.ABSOLUTE
 
     def resolve(self, *, reference: int, capacity: int, observed: float) -> float | None:
@@ -126,7 +129,7 @@ def _amount(text: str, unit: LimitUnit, *, limit: bool) -> Amount:
         raise TierError(f"{text!r}: {e}") from None
     if value <= 0:
         raise TierError(f"{text!r}: an amount must be positive")
-    return Amount(float(value))
+    return Amount(value)
 
 
 _KEYS = ("name", "window", "iops", "bps", "limit", "limit-iops", "limit-bps")
@@ -162,13 +165,29 @@ def _parse_tier(where: str, part: str, parse_duration: Callable[[str], float]) -
         window = parse_duration(fields["window"])
     except ValueError:
         raise TierError(f"{where}: window={fields['window']!r} is not a duration") from None
+    if window > MAX_WINDOW:
+        raise TierError(f"{where}: window longer than {MAX_WINDOW / 3600:g}h")
     name = fields.get("name", fields["window"]).lower()
     if not _NAME.fullmatch(name):
         raise TierError(f"{where}: name {name!r} must be a short DNS label")
+    if name == DEFAULT_TIER:
+        raise TierError(
+            f"{where}: the name {DEFAULT_TIER!r} is the single window's (pods limited before "
+            "tiers count as under it)"
+        )
     both = fields.get("limit")
     if both is not None and ("limit-iops" in fields or "limit-bps" in fields):
         raise TierError(f"{where}: limit= and limit-iops=/limit-bps= exclude each other")
     if both is not None:
+        if (
+            not both.endswith("%")
+            and not both.endswith(Of.CAPACITY.value)
+            and not (both.endswith(Of.OBSERVED.value))
+        ):
+            raise TierError(
+                f"{where}: limit={both!r} applies to IOPS and bytes/s alike, so it must be "
+                "relative (50%obs, 25%cap, 50%); give absolute limits as limit-iops=/limit-bps="
+            )
         fields["limit-iops"] = fields["limit-bps"] = both
     tier = Tier(
         name=name,
@@ -182,6 +201,11 @@ def _parse_tier(where: str, part: str, parse_duration: Callable[[str], float]) -
         raise TierError(f"{where}: no threshold (iops= and/or bps=)")
     if tier.limit_iops is None and tier.limit_bps is None:
         raise TierError(f"{where}: no limit (limit=, limit-iops= or limit-bps=)")
+    if not any(tier.threshold(u) is not None and tier.limit(u) is not None for u in LimitUnit):
+        raise TierError(
+            f"{where}: a threshold and a limit in the same unit are needed (iops= with "
+            "limit-iops=, or bps= with limit-bps=): a tier judges and limits per unit"
+        )
     return tier
 
 
@@ -227,6 +251,8 @@ class TierVerdict:
     triggers: tuple[TierTrigger, ...] = ()
     calm: bool = False  # every tier with a full window is below the removal threshold
     judged: bool = False  # at least one tier had a full window
+    iops_tier: str = ""  # which tier set each unit's limit ("" = no limit in that unit)
+    bps_tier: str = ""
 
 
 def judge(
@@ -242,10 +268,13 @@ def judge(
     in_force: str = "",
 ) -> TierVerdict:
     """Every tier over its own window of `samples`; `minimum` floors limits that are
-    fractions of a rate (a computed limit never goes below it). The tier `in_force` (whose
-    limit holds now) is judged for calm only: it never tightens its own limit (its window
-    still holds the rates from before that limit, and a limit relative to them would feed
-    on itself)."""
+    fractions of a rate (a computed limit never goes below it, nor below 1).
+
+    While an automatic limit holds, nothing may feed on the rates it shaped: the tier
+    `in_force` is judged for calm only, and no limit that is a fraction of the observed
+    rate (`%obs`) tightens a unit that already has an automatic limit (two such tiers would
+    otherwise take turns halving it). Absolute and capacity-relative limits still tighten:
+    that is how a longer tier escalates."""
     best: dict[LimitUnit, tuple[int, str]] = {}
     triggers: list[TierTrigger] = []
     calm = True
@@ -274,7 +303,6 @@ def judge(
                     reference=static.get(metric), capacity=capacity.of(unit), observed=0.0
                 )
                 if at is not None and lowest[metric] >= at:
-                    relative = threshold.of is not Of.ABSOLUTE
                     fired.append(
                         TierTrigger(
                             tier.name,
@@ -282,20 +310,29 @@ def judge(
                             lowest[metric],
                             at,
                             tier.window,
-                            threshold.value if relative else None,
-                            static.get(metric) or capacity.of(unit) if relative else 0,
+                            None if threshold.of is Of.ABSOLUTE else threshold.value,
+                            _reference_of(threshold, static.get(metric), capacity.of(unit)),
                         )
                     )
             if not fired:
                 continue
+            held_in_unit = current.iops if unit is LimitUnit.IOPS else current.bps
+            if cap.of is Of.OBSERVED and held_in_unit:
+                continue  # the observed rate is our own limit's doing
             observed = min(t.observed for t in fired)
-            resolved = cap.resolve(reference=0, capacity=capacity.of(unit), observed=observed)
+            # `50%` of the static limit of what fired (the lowest), else of the capacity.
+            reference = min(
+                (static.get(t.metric) for t in fired if static.get(t.metric)), default=0
+            )
+            resolved = cap.resolve(
+                reference=reference, capacity=capacity.of(unit), observed=observed
+            )
             if resolved is None:
                 continue  # a fraction of an unknown capacity: this tier cannot limit
             value = int(resolved)
             if cap.of is not Of.ABSOLUTE:
                 floor = minimum.iops if unit is LimitUnit.IOPS else minimum.bps
-                value = max(value, floor)
+                value = max(value, floor, 1)
             triggers.extend(fired)
             if unit not in best or value < best[unit][0]:
                 best[unit] = (value, tier.name)
@@ -303,7 +340,24 @@ def judge(
         best.get(LimitUnit.IOPS, (0, ""))[0], best.get(LimitUnit.BPS, (0, ""))[0]
     )
     tier_name = next((best[u][1] for u in LimitUnit if u in best), "")
-    return TierVerdict(strictest_limit, tier_name, tuple(triggers), calm and judged, judged)
+    return TierVerdict(
+        strictest_limit,
+        tier_name,
+        tuple(triggers),
+        calm and judged,
+        judged,
+        iops_tier=best.get(LimitUnit.IOPS, (0, ""))[1],
+        bps_tier=best.get(LimitUnit.BPS, (0, ""))[1],
+    )
+
+
+def _reference_of(threshold: Amount, static: int, capacity: int) -> int:
+    """What a relative threshold was a fraction of (for the reason text)."""
+    if threshold.of is Of.CAPACITY:
+        return capacity
+    if threshold.of is Of.REFERENCE:
+        return static or capacity
+    return 0
 
 
 def tighter(new: AutoLimit, current: AutoLimit) -> bool:

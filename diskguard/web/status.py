@@ -257,7 +257,9 @@ def smart_json_status(smart: SmartState) -> dict[str, object]:
     return {
         "enabled": smart.enabled and smart.running,
         "dry_run": smart.dry_run,
-        "window_seconds": smart.window_seconds,
+        "window_seconds": smart.window_seconds,  # the longest tier's
+        "tiers": [{"name": n, "window_seconds": w} for n, w in smart.tiers],
+        "remove_delay_seconds": smart.remove_delay_seconds,
         "monitor_interval_seconds": smart.monitor_interval_seconds,
         "patches": dict(smart.patches),
         "access": None if smart.access is None else dict(smart.access),

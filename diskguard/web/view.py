@@ -167,6 +167,8 @@ class SmartState:
     # Annotation writes by outcome (apply, lift, dry_run, rate_limited, http_<code>, error).
     patches: Mapping[str, int] = attrs.field(factory=dict)
     access: Mapping[str, object] | None = None  # the RBAC gate as AccessGate.as_json() says
+    tiers: tuple[tuple[str, float], ...] = ()  # (name, window seconds), shortest first
+    remove_delay_seconds: float = 0.0
 
 
 class AgentView(Protocol):

@@ -20,7 +20,9 @@ def limiter(**smart: Any) -> SmartLimiter:
 
 def fired(iops: int, tier: str = "default") -> TierVerdict:
     trigger = TierTrigger(tier, LimitField.WIOPS, 480.0, 400)
-    return TierVerdict(AutoLimit(iops=iops), tier, (trigger,), calm=False, judged=True)
+    return TierVerdict(
+        AutoLimit(iops=iops), tier, (trigger,), calm=False, judged=True, iops_tier=tier
+    )
 
 
 CALM = TierVerdict(calm=True, judged=True)
@@ -44,9 +46,10 @@ def test_escalation_only_tightens_what_is_in_force() -> None:
     tighter = smart._pod_decision("uid", {"a": fired(100)}, current, 0.0)
     assert tighter.action is SmartAction.APPLY and tighter.auto == AutoLimit(iops=100)
     # A unit that had no limit gets one; the other keeps its value.
-    bps = TierVerdict(AutoLimit(bps=1 << 20), "t", fired(0).triggers, judged=True)
-    both = smart._pod_decision("uid", {"a": bps}, current, 0.0)
+    bps = TierVerdict(AutoLimit(bps=1 << 20), "t", fired(0).triggers, judged=True, bps_tier="t")
+    both = smart._pod_decision("uid", {"a": bps}, current, 0.0, "15m")
     assert both.auto == AutoLimit(iops=250, bps=1 << 20)
+    assert both.tier == "t"  # the tier of what changed (the IOPS limit stays the 15m tier's)
 
 
 def test_without_a_delay_the_limit_goes_at_the_first_calm_pass() -> None:
@@ -77,3 +80,15 @@ def test_removal_waits_for_the_delay_checked_at_its_interval() -> None:
     smart._pod_decision("uid", calm, current, 120.0)  # checked: calm since 120
     assert smart._pod_decision("uid", calm, current, 360.0).action is not lift
     assert smart._pod_decision("uid", calm, current, 420.0).action is lift
+    # A lift the patch budget deferred is retried at the next check, not a delay later.
+    assert smart._pod_decision("uid", calm, current, 480.0).action is lift
+
+
+def test_a_lift_is_decided_on_a_check_only() -> None:
+    """A delay that is not a multiple of the check interval: nothing between two checks
+    was looked at, so the lift waits for the check after the delay."""
+    smart = limiter(remove_delay=90.0, remove_check_interval=60.0)
+    current, calm, lift = AutoLimit(iops=250), {"a": CALM}, SmartAction.LIFT
+    for now in (0.0, 60.0, 90.0, 100.0):
+        assert smart._pod_decision("uid", calm, current, now).action is not lift, now
+    assert smart._pod_decision("uid", calm, current, 120.0).action is lift

@@ -74,6 +74,11 @@ def test_the_readme_example_parses_shortest_window_first() -> None:
         (";".join(f"name=t{i},window={i + 1}m,iops=80%,limit=5%obs" for i in range(9)), "at most"),
         ("window=1m,iops=80%,limit=1%obs" + " " * 3000, "longer than"),
         ("name=Bad_Name,window=1m,iops=80%,limit=1%obs", "DNS label"),
+        ("name=default,window=1m,iops=80%,limit=1%obs", "single window's"),
+        ("window=1m,iops=80%,limit=500", "must be relative"),
+        ("window=1m,iops=80%,limit-bps=50%obs", "same unit"),
+        ("window=25h,iops=80%,limit=50%obs", "longer than 24h"),
+        ("window=1e300,iops=80%,limit=50%obs", "longer than 24h"),
     ],
 )
 def test_bad_tiers_say_what_is_wrong(text: str, said: str) -> None:
@@ -221,16 +226,45 @@ def test_the_single_window_tier_decides_as_the_single_window_mode(
         assert old.auto == new.limit
 
 
-def test_the_tier_in_force_never_tightens_its_own_limit() -> None:
+def test_no_limit_feeds_on_the_rates_an_automatic_limit_shaped() -> None:
     """Right after a limit of 50 % of the observed rate, the window still holds the rates
-    from before it: judged again, the same tier would halve its own limit again and again.
-    It is judged for calm only; another tier may still tighten."""
-    samples = series([480.0] * 8 + [420.0] * 2)  # the limit of 240 is taking hold
-    current = AutoLimit(iops=240)
-    again = judge(
-        samples, 10.0, STATIC, Capacity(), current, [SHORT], remove_threshold=0.5,
-        in_force="short",
+    from before it. The tier in force is judged for calm only, and no %obs limit tightens a
+    unit that already has an automatic limit: two such tiers would take turns halving it
+    (1000 -> 500 -> 250 -> ...). An absolute limit of another tier still tightens."""
+    samples = series([2000.0] * 8 + [1000.0] * 2)
+    current = AutoLimit(iops=1000)
+    halving = [
+        Tier("a", 10.0, iops=Amount(200), limit_iops=Amount(0.5, Of.OBSERVED)),
+        Tier("b", 5.0, iops=Amount(200), limit_iops=Amount(0.5, Of.OBSERVED)),
+    ]
+    for in_force in ("a", "b", ""):
+        again = judge(
+            samples, 10.0, STATIC, Capacity(), current, halving, remove_threshold=0.5,
+            in_force=in_force,
+        )  # fmt: skip
+        assert again.limit == AutoLimit(), in_force
+    absolute = Tier("c", 10.0, iops=Amount(200), limit_iops=Amount(300))
+    tightened = judge(
+        samples, 10.0, STATIC, Capacity(), current, [*halving, absolute], remove_threshold=0.5,
+        in_force="a",
     )  # fmt: skip
-    assert not again.triggers and not again.calm
-    # Without the tier in force named (a tier-less pod: "default"), SHORT would fire again.
-    assert judge(samples, 10.0, STATIC, Capacity(), current, [SHORT], remove_threshold=0.5).triggers
+    assert tightened.limit == AutoLimit(iops=300) and tightened.iops_tier == "c"
+    # A unit without an automatic limit yet may still get one from a %obs tier.
+    bps = Tier("d", 10.0, bps=Amount(100), limit_bps=Amount(0.5, Of.OBSERVED))
+    wbps = [Sample.of(at=i + 1.0, interval=1.0, rates=Rates(wbps=400.0)) for i in range(10)]
+    new_unit = judge(wbps, 10.0, STATIC, Capacity(), current, [bps], remove_threshold=0.5)
+    assert new_unit.limit == AutoLimit(bps=200) and new_unit.bps_tier == "d"
+
+
+def test_a_percent_limit_is_of_the_static_limit_else_the_capacity() -> None:
+    tier = Tier("p", 10.0, iops=Amount(0.8, Of.REFERENCE), limit_iops=Amount(0.5, Of.REFERENCE))
+    busy = series([480.0] * 10)
+    assert judge(busy, 10.0, STATIC, Capacity(), AutoLimit(), [tier],
+                 remove_threshold=0.5).limit == AutoLimit(iops=250)  # fmt: skip
+    unlimited = IOLimits()
+    assert judge(busy, 10.0, unlimited, Capacity(iops=500), AutoLimit(), [tier],
+                 remove_threshold=0.5).limit == AutoLimit(iops=250)  # fmt: skip
+    floor = Tier("z", 10.0, iops=Amount(1), limit_iops=Amount(0.01, Of.OBSERVED))
+    slow = series([10.0] * 10)
+    assert judge(slow, 10.0, STATIC, Capacity(), AutoLimit(), [floor], remove_threshold=0.5,
+                 minimum=AutoLimit()).limit == AutoLimit(iops=1)  # fmt: skip
