@@ -47,7 +47,9 @@ async def test_default_and_annotation_limits_hold_in_the_kernel_and_under_fio(
     unthrottled = await trio.to_thread.run_sync(
         lambda: run_fio(free, cluster.mount, "randwrite", "4k", 2)
     )
-    assert unthrottled.write_iops > 5 * 110, unthrottled
+    # "Far faster" as tests/node/test_limits.py means it (FAR = 3): in the emulated v2 guest
+    # unthrottled fio does 450-2,400 IOPS with the host's load, so 5x (550) was a coin toss.
+    assert unthrottled.write_iops > 3 * 110, unthrottled
 
 
 async def test_bps_quantities_and_combined_keys(cluster: Cluster, start_agent: Any) -> None:
