@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from diskguard.config import _seconds
+from diskguard.config import parse_seconds
 from diskguard.model import IOLimits, Rates
 from diskguard.policy.smart import AutoLimit, Bucket, SmartSettings
 from diskguard.policy.tiers import Capacity, Tier, judge, parse_tiers, single_tier
@@ -179,7 +179,7 @@ def main() -> None:
     )
     shapes = {
         "the single window (10 min: one tier)": (single_tier(SmartSettings(window=600.0)),),
-        "three tiers (15, 30, 60 min)": parse_tiers(THREE_TIERS, _seconds),
+        "three tiers (15, 30, 60 min)": parse_tiers(THREE_TIERS, parse_seconds),
     }
     for label, tiers in shapes.items():
         cost = evaluation_cost(args.containers, tiers, monitor=60.0, sample=1.0)

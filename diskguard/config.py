@@ -216,7 +216,8 @@ def _duration(unit: float, *, zero: bool = False) -> Callable[[str], float]:
     return parse
 
 
-_seconds = _duration(1.0)
+# Public: SMART_LIMIT_TIERS windows, the bench and the tests parse durations with it too.
+parse_seconds = _duration(1.0)
 
 
 def _at_most(bound: float, parse: Callable[[str], float]) -> Callable[[str], float]:
@@ -298,7 +299,7 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
     )
     tiers = get(
         "SMART_LIMIT_TIERS",
-        lambda text: parse_tiers(text, _seconds),
+        lambda text: parse_tiers(text, parse_seconds),
         "tiers separated by ';', each key=value pairs: window=15m,iops=80%,bps=80%,"
         "limit=50%obs (README: Smart limit tiers)",
         (single_tier(settings),),
@@ -309,10 +310,12 @@ def _smart(get: Any, iops_form: str, bps_form: str) -> SmartConfig:
         remove_delay=get(
             "SMART_LIMIT_REMOVE_DELAY", _duration(1.0, zero=True), _form("5m") + " or 0", 0.0
         ),
-        remove_check_interval=get("SMART_LIMIT_REMOVE_CHECK_INTERVAL", _seconds, _form("1m"), 60.0),
+        remove_check_interval=get(
+            "SMART_LIMIT_REMOVE_CHECK_INTERVAL", parse_seconds, _form("1m"), 60.0
+        ),
         monitor_interval=get(
             "SMART_LIMIT_MONITOR_INTERVAL",
-            _seconds,
+            parse_seconds,
             _form("1m"),
             60.0,
         ),
@@ -462,9 +465,9 @@ def load_config(
             "an annotation prefix that is a DNS subdomain, such as iops-limit",
             "iops-limit",
         ),
-        resync_interval=get("RESYNC_INTERVAL", _seconds, _form("60s"), 60.0),
+        resync_interval=get("RESYNC_INTERVAL", parse_seconds, _form("60s"), 60.0),
         sampler=get("SAMPLER", _enum(SamplerKind), _accepted(SamplerKind), SamplerKind.AUTO),
-        sample_interval=get("SAMPLE_INTERVAL", _seconds, _form("1s"), 1.0),
+        sample_interval=get("SAMPLE_INTERVAL", parse_seconds, _form("1s"), 1.0),
         smart=_smart(get, iops_form, bps_form),
         http_addr=get(
             "HTTP_ADDR",
@@ -479,7 +482,7 @@ def load_config(
             _accepted(LatencyMetrics),
             LatencyMetrics.CONTAINER,
         ),
-        readiness_watch_grace=get("READINESS_WATCH_GRACE", _seconds, _form("60s"), 60.0),
+        readiness_watch_grace=get("READINESS_WATCH_GRACE", parse_seconds, _form("60s"), 60.0),
         log_level=get(
             "LOG_LEVEL",
             _choice(("debug", "info", "warning", "error")),
@@ -560,7 +563,7 @@ def _kubelet(env: Mapping[str, str], get: Any, exists: Callable[[str], bool]) ->
         pod_source=get("KUBELET_POD_SOURCE", _bool, "true or false", False),
         poll_interval=get(
             "KUBELET_POLL_INTERVAL",
-            _seconds,
+            parse_seconds,
             _form("5s"),
             KUBELET_DEFAULT_POLL_INTERVAL,
         ),

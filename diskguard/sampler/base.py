@@ -149,9 +149,11 @@ class Liveness:
         return False
 
     def keep_only(self, targets: Collection[Target]) -> None:
-        """Forget the targets no longer asked about (bounded by the current set)."""
+        """Forget the targets no longer asked about (bounded by the current set); the set
+        is built only when something is to go, not on every pass."""
         if len(self._checked) > len(targets):
-            self._checked = {t: at for t, at in self._checked.items() if t in targets}
+            wanted = set(targets)
+            self._checked = {t: at for t, at in self._checked.items() if t in wanted}
 
 
 _ZERO = Counters()  # frozen: one shared instance, not one per target per pass

@@ -513,7 +513,7 @@ class BpfSampler:
             for dev, acc in found.get(target.cgroup_id, {}).items():
                 counters[dev] = Counters(*acc)
             out[target] = counters
-        self._alive.keep_only(set(targets))
+        self._alive.keep_only(targets)
         return out
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.config import _duration
+from diskguard.config import parse_seconds
 from diskguard.model import IOLimits, LimitUnit, Rates
 from diskguard.policy.smart import AutoLimit, Sample, SmartAction, SmartSettings
 from diskguard.policy.tiers import (
@@ -26,7 +26,7 @@ from diskguard.policy.tiers import (
 from diskguard.testing.smart_oracle import decide
 
 STATIC = IOLimits(riops=500, wiops=500)
-seconds = _duration(1.0)
+seconds = parse_seconds
 
 
 def series(values: list[float], *, start: float = 0.0) -> list[Sample]:
