@@ -5,6 +5,7 @@
 #   install  a fresh clone of HEAD: the README's first command, `pip install .` runtime-only
 #   image    the image built from the Dockerfile (of that clone), run like the DaemonSet
 #   v2       the kernel tests (not host_only) in a qemu guest booted cgroup-v2-only
+# and, between them, the short soak and the core bench's quick figures (not gates).
 # Run as root. Lanes alone:
 #   DISKGUARD_LANE=host .venv/bin/pytest -m "not install and not image"   host lane
 #   .venv/bin/pytest -m install                                            install lane
@@ -51,6 +52,11 @@ echo "== soak (short; the full one: .venv/bin/python bench/soak.py)"
 lap_start=$SECONDS
 .venv/bin/python bench/soak.py --quick
 lap "soak"
+
+echo "== core bench (quick; figures, not a gate: bench/README.md)"
+lap_start=$SECONDS
+.venv/bin/python bench/core_bench.py --quick
+lap "core bench"
 
 echo "== cgroup v2 lane (qemu)"
 # The pure tests do not depend on the kernel; the guest runs every kernel test that means
