@@ -2,14 +2,12 @@
 one JSON snapshot. Works on any Linux host, with or without a cluster.
 
 Containers are the cgroups under kubepods (both cgroup drivers). When the API server is
-reachable, they get their namespace/pod/container names (and labels, for `-l`) from the
-pods of this node, listed again every NAMES_REFRESH seconds as pods come and go; otherwise
-the cgroup path stands in for the name.
+reachable, they get their namespace/pod/container names from the pods of this node;
+otherwise the cgroup path stands in for the name.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 import time
@@ -22,20 +20,10 @@ import attrs
 from diskguard.config import Config
 from diskguard.kube.pods import PodParseError, parse_pod
 from diskguard.logs import get_logger
-from diskguard.model import (
-    UNLIMITED,
-    CgroupDriver,
-    Device,
-    Direction,
-    IOLimits,
-    LimitField,
-    Rates,
-)
+from diskguard.model import UNLIMITED, CgroupDriver, Device, IOLimits, LimitField, Rates
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.kubepods import container_cgroups, kubepods_dirs, resolve_container_cgroup
 from diskguard.node.limits import LimitBackend, LimitError, backend_for
-from diskguard.policy.labels import Selector
-from diskguard.policy.saturation import saturation
 from diskguard.policy.values import Unlimited, limit_json, render_limit
 from diskguard.sampler import RateTracker, Sampler, Target, open_sampler
 from diskguard.sampler.latency import (
@@ -46,19 +34,6 @@ from diskguard.sampler.latency import (
 )
 
 log = get_logger(__name__)
-
-NAMES_REFRESH = 10.0  # seconds between two lists of the node's pods
-
-
-@attrs.frozen
-class PodName:
-    """What names one container cgroup: its pod's namespace and name, the container, and
-    the pod's labels (for label selectors)."""
-
-    namespace: str
-    pod: str
-    container: str
-    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -74,16 +49,6 @@ class Row:
     limits: IOLimits
     # Device service time over the interval; None when the sampler measures no latency.
     latency: DeviceLatency | None = None
-    labels: Mapping[str, str] = attrs.field(factory=dict, hash=False)
-
-    def limit_use(self) -> dict[str, float | None]:
-        """Per direction, the rate over the limit (the higher of IOPS and bytes/s); None
-        for an unlimited direction. top's own counts: with the bpf sampler, requests."""
-        ratios = saturation(self.rates, self.limits)
-        return {str(d): (round(ratios[d], 3) if d in ratios else None) for d in Direction}
-
-    def highest_use(self) -> float:
-        return max((v for v in self.limit_use().values() if v is not None), default=0.0)
 
     def percentiles(self) -> dict[str, float | None]:
         if self.latency is None:
@@ -106,7 +71,6 @@ class Row:
             "read_bps": round(self.rates.rbps, 1),
             "write_bps": round(self.rates.wbps, 1),
             "limits": {k: limit_json(v) for k, v in self.limits.as_dict().items()},
-            "limit_use": self.limit_use(),
             "sampler": sampler,
             # null: unavailable (cgroup sampler) or no request completed in the interval.
             **{k: (None if v is None else round(v, 6)) for k, v in self.percentiles().items()},
@@ -118,9 +82,9 @@ def pod_names(
     hierarchy: CgroupHierarchy,
     driver: CgroupDriver | None,
     kubelet_root: str,
-) -> dict[Path, PodName]:
-    """cgroup directory -> its names and labels, for the running containers."""
-    names: dict[Path, PodName] = {}
+) -> dict[Path, tuple[str, str, str]]:
+    """cgroup directory -> (namespace, pod, container) for the running containers."""
+    names: dict[Path, tuple[str, str, str]] = {}
     for obj in pods:
         try:
             pod = parse_pod(obj)
@@ -132,7 +96,7 @@ def pod_names(
                 continue
             path = resolve_container_cgroup(hierarchy, ref, driver, kubelet_root)
             if path is not None:
-                names[path] = PodName(pod.namespace, pod.name, c.name, pod.labels)
+                names[path] = (pod.namespace, pod.name, c.name)
     return names
 
 
@@ -166,13 +130,13 @@ class Top:
         config: Config,
         hierarchy: CgroupHierarchy,
         devices: Sequence[Device],
-        names: Mapping[Path, PodName],
+        names: Mapping[Path, tuple[str, str, str]],
         sampler: Sampler,
     ) -> None:
         self._config = config
         self._hierarchy = hierarchy
         self._devices = tuple(devices)
-        self.names = names
+        self._names = names
         self.sampler = sampler
         self._backend: LimitBackend = backend_for(hierarchy.version)
         self._tracker = RateTracker(history=2)
@@ -202,17 +166,16 @@ class Top:
                 held = self._backend.read(target.path)
             except LimitError:
                 held = {}
-            named = self.names.get(target.path)
+            named = self._names.get(target.path)
             for device, r in per_device.items():
                 rows.append(
                     Row(
-                        name=f"{named.namespace}/{named.pod}/{named.container}"
+                        name="/".join(named)
                         if named
                         else str(target.path.relative_to(self._hierarchy.path)),
-                        namespace=named.namespace if named else None,
-                        pod=named.pod if named else None,
-                        container=named.container if named else None,
-                        labels=named.labels if named else {},
+                        namespace=named[0] if named else None,
+                        pod=named[1] if named else None,
+                        container=named[2] if named else None,
                         cgroup=target.path,
                         cgroup_id=target.cgroup_id,
                         device=device,
@@ -231,18 +194,7 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
         return sorted(rows, key=lambda r: (r.name, str(r.device)))
     if key == "total":
         return sorted(rows, key=lambda r: -(r.rates.riops + r.rates.wiops))
-    if key == "limit":
-        return sorted(rows, key=lambda r: -r.highest_use())
     return sorted(rows, key=lambda r: -r.rates.get(LimitField(key)))
-
-
-def filter_rows(rows: list[Row], namespace: str | None, selector: Selector | None) -> list[Row]:
-    """Rows of `namespace` whose pod matches `selector` (unnamed cgroups match neither)."""
-    if namespace is not None:
-        rows = [r for r in rows if r.namespace == namespace]
-    if selector is not None:
-        rows = [r for r in rows if r.pod is not None and selector.matches(r.labels)]
-    return rows
 
 
 def _human(value: float) -> str:
@@ -277,8 +229,7 @@ def render(rows: Sequence[Row], sampler: Sampler, interval: float, limit: int) -
     header = (
         f"{'R_IOPS':>8} {'W_IOPS':>8} {'R_BPS':>10} {'W_BPS':>10}  "
         f"{'LIMIT r/w IOPS':>15} {'LIMIT r/w BPS':>19}  "
-        f"{'R_P50':>7} {'R_P99':>7} {'W_P50':>7} {'W_P99':>7} {'%LIM':>5}  {'DEV':<8} "
-        "CONTAINER\n"
+        f"{'R_P50':>7} {'R_P99':>7} {'W_P50':>7} {'W_P99':>7}  {'DEV':<8} CONTAINER\n"
     )
     lines = []
     for r in rows[:limit]:
@@ -286,10 +237,9 @@ def render(rows: Sequence[Row], sampler: Sampler, interval: float, limit: int) -
         lim_bps = f"{_limit(r.limits.rbps, True)}/{_limit(r.limits.wbps, True)}"
         p = r.percentiles()
         lat = " ".join(f"{_seconds(v):>7}" for v in p.values())
-        use = "-" if r.limits.is_unlimited() else f"{r.highest_use():.0%}"
         lines.append(
             f"{r.rates.riops:8.0f} {r.rates.wiops:8.0f} {_human(r.rates.rbps):>10} "
-            f"{_human(r.rates.wbps):>10}  {lim_iops:>15} {lim_bps:>19}  {lat} {use:>5}  "
+            f"{_human(r.rates.wbps):>10}  {lim_iops:>15} {lim_bps:>19}  {lat}  "
             f"{r.device.name or str(r.device):<8} {r.name}"
         )
     return head + header + "\n".join(lines)
@@ -305,28 +255,13 @@ def run_top(
     count: int,
     rows_limit: int,
     echo: Callable[[str], None],
-    interval: float | None = None,
-    namespace: str | None = None,
-    selector: Selector | None = None,
-    clear: bool = False,
 ) -> None:
-    """`clear`: clear the screen between tables (stdout is a terminal)."""
     from diskguard.node.setup import inspect_node
 
     node = inspect_node(config)
     driver = config.cgroup_driver
-    seconds = interval if interval is not None else config.sample_interval
-
-    def names_now() -> dict[Path, PodName] | None:
-        pods = list_node_pods(env, config.node_name)
-        if pods is None:
-            return None
-        return pod_names(pods, node.hierarchy, driver, config.kubelet_cgroup_root)
-
-    names = names_now()
-    listed_at = time.monotonic()
-    if names is None and (namespace is not None or selector is not None):
-        log.warning("no API server: containers have no names, so -n/-l match none")
+    pods = list_node_pods(env, config.node_name)
+    names = pod_names(pods, node.hierarchy, driver, config.kubelet_cgroup_root) if pods else {}
     sampler = open_sampler(
         config.sampler,
         node.devices,
@@ -335,40 +270,31 @@ def run_top(
         get_logger("diskguard.sampler"),
     )
     try:
-        top = Top(config, node.hierarchy, node.devices, names or {}, sampler)
+        top = Top(config, node.hierarchy, node.devices, names, sampler)
         top.sample()  # baseline
         passes = 0
         while True:
-            time.sleep(seconds)
-            # Pods come and go: list them again now and then (only where a cluster
-            # answered at all; without one, the cgroup paths stay the names).
-            if names is not None and time.monotonic() - listed_at >= NAMES_REFRESH:
-                listed_at = time.monotonic()
-                fresh = names_now()
-                if fresh is not None:
-                    top.names = fresh
-            rows = filter_rows(top.sample(), namespace, selector)
-            rows = sort_rows(rows, sort)
+            time.sleep(config.sample_interval)
+            rows = sort_rows(top.sample(), sort)
             passes += 1
             if as_json:
                 echo(
                     json.dumps(
                         {
-                            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                             "node": config.node_name,
                             "sampler": sampler.kind,
                             "sampler_degraded": sampler.degraded,
                             "latency_unavailable": sampler.latency_problem,
-                            "interval_seconds": seconds,
+                            "interval_seconds": config.sample_interval,
                             "containers": [r.as_json(sampler.kind) for r in rows],
                         },
                         indent=None if not once else 2,
                     )
                 )
             else:
-                if clear and not once:
+                if not once:
                     sys.stdout.write("\033[2J\033[H")  # clear, like top
-                echo(render(rows, sampler, seconds, rows_limit))
+                echo(render(rows, sampler, config.sample_interval, rows_limit))
             if once or (count and passes >= count):
                 return
     finally:
