@@ -179,11 +179,7 @@ def _parse_tier(where: str, part: str, parse_duration: Callable[[str], float]) -
     if both is not None and ("limit-iops" in fields or "limit-bps" in fields):
         raise TierError(f"{where}: limit= and limit-iops=/limit-bps= exclude each other")
     if both is not None:
-        if (
-            not both.endswith("%")
-            and not both.endswith(Of.CAPACITY.value)
-            and not (both.endswith(Of.OBSERVED.value))
-        ):
+        if not both.endswith(tuple(of.value for of in Of if of is not Of.ABSOLUTE)):
             raise TierError(
                 f"{where}: limit={both!r} applies to IOPS and bytes/s alike, so it must be "
                 "relative (50%obs, 25%cap, 50%); give absolute limits as limit-iops=/limit-bps="
