@@ -4,7 +4,9 @@
    window, as the smart-limit task runs it every SMART_LIMIT_MONITOR_INTERVAL), with the
    single window (one tier) and with three tiers (15, 30, 60 minutes).
 2. Detection delay on the real kernel: fio starts in a container cgroup under a static
-   limit; the time until the kernel holds the automatic limit, against window + interval.
+   limit; the time until the kernel holds the automatic limit, against window + interval —
+   for the single window, and per tier for three graded tiers (each tier's limit is
+   stricter than the one before, so the kernel's value says which tier is in force).
 
 Run as root:  .venv/bin/python bench/smart_bench.py [--containers 1000] [--runs 3]
 """
@@ -61,9 +63,7 @@ def evaluation_cost(
     applied = 0
     for _ in range(passes):
         for hist in histories:
-            verdict = judge(
-                hist, now, static, Capacity(), AutoLimit(), tiers, remove_threshold=0.5
-            )
+            verdict = judge(hist, now, static, Capacity(), AutoLimit(), tiers, remove_threshold=0.5)
             applied += bool(verdict.triggers)
     cpu = (time.process_time() - cpu0) / passes
     wall = (time.perf_counter() - wall0) / passes
@@ -83,8 +83,15 @@ def evaluation_cost(
     }
 
 
-async def detection_delay(window_s: float, monitor_s: float, sample_s: float) -> float:
-    """Seconds from fio start to the automatic limit held by the kernel."""
+async def detection_delay(
+    window_s: float,
+    monitor_s: float,
+    sample_s: float,
+    tiers: tuple[tuple[str, float, int], ...] = (),
+) -> list[float]:
+    """Seconds from fio start to the automatic limit held by the kernel: one figure for the
+    single window (`tiers` empty), else one per tier (name, window, absolute IOPS limit;
+    limits decreasing), the time the kernel first holds that tier's limit or lower."""
     from diskguard.agent.run import Agent
     from diskguard.config import load_config
     from diskguard.kube.client import make_api_client
@@ -138,6 +145,12 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
                     "SMART_LIMIT_MONITOR_INTERVAL": str(monitor_s),
                     "SMART_LIMIT_HISTORY_WINDOW": str(window_s / 60),
                 }
+                if tiers:
+                    env["SMART_LIMIT_TIERS"] = "; ".join(
+                        f"name={name},window={w:g}s,iops=25%,limit-iops={limit}"
+                        for name, w, limit in tiers
+                    )
+                limits = [limit for _, _, limit in tiers] or [199]
                 agent = Agent(
                     load_config(env), NodeSetup(hierarchy, (disk.device,)), make_api_client(env)
                 )
@@ -146,23 +159,29 @@ async def detection_delay(window_s: float, monitor_s: float, sample_s: float) ->
                     await agent.reconciler.synced.wait()
                     prepare_fio_file(disk.mount, 64)  # laid out before the clock starts
                     started = trio.current_time()
+                    longest = max([window_s, *(w for _, w, _ in tiers)])
                     fio = start_fio(
                         cg,
                         disk.mount,
-                        runtime=window_s * 4,
+                        runtime=longest * 4,
+                        ioengine="libaio",
+                        iodepth=8,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
+                    delays: list[float] = []
                     try:
                         key = (disk.device.major, disk.device.minor)
-                        while backend.read(cg).get(key, IOLimits()).wiops >= 200:
-                            await trio.sleep(0.01)
-                        delay = trio.current_time() - started
+                        with trio.fail_after(longest * 4):
+                            for limit in limits:
+                                while not 0 < backend.read(cg).get(key, IOLimits()).wiops <= limit:
+                                    await trio.sleep(0.01)
+                                delays.append(trio.current_time() - started)
                     finally:
                         fio.kill()
                         fio.wait()
                     nursery.cancel_scope.cancel()
-                return delay
+                return delays
         finally:
             kubelet.cleanup()
 
@@ -193,9 +212,25 @@ def main() -> None:
         f"\n== detection delay (window {window:g} s, monitor {monitor:g} s, sample {sample:g} s;"
         f" expected about window + up to one monitor interval)"
     )
-    delays = [trio.run(detection_delay, window, monitor, sample) for _ in range(args.runs)]
+    delays = [trio.run(detection_delay, window, monitor, sample)[0] for _ in range(args.runs)]
     for d in delays:
         print(f"  {d:6.2f} s  (window + {d - window:5.2f} s)")
+    graded = (("t1", 3.0, 150), ("t2", 6.0, 100), ("t3", 12.0, 60))
+    print(
+        "\n== detection delay per tier ("
+        + "; ".join(f"{n}: {w:g} s, {lim} IOPS" for n, w, lim in graded)
+        + f"; monitor {monitor:g} s, sample {sample:g} s; each should hold within its window +"
+        " one monitor interval)"
+    )
+    for _ in range(args.runs):
+        per_tier = trio.run(detection_delay, window, monitor, sample, graded)
+        print(
+            "  "
+            + "   ".join(
+                f"{name} {d:5.2f} s (window + {d - w:4.2f} s)"
+                for (name, w, _), d in zip(graded, per_tier, strict=True)
+            )
+        )
     print(
         f"  peak RSS of the bench process: "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import attrs
 import click
 import trio
 
@@ -185,23 +187,41 @@ def status(namespace: str | None, pod: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("interval", required=False, type=click.FloatRange(min=0.05, max=3600))
+@click.argument("count_arg", metavar="[COUNT]", required=False, type=click.IntRange(min=0))
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one object per interval).")
 @click.option(
     "--sort",
-    type=click.Choice(["total", *(f.value for f in LimitField), "name"]),
+    type=click.Choice(["total", *(f.value for f in LimitField), "limit", "name"]),
     default="total",
     show_default=True,
-    help="Sort key (IOPS read+write, one direction, or name).",
+    help="Sort key (IOPS read+write, one field, the share of the limit in use, or name).",
 )
 @click.option("--count", default=0, help="Stop after this many intervals (0 = forever).")
 @click.option("--rows", "rows_limit", default=40, show_default=True, help="Rows to show.")
-def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> None:
-    """Live per-container IO on the data disks, with the limits in force (like biotop).
+@click.option("-n", "--namespace", default=None, help="Only this namespace's containers.")
+@click.option(
+    "-l", "--selector", default=None, help="Only pods matching this label selector (app=web)."
+)
+def top(
+    interval: float | None,
+    count_arg: int | None,
+    once: bool,
+    as_json: bool,
+    sort: str,
+    count: int,
+    rows_limit: int,
+    namespace: str | None,
+    selector: str | None,
+) -> None:
+    """Live per-container IO on the data disks, with the limits in force (like biotop):
+    every INTERVAL seconds (default SAMPLE_INTERVAL), COUNT times (default: until Ctrl-C).
 
-    Uses SAMPLER, SAMPLE_INTERVAL, DATA_MOUNT, CGROUP_* and KUBELET_CGROUP_ROOT like the
-    agent; names containers from the API server when it is reachable.
+    Uses SAMPLER, DATA_MOUNT, CGROUP_* and KUBELET_CGROUP_ROOT like the agent; names
+    containers (and matches -n/-l) from the API server when it is reachable.
     """
+    from diskguard.policy.labels import SelectorError, parse_selector
     from diskguard.sampler import SamplerUnavailable
     from diskguard.tools.top import run_top
 
@@ -209,6 +229,12 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
     env.setdefault("NODE_NAME", socket.gethostname().lower())
     config = _config_or_exit(env)
     configure_logging("warning")
+    if selector is not None and len(selector) > 4096:
+        raise click.BadParameter("longer than 4096 characters", param_hint="-l/--selector")
+    try:
+        parsed = None if selector is None else parse_selector(selector)
+    except SelectorError as exc:
+        raise click.BadParameter(str(exc), param_hint="-l/--selector") from None
     _node_or_exit(config)  # clear start-up errors before opening the sampler
     try:
         run_top(
@@ -217,15 +243,117 @@ def top(once: bool, as_json: bool, sort: str, count: int, rows_limit: int) -> No
             once=once,
             as_json=as_json,
             sort=sort,
-            count=count,
+            count=count_arg if count_arg is not None else count,
             rows_limit=rows_limit,
             echo=click.echo,
+            interval=interval,
+            namespace=namespace,
+            selector=parsed,
+            clear=sys.stdout.isatty(),
         )
     except SamplerUnavailable as exc:
         click.echo(f"diskguard: no IO sampler: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option(
+    "--seconds",
+    default=5.0,
+    show_default=True,
+    help="Length of each of the four fio runs (after a 1 s ramp).",
+)
+@click.option(
+    "--size",
+    default="1Gi",
+    show_default=True,
+    help="Size of the temporary test file (a Kubernetes quantity: 1Gi, 512Mi).",
+)
+@click.option(
+    "--jobs", "numjobs", type=int, default=None, help="fio jobs per run (default: CPUs, at most 4)."
+)
+@click.option("--force", is_flag=True, help="Measure even while other IO runs on the disk.")
+@click.option("--no-record", is_flag=True, help="Measure and print only; record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profile(
+    paths: tuple[str, ...],
+    seconds: float,
+    size: str,
+    numjobs: int | None,
+    force: bool,
+    no_record: bool,
+    as_json: bool,
+) -> None:
+    """Measure what each data disk can do and record it in STATE_DIR (capacity.json).
+
+    PATHS are data mounts (default: DATA_MOUNT). On each disk, four short fio runs on a
+    temporary file inside the mount, with O_DIRECT: 4k random read and write IOPS, 1M
+    sequential read and write bytes/s. Needs fio. Refuses a disk busy with other IO
+    (--force measures anyway) or without room for the test file. Run it on a quiet node,
+    e.g. before the node takes workloads.
+    """
+    import json
+
+    from kubernetes.utils import parse_quantity
+
+    from diskguard.node.profiling import ProfileError
+    from diskguard.node.state import StateDir, StateError
+    from diskguard.tools.profile import ProfileOptions, profile_paths
+
+    env = dict(os.environ)
+    env.setdefault("NODE_NAME", socket.gethostname().lower())
+    config = _config_or_exit(env)
+    configure_logging("warning")
+    try:
+        size_bytes = int(parse_quantity(size))
+    except (ValueError, TypeError, ArithmeticError):
+        raise click.BadParameter(
+            f"{size!r} is not a quantity such as 1Gi", param_hint="--size"
+        ) from None
+    if size_bytes < 2**20 or not 1 <= seconds <= 600 or (numjobs is not None and numjobs < 1):
+        raise click.UsageError("--size at least 1Mi, --seconds in 1..600, --jobs at least 1")
+    options = ProfileOptions(size=size_bytes, seconds=seconds, force=force)
+    if numjobs is not None:
+        options = attrs.evolve(options, numjobs=numjobs)
+    state = None if no_record else StateDir(Path(config.state_dir))
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)  # progress on stderr: stdout stays the result
+
+    # SIGTERM (a one-off pod deleted) unwinds like Ctrl-C: fio is killed, the file removed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        results = profile_paths(paths or config.data_mounts, options, state, say)
+    except (ProfileError, StateError) as exc:
+        click.echo(f"diskguard: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("diskguard: interrupted; the test file was removed", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for r in results:
+            name = r.device.name if r.device else r.path
+            if r.capacity is not None:
+                c = r.capacity
+                click.echo(
+                    f"{name} ({r.identity or 'no stable identity'}): read {c.read_iops:,} IOPS "
+                    f"{c.read_bps / 2**20:,.0f} MiB/s, write {c.write_iops:,} IOPS "
+                    f"{c.write_bps / 2**20:,.0f} MiB/s"
+                )
+            if r.error:
+                click.echo(f"{name}: {r.error}", err=True)
+        if state is not None and any(r.capacity and r.identity for r in results):
+            click.echo(f"recorded in {state.path / 'capacity.json'}")
+    sys.exit(1 if any(r.error for r in results) else 0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _node_or_exit(config: Config) -> NodeSetup:

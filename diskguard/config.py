@@ -137,11 +137,17 @@ class Config:
     guardrails: Guardrails = attrs.field(factory=Guardrails)
     sampler: SamplerKind = SamplerKind.AUTO
     sample_interval: float = 1.0
+    # The observed capacity: the highest rate each data disk sustained over this window.
+    capacity_observed_window: float = 60.0
     smart: SmartConfig = attrs.field(factory=lambda: SmartConfig())
     kubelet: KubeletSettings = attrs.field(factory=KubeletSettings)
     http_addr: ListenAddress = ListenAddress("", 2112)
     status_localhost_only: bool = True
     latency_metrics: LatencyMetrics = LatencyMetrics.CONTAINER
+    # An IOLimitSaturated Event after this many consecutive sampling intervals at >= 95 %
+    # of a limit (0: none), at most one per container per cooldown.
+    saturation_event_intervals: int = 60
+    saturation_event_cooldown: float = 3600.0
     readiness_watch_grace: float = 60.0
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
@@ -267,6 +273,20 @@ def _fraction(value: str) -> float:
     if not math.isfinite(number) or not 0 < number <= 1:
         raise ValueError
     return number
+
+
+def _at_most_an_hour(value: str) -> float:
+    """A window the agent keeps every sample of: bounded (3,600 at a 1 s interval)."""
+    seconds = parse_seconds(value)
+    if seconds > 3600:
+        raise ValueError
+    return seconds
+
+
+def _count_or_zero(value: str) -> int:
+    if not value.strip().isdigit() or int(value) > 1_000_000:
+        raise ValueError
+    return int(value)
 
 
 def _count(value: str) -> int:
@@ -468,6 +488,9 @@ def load_config(
         resync_interval=get("RESYNC_INTERVAL", parse_seconds, _form("60s"), 60.0),
         sampler=get("SAMPLER", _enum(SamplerKind), _accepted(SamplerKind), SamplerKind.AUTO),
         sample_interval=get("SAMPLE_INTERVAL", parse_seconds, _form("1s"), 1.0),
+        capacity_observed_window=get(
+            "CAPACITY_OBSERVED_WINDOW", _at_most_an_hour, _form("1m") + ", at most 1h", 60.0
+        ),
         smart=_smart(get, iops_form, bps_form),
         http_addr=get(
             "HTTP_ADDR",
@@ -476,6 +499,12 @@ def load_config(
             ListenAddress("", 2112),
         ),
         status_localhost_only=get("STATUS_LOCALHOST_ONLY", _bool, "true or false", True),
+        saturation_event_intervals=get(
+            "SATURATION_EVENT_INTERVALS", _count_or_zero, "a whole number (0 = no Events)", 60
+        ),
+        saturation_event_cooldown=get(
+            "SATURATION_EVENT_COOLDOWN", parse_seconds, _form("1h"), 3600.0
+        ),
         latency_metrics=get(
             "LATENCY_METRICS",
             _enum(LatencyMetrics),

@@ -5,7 +5,7 @@
 #   demo:    runtime + what the no-cluster demo uses (fio for real IO, e2fsprogs for its loop
 #            disk's filesystem, venv/pip to install diskguard).
 #   dev:     demo + what the test lanes need (kernel headers, the qemu v2 lane, prometheus,
-#            the image lane's docker and mmdebstrap).
+#            the image lane's docker and mmdebstrap, node and npm for tests/deploy).
 set -euo pipefail
 kind="${1:-dev}"
 export DEBIAN_FRONTEND=noninteractive
@@ -20,6 +20,12 @@ if apt-cache show "linux-headers-$(uname -r)" >/dev/null 2>&1; then
 fi
 dev_pkgs=("$headers" bpfcc-tools bpftool qemu-system-x86 busybox-static kmod cpio zstd procps
   prometheus docker.io mmdebstrap)
+# node and npm validate deploy/'s Prometheus Operator objects (tests/deploy/operator-schema):
+# Debian's, unless an npm is there already (NodeSource's nodejs bundles npm and conflicts
+# with Debian's npm package).
+if ! command -v npm >/dev/null 2>&1; then
+  dev_pkgs+=(nodejs npm)
+fi
 
 pkgs=("${runtime_pkgs[@]}")
 case "$kind" in

@@ -6,7 +6,9 @@
 #   runtime: `pip install .` (a real, non-editable install) with runtime dependencies only:
 #            exactly what the image and a node get.
 #   demo:    runtime + the `demo` extra (the bundled fake API server's dependencies).
-#   dev:     an editable install with the `test` extra (tests, linters, benchmarks).
+#   dev:     an editable install with the `test` extra (tests, linters, benchmarks), and
+#            `npm ci` in tests/deploy/operator-schema (the Prometheus Operator's schemas,
+#            pinned by its package-lock.json; npm from scripts/install-system-deps.sh dev).
 # The venv is $DISKGUARD_VENV, default .venv in the checkout.
 set -euo pipefail
 kind="${1:-dev}"
@@ -28,3 +30,8 @@ echo "setup-venv: installing diskguard ($kind) into $venv"
 # so the build backend (setuptools, wheel) is pinned too.
 PIP_CONSTRAINT="$here/scripts/constraints.txt" "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
   -c "$here/scripts/constraints.txt" "${target[@]}"
+if [ "$kind" = dev ]; then
+  command -v npm >/dev/null || { echo "setup-venv: no npm: run scripts/install-system-deps.sh dev" >&2; exit 1; }
+  echo "setup-venv: installing tests/deploy/operator-schema (npm ci)"
+  npm ci --prefix "$here/tests/deploy/operator-schema" --no-audit --no-fund --loglevel=error
+fi

@@ -13,14 +13,21 @@ from pathlib import Path
 import trio
 
 from diskguard.agent.reconciler import Reconciler
+from diskguard.agent.saturation import SaturationMonitor
 from diskguard.logs import get_logger
 from diskguard.model import ContainerKey, Counters, Device, DurationHistogram, Rates
+from diskguard.node.diskstats import DiskStatError, read_block_stat
+from diskguard.policy.peaks import SustainedPeaks
 from diskguard.policy.smart import Sample
 from diskguard.sampler import RateTracker, Sampler, Target
 from diskguard.sampler.base import Snapshot
 from diskguard.sampler.latency import DeviceLatency, LatencySnapshot, latency_between
+from diskguard.sampler.pressure import Pressure, read_io_pressure
+from diskguard.sampler.rates import rates_between
 
 log = get_logger(__name__)
+
+PRESSURE_STICKY = 10  # passes a container's io.pressure is read after its last IO
 
 Listener = Callable[[dict[ContainerKey, Sample]], None]
 
@@ -51,6 +58,10 @@ class SamplingTask:
         *,
         kernel_lock: trio.Lock,
         listeners: Sequence[Listener] = (),
+        disks: Callable[[], Sequence[Device]] = tuple,
+        observed_window: float = 60.0,
+        saturation: SaturationMonitor | None = None,
+        pressure: bool = False,
     ) -> None:
         self.sampler = sampler
         self._reconciler = reconciler
@@ -71,6 +82,17 @@ class SamplingTask:
         self._previous_latency: LatencySnapshot | None = None
         self._latency_view: dict[ContainerKey, dict[Device, DeviceLatency]] | None = None
         self._window_view: dict[ContainerKey, dict[Device, DeviceLatency]] | None = None
+        # Each data disk's own counters (all IO it served), for its observed capacity.
+        self._disks = disks
+        self._disk_counters: dict[Device, tuple[float, Counters]] = {}
+        self.disk_peaks = SustainedPeaks(observed_window)
+        self.saturation = saturation
+        # IO pressure (PSI, cgroup v2): read for the containers that did IO in the last
+        # PRESSURE_STICKY passes only (a stall needs IO pending); the counters are kept.
+        self._pressure = pressure
+        self._active: dict[Target, int] = {}
+        self.pressure: dict[ContainerKey, Pressure] = {}
+        self._last_at: float | None = None
         self.passes = 0
         self.last_pass_seconds = 0.0
         self.pass_durations = DurationHistogram()
@@ -106,6 +128,61 @@ class SamplingTask:
     def _read(self, targets: list[Target]) -> tuple[Snapshot, LatencySnapshot | None]:
         return self.sampler.read(targets), self.sampler.read_latency(targets)
 
+    def _read_extras(
+        self, disks: Sequence[Device], bio_targets: list[Target], pressure_targets: list[Target]
+    ) -> tuple[dict[Device, Counters], Snapshot, dict[Target, Pressure]]:
+        """What the pass reads besides the sampler's counters, outside the kernel lock (no
+        file here is written): the data disks' own counters, the cgroups' own (bio-level)
+        counters for saturation, io.pressure. Each contained: a failure costs its part."""
+        totals: dict[Device, Counters] = {}
+        for disk in disks:
+            try:
+                totals[disk] = read_block_stat(disk)
+            except DiskStatError:
+                continue  # a disk going away: the data-disk watch will say so
+        bio: Snapshot = {}
+        try:
+            if self.saturation is not None:
+                bio = self.saturation.read(bio_targets)
+        except Exception as exc:
+            log.warning("reading the cgroups' own IO counters failed", error=str(exc))
+        pressure = {t: p for t in pressure_targets if (p := read_io_pressure(t.path))}
+        return totals, bio, pressure
+
+    def _record_pressure(
+        self,
+        targets: dict[ContainerKey, Target],
+        rates: dict[Target, dict[Device, Rates]],
+        read: dict[Target, Pressure],
+    ) -> None:
+        if not self._pressure:
+            return
+        left = {t: n - 1 for t, n in self._active.items() if n > 1}
+        for target, per_device in rates.items():
+            if any(r != Rates() for r in per_device.values()):
+                left[target] = PRESSURE_STICKY
+        alive = set(targets.values())
+        self._active = {t: n for t, n in left.items() if t in alive}
+        kept = {k: v for k, v in self.pressure.items() if k in targets}
+        for key, target in targets.items():
+            if target in read:
+                kept[key] = read[target]
+        self.pressure = kept
+
+    def _observe_disks(self, now: float, totals: dict[Device, Counters]) -> None:
+        for disk, counters in totals.items():
+            before = self._disk_counters.get(disk)
+            self._disk_counters[disk] = (now, counters)
+            if before is not None and now > before[0]:
+                interval = now - before[0]
+                rates = rates_between(before[1], counters, interval)
+                self.disk_peaks.add(disk, now, interval, rates)
+        # Forgotten only when no longer a data disk (a failed read keeps the peak).
+        data_disks = set(self._disks())
+        for gone in set(self._disk_counters) - data_disks:
+            del self._disk_counters[gone]
+        self.disk_peaks.forget(data_disks)
+
     def _record_latency(
         self, targets: dict[ContainerKey, Target], latency: LatencySnapshot | None
     ) -> None:
@@ -140,6 +217,8 @@ class SamplingTask:
 
     async def sample_once(self) -> None:
         targets = self._current_targets()
+        bio_targets = self.saturation.bio_targets() if self.saturation is not None else []
+        pressure_targets = list(self._active) if self._pressure else []
         started = trio.current_time()
         try:
             async with self._kernel_lock:  # v1 arming writes throttle files
@@ -150,12 +229,43 @@ class SamplingTask:
             self.errors += 1
             log.warning("sampling failed", error=str(exc))
             return
+        # The sampler's counters are timed as soon as they are read (the rates' clock).
         now = trio.current_time()
-        self.last_pass_seconds = now - started
-        self.pass_durations = self.pass_durations.observe(self.last_pass_seconds)
-        self.passes += 1
         rates = self._tracker.update(snapshot)
         self._record_latency(targets, latency)
+        elapsed = self.interval if self._last_at is None else now - self._last_at
+        self._last_at = now
+        try:
+            totals, bio, pressure = await trio.to_thread.run_sync(
+                self._read_extras, tuple(self._disks()), bio_targets, pressure_targets
+            )
+        except Exception as exc:  # only the extras are lost, not the pass
+            log.warning("reading disk counters or pressure failed", error=str(exc))
+            totals, bio, pressure = {}, {}, {}
+        extras_at = trio.current_time()  # the clock of the counters read just now
+        self.last_pass_seconds = extras_at - started
+        self.pass_durations = self.pass_durations.observe(self.last_pass_seconds)
+        self.passes += 1
+        # What the counters feed besides rates: each contained, so that a surprise in one
+        # costs that part of this pass, never the sampling task (and with it the agent).
+        try:
+            self._observe_disks(extras_at, totals)
+            self._record_pressure(targets, rates, pressure)
+            if self.saturation is not None:
+                self.saturation.update(
+                    now,
+                    extras_at,
+                    elapsed,
+                    targets,
+                    snapshot,
+                    rates,
+                    bio,
+                    self._reconciler.results,
+                    lambda: self.latency_window,
+                )
+        except Exception:
+            self.errors += 1
+            log.exception("deriving capacity, pressure or saturation failed")
         samples: dict[ContainerKey, Sample] = {}
         self.rates = {}
         self.counters = {}

@@ -31,6 +31,7 @@ from diskguard.logs import get_logger
 from diskguard.model import (
     CgroupVersion,
     ContainerKey,
+    DurationHistogram,
     ErrorStage,
     IOLimits,
     PodError,
@@ -116,6 +117,9 @@ class PodState:
     # in the list).
     error: PodError | None = None
     error_seq: int = 0
+    # When the reconciler took in the first change of the pod not applied yet (trio clock;
+    # None: none pending, or taken in without a clock), for the apply-latency histogram.
+    changed_at: float | None = None
 
 
 V = TypeVar("V")
@@ -218,6 +222,10 @@ class Reconciler:
         self.reconciles = 0
         # Outcome counters for /metrics: per container-apply, how it ended.
         self.outcomes: collections.Counter[str] = collections.Counter()
+        # Seconds from taking in a pod change to the kernel holding what it asks for, on
+        # containers that already had their cgroup (a new container's first limit waits
+        # for the runtime, not for us).
+        self.apply_latency = DurationHistogram()
         self.applying_since: float | None = None  # set while a batch is in the kernel
         self._relisted = False
         self.namespaces = NamespacePolicies(settings.prefix, emit)
@@ -279,13 +287,16 @@ class Reconciler:
             error_counts=dict(self.error_counts),
             pod_errors=tuple(self.pod_errors.values()),
             reconciles=self.reconciles,
+            apply_latency=self.apply_latency,
         )
 
     # -- input ---------------------------------------------------------------------------
 
-    def on_pod_event(self, event: PodEvent) -> None:
+    def on_pod_event(self, event: PodEvent, at: float | None = None) -> None:
+        """Take in one watch event; `at` (trio clock) starts the apply-latency clock of the
+        pods it changes."""
         try:
-            self._on_pod_event(event)
+            self._on_pod_event(event, at)
         except Exception as exc:
             # A bug reachable from tenant input must cost that event, not the task.
             log.exception("taking in a watch event failed", watch=event.resource)
@@ -305,15 +316,18 @@ class Reconciler:
                 if s.pod is not None and s.pod.namespace in changed
             }
 
-    def _on_pod_event(self, event: PodEvent) -> None:
+    def _on_pod_event(self, event: PodEvent, at: float | None) -> None:
         if isinstance(event, Relisted):
             seen = set()
             for update in event.objects:
                 seen.add(self._upsert(update, event.resource))
             for key in set(self._states) - seen:
                 self._forget(key)
-            self._dirty |= self._live()
+            live = self._live()
+            self._dirty |= live
             self._relisted = True
+            for key in live:
+                self._changed(self._states[key], at)
         elif isinstance(event, Changed):
             if event.kind is ChangeKind.DELETED:
                 self._forget(state_key(event.object))
@@ -322,6 +336,12 @@ class Reconciler:
                 state = self._states.get(key)
                 if state is not None and state.pod is not None:
                     self._dirty.add(key)
+                    self._changed(state, at)
+
+    @staticmethod
+    def _changed(state: PodState, at: float | None) -> None:
+        if at is not None and state.changed_at is None:
+            state.changed_at = at
 
     def _upsert(self, update: PodUpdate, resource: str) -> str:
         """Take in one version of a pod; return the key of its state."""
@@ -393,13 +413,15 @@ class Reconciler:
             elif self._dirty:
                 deadline = -math.inf  # resync_now() during the last batch: go at once
             with trio.move_on_at(deadline) as self._wait_scope:
-                self.on_pod_event(await receive.receive())
+                event = await receive.receive()
+                self.on_pod_event(event, _stamp(event))
             self._wait_scope = None
             while True:  # take everything already queued as one batch
                 try:
-                    self.on_pod_event(receive.receive_nowait())
+                    event = receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                self.on_pod_event(event, _stamp(event))
             now = trio.current_time()
             if not self.namespaces.listed and now < namespaces_due:
                 continue  # pods wait for their namespaces' policy (bounded by namespace_wait)
@@ -433,10 +455,15 @@ class Reconciler:
 
     async def reconcile(self, uids: Iterable[str]) -> None:
         pod_plans = []
+        # Each pod's pending change is this batch's, applied or not (a pod whose planning
+        # failed twice starts afresh at its next change).
+        changed: dict[str, float] = {}
         for uid in uids:
             state = self._states.get(uid)
             if state is None or state.pod is None:
                 continue
+            if state.changed_at is not None:
+                changed[uid], state.changed_at = state.changed_at, None
             plan = self._plan(state, state.pod)
             if plan is not None:
                 pod_plans.append(plan)
@@ -476,6 +503,11 @@ class Reconciler:
                 else:
                     cgroups[r.ref.container_id] = r.cgroup
             state.cgroups = cgroups
+            changed_at = changed.get(plan.pod.uid)
+            if changed_at is not None and any(
+                r.wrote and r.ref.container_id in known for r in mine
+            ):
+                self.apply_latency = self.apply_latency.observe(now - changed_at)
             try:
                 self._after_apply(state, plan, mine, now)
             except Exception as exc:
@@ -718,6 +750,11 @@ class Reconciler:
             for c in clamps
         )
         self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))
+
+
+def _stamp(event: PodEvent) -> float:
+    """When the apply latency of what `event` changes starts: at the API edge, else now."""
+    return event.at if event.at is not None else trio.current_time()
 
 
 def _error_text(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from kubernetes.client.api_client import ApiClient
 from diskguard.agent.kubelet_rates import KubeletRateTask
 from diskguard.agent.measuring import SamplingTask
 from diskguard.agent.reconciler import Reconciler, ReconcileSettings
+from diskguard.agent.saturation import SaturationMonitor
 from diskguard.agent.smart import SmartLimiter
 from diskguard.agent.view import AgentReadout
 from diskguard.config import Config, startup_warnings
@@ -36,13 +37,16 @@ from diskguard.kube.namespaces import NamespaceEvent, parse_namespace_events
 from diskguard.kube.pods import PodEvent, parse_pod_events
 from diskguard.kube.watch import ListWatcher, WatchEvent
 from diskguard.logs import get_logger
-from diskguard.model import Device, SamplerKind
+from diskguard.model import CgroupVersion, Device, SamplerKind
 from diskguard.node.applier import Applier
+from diskguard.node.capacity import CapacityReader
 from diskguard.node.datadisks import DataDisks, DiskResolution
 from diskguard.node.limits import backend_for
 from diskguard.node.setup import NodeSetup, inspect_node
 from diskguard.node.state import LimitRecord, StateDir
+from diskguard.policy.saturation import SaturationEvents
 from diskguard.sampler import Sampler, SamplerUnavailable, open_sampler
+from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.web import server as web
 from diskguard.web.view import (
     EventsState,
@@ -86,6 +90,8 @@ class Agent:
             config.kubelet_cgroup_root,
             node.record or LimitRecord(StateDir(Path(config.state_dir))),
         )
+        # What `diskguard profile` measured, for capacity-relative smart limits.
+        self.capacity = CapacityReader(StateDir(Path(config.state_dir)))
         self.events = EventSink()
         self._events_unfinished: list[Posting] = []
         # Every batch of cgroup writes holds it: the reconciler's applies, the cgroup
@@ -127,6 +133,7 @@ class Agent:
         self.smart: SmartLimiter | None = None
         self.sampler_problem = ""
         self._sampler: Sampler | None = None
+        self._bio_reader: CgroupSampler | None = None  # bio-level counts for saturation
         self.measuring = trio.Event()  # set once the sampler (if any) is running
         # The kubelet: optional pod source (with the API watch as fallback) and optional
         # IO-rate source for smart limit. KubeletClient() refuses unusable TLS files.
@@ -175,6 +182,8 @@ class Agent:
                     await trio.to_thread.run_sync(self._sampler.set_devices, devices)
                 except Exception as exc:  # measuring must not stop enforcement
                     log.warning("sampler cannot follow the new data disks", error=str(exc))
+            if self._bio_reader is not None and devices:
+                self._bio_reader.set_devices(devices)
         self.reconciler.resync_now()
 
     def readiness_problem(self) -> str:
@@ -360,6 +369,7 @@ class Agent:
                 self.events.emit,
                 config.annotation_prefix,
                 fresh_resource_version=config.kubelet.pod_source,
+                measured=lambda: self.capacity.measured(self.applier.devices),
             )
         # Smart limit listens to one rate source: the kubelet's when asked for, else ours.
         listeners = () if smart is None else (smart.on_samples,)
@@ -373,12 +383,37 @@ class Agent:
                 listeners=listeners,
             )
         if sampler is not None:
+            # Beside the eBPF sampler (requests), bio-level counts for saturation come from
+            # the cgroups' own counters; the cgroup sampler's are those already.
+            self._bio_reader = bio = (
+                None
+                if sampler.kind == "cgroup"
+                else CgroupSampler(
+                    self.applier.devices,
+                    self.node.hierarchy.path,
+                    self.node.hierarchy.version,
+                    get_logger("diskguard.saturation"),
+                    arm=False,  # it reads limited cgroups only: their rules arm counting
+                )
+            )
+            saturation = SaturationMonitor(
+                bio,
+                SaturationEvents(
+                    config.saturation_event_intervals, config.saturation_event_cooldown
+                ),
+                self.events.emit,
+                self.reconciler.pods,
+            )
             self.sampling = SamplingTask(
                 sampler,
                 self.reconciler,
                 config.sample_interval,
                 kernel_lock=self._kernel_lock,
                 listeners=() if use_kubelet_rates else listeners,
+                disks=lambda: self.applier.devices,
+                observed_window=config.capacity_observed_window,
+                saturation=saturation,
+                pressure=self.node.hierarchy.version is CgroupVersion.V2,
             )
             log.info("IO sampler started", kind=sampler.kind, degraded=sampler.degraded or "")
         if smart is not None:

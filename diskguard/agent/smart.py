@@ -18,9 +18,10 @@ import collections
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
 import trio
 from kubernetes.client.exceptions import ApiException
 
@@ -29,7 +30,7 @@ from diskguard.config import SmartConfig
 from diskguard.kube.api import CoreApi
 from diskguard.kube.events import pod_event
 from diskguard.logs import get_logger
-from diskguard.model import ContainerKey, PodInfo
+from diskguard.model import ContainerKey, IOLimits, PodInfo
 from diskguard.policy.annotations import (
     AUTO_BPS,
     AUTO_IOPS,
@@ -93,6 +94,7 @@ class SmartLimiter:
         prefix: str,
         *,
         fresh_resource_version: bool = False,
+        measured: Callable[[], IOLimits | None] = lambda: None,
     ) -> None:
         settings = smart.settings
         self.settings = settings
@@ -100,8 +102,11 @@ class SmartLimiter:
         self.monitor_interval = monitor_interval = smart.monitor_interval
         self._remove_delay = smart.remove_delay
         self._remove_check_interval = smart.remove_check_interval
-        # Thresholds and limits relative to capacity use the declared one (SMART_LIMIT_DEVICE_*).
-        self._capacity = Capacity(settings.device_iops, settings.device_bps)
+        # Thresholds and limits relative to capacity use the measured one (`diskguard
+        # profile`, read at each evaluation: `measured` reads the node-state file), else the
+        # declared one (SMART_LIMIT_DEVICE_*).
+        self._declared = self._capacity = Capacity(settings.device_iops, settings.device_bps)
+        self._measured = measured
         self._minimum = AutoLimit(settings.min_iops, settings.min_bps)
         self._reconciler = reconciler
         self._api = api
@@ -163,8 +168,18 @@ class SmartLimiter:
             self._close_buckets()
             await self.evaluate()
 
+    @property
+    def capacity(self) -> Capacity:
+        """The capacity the last evaluation judged against (for /status)."""
+        return self._capacity
+
     async def evaluate(self) -> None:
         now = trio.current_time()
+        try:
+            measured = await trio.to_thread.run_sync(self._measured)
+            self._capacity = attrs.evolve(self._declared, measured=measured)
+        except Exception as exc:  # keep judging against the last capacity known
+            log.warning("reading the measured disk capacity failed", error=str(exc))
         for gone in set(self.decisions) - set(self._reconciler.plans):
             del self.decisions[gone]  # bounded by the pods on the node, not by churn
         for gone in set(self._removals) - set(self._reconciler.plans):

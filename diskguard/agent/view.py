@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import attrs
-
 from diskguard.kube.watch import ListWatcher
+from diskguard.model import Rates
 from diskguard.web.view import (
+    DiskCapacityState,
     EventsState,
     Health,
     LimitRecordState,
@@ -62,8 +62,20 @@ class AgentReadout:
     def node_snapshot(self) -> NodeState:
         agent = self._agent
         record = agent.applier.record
+        devices = tuple(agent.applier.devices)
+        measured = agent.capacity.per_device(devices)
+        observed = agent.sampling.disk_peaks.peaks() if agent.sampling is not None else {}
+        capacity = {
+            d: DiskCapacityState(
+                measured=measured[d].as_limits() if d in measured else None,
+                measured_at=measured[d].measured_at if d in measured else "",
+                observed=observed.get(d, Rates()) if agent.sampling is not None else None,
+            )
+            for d in devices
+        }
         return NodeState(
-            devices=tuple(agent.applier.devices),
+            devices=devices,
+            capacity=capacity,
             data_disks=agent.data_disks.as_json(),
             limit_record=None
             if record is None
@@ -80,7 +92,7 @@ class AgentReadout:
 
     def events_snapshot(self) -> EventsState:
         events = self._agent.events
-        return EventsState(attrs.evolve(events.stats), len(events.queue))
+        return EventsState(events.stats.copy(), len(events.queue))
 
     def sampling_snapshot(self) -> SamplingState:
         agent = self._agent
@@ -104,6 +116,8 @@ class AgentReadout:
                 rates=dict(task.rates),
                 latency=None if latency is None else dict(latency),
                 latency_window=None if window is None else dict(window),
+                saturation={} if task.saturation is None else dict(task.saturation.state),
+                pressure=dict(task.pressure),
             ),
             agent.sampler_problem,
         )
@@ -118,6 +132,8 @@ class AgentReadout:
             window_seconds=max(t.window for t in smart.tiers),
             tiers=tuple((t.name, t.window) for t in smart.tiers),
             remove_delay_seconds=smart.remove_delay,
+            declared_capacity=(smart.settings.device_iops, smart.settings.device_bps),
+            measured_capacity=None if agent.smart is None else agent.smart.capacity.measured,
             monitor_interval_seconds=smart.monitor_interval,
             patches=dict(agent.smart.patches) if agent.smart is not None else {},
             access=agent.smart_access.as_json() if agent.smart_access is not None else None,

@@ -117,6 +117,13 @@ class EventStats:
     retries: int = 0
     last_latency: float | None = None  # seconds from the decision to the accepted post
     max_latency: float = 0.0
+    # Events decided, by reason (IOLimitApplied, SmartLimitApplied, ...): what the agent
+    # said, whatever became of the post.
+    emitted: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def copy(self) -> EventStats:
+        """A copy that does not follow later counts (for snapshots)."""
+        return attrs.evolve(self, emitted=collections.Counter(self.emitted))
 
 
 class EventQueue:
@@ -184,6 +191,7 @@ class EventSink:
     def emit(self, req: EventRequest) -> None:
         log_fn = log.warning if req.type is EventType.WARNING else log.info
         log_fn("event %s %s/%s: %s", req.reason, req.namespace, req.name, req.message)
+        self.stats.emitted[req.reason] += 1
         self.queue.put(Queued(req, dt.datetime.now(dt.UTC), trio.current_time()))
 
     def close(self) -> None:

@@ -62,12 +62,14 @@ def read_pod(obj: object, forced_runtime: Runtime | None = None) -> PodUpdate:
         return PodParseFailure(_key(obj), f"{type(exc).__name__}: {text}", unexpected=True)
 
 
-def pod_event(event: WatchEvent, forced_runtime: Runtime | None = None) -> PodEvent:
-    """A raw pod watch event with each pod parsed."""
+def pod_event(
+    event: WatchEvent, forced_runtime: Runtime | None = None, at: float | None = None
+) -> PodEvent:
+    """A raw pod watch event with each pod parsed, taken in at `at`."""
     if isinstance(event, Relisted):
         pods = tuple(read_pod(obj, forced_runtime) for obj in event.objects)
-        return Relisted(pods, event.resource_version, event.resource)
-    return Changed(event.kind, read_pod(event.object, forced_runtime), event.resource)
+        return Relisted(pods, event.resource_version, event.resource, at)
+    return Changed(event.kind, read_pod(event.object, forced_runtime), event.resource, at)
 
 
 async def parse_pod_events(
@@ -78,7 +80,7 @@ async def parse_pod_events(
     """The API edge of the pod sources: raw events in, parsed events out, in order."""
     async with send:
         async for event in receive:
-            await send.send(pod_event(event, forced_runtime))
+            await send.send(pod_event(event, forced_runtime, trio.current_time()))
 
 
 def _key(obj: object) -> str:

@@ -66,6 +66,9 @@ class Relisted(Generic[T]):
     objects: tuple[T, ...]
     resource_version: str
     resource: str = "pods"  # for logs only: each resource has its own channel
+    # When the agent took it in at its API edge (trio clock; None: not stamped): the start
+    # of the apply latency, queueing before the reconciler included.
+    at: float | None = attrs.field(default=None, eq=False)
 
 
 class ChangeKind(enum.StrEnum):
@@ -81,6 +84,7 @@ class Changed(Generic[T]):
     kind: ChangeKind = attrs.field(converter=ChangeKind)
     object: T
     resource: str = "pods"
+    at: float | None = attrs.field(default=None, eq=False)  # as Relisted.at
 
 
 # As the API server (or the kubelet) sends them: raw JSON objects. kube/pods.py and

@@ -5,8 +5,9 @@ named below, each a small JSON document with a schema version, written atomicall
 (temporary file, fsync, rename, fsync of the directory) so a crash leaves the old or the
 new document, never half of one. Today it holds the limit record: which (cgroup, device)
 rules diskguard set, written *before* the kernel write it describes, so `reset-all` can
-clear exactly those and never a rule someone else set. Later node state (measured
-capacity, pod budgets) gets its own file next to it.
+clear exactly those and never a rule someone else set. Beside it, the capacity record:
+what `diskguard profile` measured of each data disk (node/capacity.py). Later node state
+(pod budgets) gets its own file next to them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = get_logger(__name__)
 
 # The directory's files (the layout): one per kind of node state.
 LIMIT_RECORD_FILE = "limits.json"
+CAPACITY_FILE = "capacity.json"
 
 LIMIT_RECORD_KIND = "diskguard.limit-record"
 LIMIT_RECORD_SCHEMA = 1
@@ -94,19 +96,28 @@ def encode_record(rules: Iterable[Rule]) -> bytes:
     return json.dumps(doc, indent=1).encode() + b"\n"
 
 
-def decode_record(data: bytes, where: str) -> frozenset[Rule]:
-    """The rules in a record; anything but schema 1 of our kind is refused, with why."""
+def decode_document(
+    data: bytes, where: str, kind: str, schema: int, what: str
+) -> dict[str, object]:
+    """A node-state document of `kind` at `schema` (`what` names it for people); anything
+    else is refused, with why."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
-        raise StateError(f"{where} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != LIMIT_RECORD_KIND:
-        raise StateError(f"{where} is not a diskguard limit record")
-    if doc.get("schema") != LIMIT_RECORD_SCHEMA:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting past the limit
+        raise StateError(f"{where} is not JSON: {type(exc).__name__}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        raise StateError(f"{where} is not a diskguard {what}")
+    if doc.get("schema") != schema:
         raise StateError(
             f"{where} has schema {doc.get('schema')!r}; this diskguard reads schema "
-            f"{LIMIT_RECORD_SCHEMA} (use the diskguard version that wrote it)"
+            f"{schema} (use the diskguard version that wrote it)"
         )
+    return doc
+
+
+def decode_record(data: bytes, where: str) -> frozenset[Rule]:
+    """The rules in a record; anything but schema 1 of our kind is refused, with why."""
+    doc = decode_document(data, where, LIMIT_RECORD_KIND, LIMIT_RECORD_SCHEMA, "limit record")
     rules = doc.get("rules")
     if not isinstance(rules, list):
         raise StateError(f"{where}: 'rules' is not a list")

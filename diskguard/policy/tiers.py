@@ -101,13 +101,18 @@ class Tier:
 
 @attrs.frozen
 class Capacity:
-    """What the disk can do (measured by `diskguard profile` or declared); 0 = unknown."""
+    """What the data disks can do; 0 = unknown. `iops`/`bps` are declared for both
+    directions (SMART_LIMIT_DEVICE_*); `measured` (by `diskguard profile`, per limit field,
+    the slowest data disk's) takes their place when every data disk was measured."""
 
     iops: int = 0
     bps: int = 0
+    measured: IOLimits | None = None
 
-    def of(self, unit: LimitUnit) -> int:
-        return self.iops if unit is LimitUnit.IOPS else self.bps
+    def of(self, metric: LimitField) -> int:
+        if self.measured is not None and (value := self.measured.get(metric)):
+            return value
+        return self.iops if metric.unit is LimitUnit.IOPS else self.bps
 
 
 def _amount(text: str, unit: LimitUnit, *, limit: bool) -> Amount:
@@ -296,7 +301,7 @@ def judge(
             fired = []
             for metric in _METRICS[unit]:
                 at = threshold.resolve(
-                    reference=static.get(metric), capacity=capacity.of(unit), observed=0.0
+                    reference=static.get(metric), capacity=capacity.of(metric), observed=0.0
                 )
                 if at is not None and lowest[metric] >= at:
                     fired.append(
@@ -307,7 +312,7 @@ def judge(
                             at,
                             tier.window,
                             None if threshold.of is Of.ABSOLUTE else threshold.value,
-                            _reference_of(threshold, static.get(metric), capacity.of(unit)),
+                            _reference_of(threshold, static.get(metric), capacity.of(metric)),
                         )
                     )
             if not fired:
@@ -320,9 +325,9 @@ def judge(
             reference = min(
                 (static.get(t.metric) for t in fired if static.get(t.metric)), default=0
             )
-            resolved = cap.resolve(
-                reference=reference, capacity=capacity.of(unit), observed=observed
-            )
+            # Of the capacity of what fired, too (a measured disk's read and write differ).
+            known = min((c for t in fired if (c := capacity.of(t.metric))), default=0)
+            resolved = cap.resolve(reference=reference, capacity=known, observed=observed)
             if resolved is None:
                 continue  # a fraction of an unknown capacity: this tier cannot limit
             value = int(resolved)

@@ -102,7 +102,12 @@ class CgroupSampler:
         version: CgroupVersion,
         log: Logger,
         degraded: str | None = None,
+        *,
+        arm: bool = True,
     ) -> None:
+        """`arm`: write the no-op rule that makes v1 count (off for a reader of limited
+        cgroups only, whose limits arm counting already: it then never writes)."""
+        self._arm_counters = arm
         self._devices = tuple(devices)
         self._root = root
         self._version = version
@@ -157,7 +162,8 @@ class CgroupSampler:
         try:
             if self._version is CgroupVersion.V2:
                 return parse_io_stat((target.path / V2_STAT).read_text())
-            self._arm(target)
+            if self._arm_counters:
+                self._arm(target)
             return parse_v1_stats(
                 (target.path / V1_IOS).read_text(), (target.path / V1_BYTES).read_text()
             )

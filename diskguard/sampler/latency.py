@@ -7,20 +7,14 @@ slot 0 times below 2 us, and the last slot everything from 2^(SLOTS-1) us up.
 
 from __future__ import annotations
 
-import enum
 import math
 
 import attrs
 
-from diskguard.model import Device
+from diskguard.model import Device, Direction
 from diskguard.sampler.base import Target
 
 SLOTS = 26
-
-
-class Direction(enum.Enum):
-    READ = "read"
-    WRITE = "write"
 
 
 def upper_bound_seconds(slot: int) -> float:

@@ -475,6 +475,34 @@ def fio_result(proc: subprocess.Popen[bytes], timeout: float = 60) -> FioResult:
     return parse_fio_output(out)
 
 
+def start_load(
+    cgroup_dir: Path,
+    directory: Path,
+    rw: str = "randwrite",
+    *,
+    runtime: float = 120,
+    iodepth: int = 4,
+    size_mib: int = 16,
+    extra: Sequence[str] = (),
+    spawn: Spawn = spawn_in_cgroup,
+) -> subprocess.Popen[bytes]:
+    """A background fio job with IOs queued (libaio) and its output discarded: the load a
+    test limits or measures; kill it when done."""
+    return start_fio(
+        cgroup_dir,
+        directory,
+        rw,
+        runtime=runtime,
+        size_mib=size_mib,
+        ioengine="libaio",
+        iodepth=iodepth,
+        extra=extra,
+        spawn=spawn,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def run_fio(
     cgroup_dir: Path,
     directory: Path,

@@ -10,7 +10,7 @@ import enum
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ import attrs
 
 from diskguard.config import Config, ConfigError, load_config
 from diskguard.kube.access import BASE_ACCESS, SMART_LIMIT_ACCESS, Access, denied_access
-from diskguard.model import CgroupDriver, CgroupVersion, SamplerKind
+from diskguard.model import CgroupDriver, CgroupVersion, Device, SamplerKind
+from diskguard.node.capacity import disk_identity, read_capacity
 from diskguard.node.cgroups import CgroupError, CgroupHierarchy, detect_cgroup
 from diskguard.node.datadisks import resolve
 from diskguard.node.devices import DeviceError, resolve_data_devices
 from diskguard.node.kubepods import container_cgroups, kubepods_dirs
+from diskguard.node.state import StateDir, StateError
 from diskguard.sampler.base import SamplerUnavailable
 from diskguard.sampler.bpf import (
     COMPLETE_TRACEPOINT,
@@ -148,6 +150,36 @@ class Doctor:
             self.add("data devices", Status.FAIL, f"{waiting} (the agent is not ready meanwhile)")
             return
         self.add("data devices", Status.OK, f"{mounts} -> whole disks {disks}")
+        self._capacity(config, devices)
+
+    def _capacity(self, config: Config, devices: Sequence[Device]) -> None:
+        """What `diskguard profile` recorded for each data disk (by its identity)."""
+        try:
+            recorded = read_capacity(StateDir(Path(config.state_dir)))
+        except StateError as exc:
+            self.add("disk capacity", Status.WARN, f"{exc}: run `diskguard profile` again")
+            return
+        said, missing = [], []
+        for device in devices:
+            identity = disk_identity(device)
+            found = recorded.get(identity) if identity else None
+            if found is None:
+                why = "no stable identity" if identity is None else "not measured"
+                missing.append(f"{device.name or device} ({why})")
+            else:
+                said.append(f"{device.name or device}: {found.describe()}")
+        if missing:
+            declared = config.smart.settings.device_iops or config.smart.settings.device_bps
+            fallback = (
+                "the declared SMART_LIMIT_DEVICE_* stands in"
+                if declared
+                else "capacity-relative amounts (%cap) are not judged"
+            )
+            said.append(
+                f"{', '.join(missing)}: run `diskguard profile` on a quiet node; meanwhile "
+                f"{fallback}"
+            )
+        self.add("disk capacity", Status.OK, "; ".join(said))
 
     def _bpf(self) -> None:
         problems = []

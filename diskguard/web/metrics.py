@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from diskguard.model import (
     ContainerKey,
     Device,
+    Direction,
     DurationHistogram,
     ErrorStage,
     LatencyMetrics,
@@ -35,9 +36,15 @@ from diskguard.model import (
     LimitUnit,
 )
 from diskguard.policy.annotations import parse_smart_annotations
-from diskguard.sampler.latency import Direction, LatencyHistogram
+from diskguard.sampler.latency import LatencyHistogram
 from diskguard.web.status import source_kind
-from diskguard.web.view import AgentView, ReconcileSnapshot, SamplingState, SmartState
+from diskguard.web.view import (
+    AgentView,
+    DiskCapacityState,
+    ReconcileSnapshot,
+    SamplingState,
+    SmartState,
+)
 
 Labels = tuple[str, str, str]  # namespace, pod, container
 
@@ -85,7 +92,8 @@ class AgentCollector(Collector):
         view = self._view
         setup = view.setup_snapshot()
         rec = view.reconcile_snapshot()
-        self._named = {d: d for d in view.node_snapshot().devices}
+        node = view.node_snapshot()
+        self._named = {d: d for d in node.devices}
 
         info = GaugeMetricFamily(
             "diskguard_build_info",
@@ -146,6 +154,7 @@ class AgentCollector(Collector):
                             value,
                         )
         yield from limits.values()
+        yield from self._capacity(node.capacity)
 
         containers = GaugeMetricFamily(
             "diskguard_containers", "Containers on this node by state", labels=["state"]
@@ -177,6 +186,13 @@ class AgentCollector(Collector):
         passes = CounterMetricFamily("diskguard_reconcile_passes", "Reconcile batches run")
         passes.add_metric([], rec.reconciles)
         yield passes
+        apply_latency = HistogramMetricFamily(
+            "diskguard_apply_latency_seconds",
+            "Seconds from taking in a pod change (watch event) to the kernel holding the "
+            "limits it asks for, per pod change that wrote to a running container's cgroup",
+        )
+        _add_durations(apply_latency, [], rec.apply_latency)
+        yield apply_latency
 
         relists = CounterMetricFamily(
             "diskguard_watch_relists", "Full relists", labels=["resource"]
@@ -228,11 +244,49 @@ class AgentCollector(Collector):
         )
         failed.add_metric([], stats.failed)
         yield failed
+        emitted = CounterMetricFamily(
+            "diskguard_events_emitted",
+            "Kubernetes Events decided, by reason (whatever became of the post)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.emitted.items()):
+            emitted.add_metric([reason], count)
+        yield emitted
         queued = GaugeMetricFamily(
             "diskguard_events_queued", "Kubernetes Events waiting to be posted"
         )
         queued.add_metric([], events.queued)
         yield queued
+
+    def _capacity(self, capacity: Mapping[Device, DiskCapacityState]) -> Iterator[Metric]:
+        """What each data disk can do: measured by `diskguard profile`, and observed (the
+        highest rate sustained over CAPACITY_OBSERVED_WINDOW). Unknown: no series."""
+        labels = [*DEVICE_LABELS, "direction", "source"]
+        families = {
+            LimitUnit.IOPS: GaugeMetricFamily(
+                "diskguard_disk_capacity_iops",
+                "IO operations/s a data disk can do (source measured: diskguard profile, 4k "
+                "random; observed: the highest rate it sustained while the agent watched)",
+                labels=labels,
+            ),
+            LimitUnit.BPS: GaugeMetricFamily(
+                "diskguard_disk_capacity_bytes_per_second",
+                "Bytes/s a data disk can do (source measured: diskguard profile, 1M "
+                "sequential; observed: the highest rate it sustained while the agent watched)",
+                labels=labels,
+            ),
+        }
+        for device, state in capacity.items():
+            dev = self._device(device)
+            for field in LimitField:
+                family = families[field.unit]
+                direction = str(field.direction)
+                if state.measured is not None and (value := state.measured.get(field)):
+                    family.add_metric([*dev, direction, "measured"], value)
+                # 0: no whole window seen yet (or an idle disk): unknown, no series.
+                if state.observed is not None and (seen := state.observed.get(field)):
+                    family.add_metric([*dev, direction, "observed"], seen)
+        yield from families.values()
 
     def _sampling(
         self, sampling: SamplingState, names: Mapping[ContainerKey, Labels]
@@ -276,6 +330,50 @@ class AgentCollector(Collector):
                 nbytes.add_metric([*names[key], *dev, "write"], c.wbytes)
         yield ops
         yield nbytes
+
+        saturation = GaugeMetricFamily(
+            "diskguard_container_io_saturation",
+            "Fraction of its limit a container uses on a data device: observed rate / the "
+            "limit the kernel holds, the higher of IOPS and bytes/s, counted at bio level as "
+            "blk-throttle counts (no series: no limit, or no IO measured yet)",
+            labels=labels,
+        )
+        saturated = CounterMetricFamily(
+            "diskguard_container_io_saturated_seconds",
+            "Seconds a container spent at >= 95 % of a limit on a data device",
+            labels=labels,
+        )
+        for key, per_device_sat in state.saturation.items():
+            if key not in names:
+                continue
+            for device, per_direction in per_device_sat.items():
+                dev = self._device(device)
+                for direction, sat in per_direction.items():
+                    at = [*names[key], *dev, str(direction)]
+                    saturation.add_metric(at, sat.ratio)
+                    saturated.add_metric(at, sat.saturated_seconds)
+        yield saturation
+        yield saturated
+
+        # PSI, named as cAdvisor names the container's own: waiting = some, stalled = full.
+        owner = ["namespace", "pod", "container"]
+        waiting = CounterMetricFamily(
+            "diskguard_container_io_pressure_waiting_seconds",
+            "Seconds at least one of the container's tasks waited for IO (io.pressure some; "
+            "cgroup v2; containers with IO lately)",
+            labels=owner,
+        )
+        stalled = CounterMetricFamily(
+            "diskguard_container_io_pressure_stalled_seconds",
+            "Seconds all of the container's runnable tasks waited for IO (io.pressure full)",
+            labels=owner,
+        )
+        for key, pressure in state.pressure.items():
+            if key in names:
+                waiting.add_metric(list(names[key]), pressure.some_seconds)
+                stalled.add_metric(list(names[key]), pressure.full_seconds)
+        yield waiting
+        yield stalled
 
     def _latency(
         self, sampling: SamplingState, names: Mapping[ContainerKey, Labels], per: LatencyMetrics

@@ -7,13 +7,23 @@ from typing import Any
 
 import attrs
 
-from diskguard.model import ContainerKey, Device, ErrorStage, IOLimits, LimitField, Rates
+from diskguard.model import (
+    ContainerKey,
+    Device,
+    Direction,
+    ErrorStage,
+    IOLimits,
+    LimitField,
+    Rates,
+)
 from diskguard.node.applier import ApplyResult
 from diskguard.policy.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.policy.plan import ContainerPlan, PodPlan
+from diskguard.policy.saturation import DirectionSaturation, Saturation
 from diskguard.policy.source import Source, SourceLabel
 from diskguard.policy.values import limit_json
 from diskguard.sampler.latency import DeviceLatency, percentiles
+from diskguard.sampler.pressure import Pressure
 from diskguard.web.view import (
     AgentView,
     ReconcileSnapshot,
@@ -79,6 +89,8 @@ def container_json(
     prefix: str = "iops-limit",
     cgroup_wait: str | None = None,
     latency: Mapping[Device, DeviceLatency] | None = None,
+    saturation: Mapping[Device, Mapping[Direction, DirectionSaturation]] | None = None,
+    pressure: Pressure | None = None,
 ) -> dict[str, Any]:
     ref = cplan.ref
     res = cplan.resolution
@@ -117,6 +129,20 @@ def container_json(
         "cgroup_wait": cgroup_wait if (result is None or result.cgroup is None) else None,
         "rates": rates_json(rates),
         "latency": latency_json(latency),
+        # Per device and limited direction: observed / limit (the higher of IOPS and
+        # bytes/s), counted at bio level as blk-throttle counts.
+        "saturation": {
+            str(dev): {str(d): round(s.ratio, 3) for d, s in per_dir.items()}
+            for dev, per_dir in (saturation or {}).items()
+        },
+        # Cumulative seconds some / all of its tasks waited for IO (PSI, cgroup v2; null:
+        # unavailable or no IO lately).
+        "io_pressure": None
+        if pressure is None
+        else {
+            "some_seconds": round(pressure.some_seconds, 6),
+            "full_seconds": round(pressure.full_seconds, 6),
+        },
         "smart_limit": smart_json(plan, prefix),
     }
 
@@ -135,6 +161,8 @@ def containers_json(
     pod: str | None = None,
     *,
     latency: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None,
+    saturation: Saturation | None = None,
+    pressure: Mapping[ContainerKey, Pressure] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     pods = _snapshot(reconciler).pods
@@ -159,6 +187,8 @@ def containers_json(
                     prefix,
                     wait,
                     None if latency is None else latency.get(key, {}),
+                    None if saturation is None else saturation.get(key),
+                    None if pressure is None else pressure.get(key),
                 )
             )
     return out
@@ -204,6 +234,22 @@ def status_json(
         },
         "devices": [{"device": str(d), "name": d.name} for d in node.devices],
         "data_disks": dict(node.data_disks),
+        # Per data disk: measured by `diskguard profile` (null: not yet) and the highest
+        # rates sustained over CAPACITY_OBSERVED_WINDOW (null: no sampler).
+        "disk_capacity": [
+            {
+                "device": str(d),
+                "name": d.name,
+                "measured": None
+                if c.measured is None
+                else {str(f): v for f, v in c.measured.as_dict().items()},
+                "measured_at": c.measured_at or None,
+                "observed": None
+                if c.observed is None
+                else {str(f): round(c.observed.get(f), 1) for f in LimitField},
+            }
+            for d, c in node.capacity.items()
+        ],
         "limit_record": None
         if node.limit_record is None
         else {
@@ -234,6 +280,8 @@ def status_json(
             namespace,
             pod,
             latency=sampler.latency_window if sampler else None,
+            saturation=sampler.saturation if sampler else None,
+            pressure=sampler.pressure if sampler else None,
         ),
     }
 
@@ -260,6 +308,16 @@ def smart_json_status(smart: SmartState) -> dict[str, object]:
         "window_seconds": smart.window_seconds,  # the longest tier's
         "tiers": [{"name": n, "window_seconds": w} for n, w in smart.tiers],
         "remove_delay_seconds": smart.remove_delay_seconds,
+        # What "%cap" and "%" of an unlimited direction are of: `measured` wins.
+        "capacity": {
+            "declared": {
+                "iops": smart.declared_capacity[0] or None,
+                "bps": smart.declared_capacity[1] or None,
+            },
+            "measured": None
+            if smart.measured_capacity is None
+            else smart.measured_capacity.as_dict(),
+        },
         "monitor_interval_seconds": smart.monitor_interval_seconds,
         "patches": dict(smart.patches),
         "access": None if smart.access is None else dict(smart.access),

@@ -23,13 +23,16 @@ from diskguard.model import (
     Device,
     DurationHistogram,
     ErrorStage,
+    IOLimits,
     LatencyMetrics,
     PodError,
     Rates,
 )
 from diskguard.node.applier import ApplyResult
 from diskguard.policy.plan import ContainerPlan, PodPlan
+from diskguard.policy.saturation import Saturation
 from diskguard.sampler.latency import DeviceLatency
+from diskguard.sampler.pressure import Pressure
 
 # -- the reconciler ------------------------------------------------------------------------
 
@@ -63,6 +66,8 @@ class ReconcileSnapshot:
     error_counts: Mapping[ErrorStage, int] = attrs.field(factory=dict)
     pod_errors: tuple[PodError, ...] = ()  # the latest per pod, oldest first
     reconciles: int = 0  # apply batches run
+    # Pod change taken in -> the kernel holds its limits (containers with a cgroup already).
+    apply_latency: DurationHistogram = attrs.field(factory=DurationHistogram)
 
 
 class ReconcileSource(Protocol):
@@ -106,11 +111,23 @@ class LimitRecordState:
 
 
 @attrs.frozen
+class DiskCapacityState:
+    """What one data disk can do: as `diskguard profile` measured it (IOPS at 4k random,
+    bytes/s at 1M sequential; None: not measured) and the highest rates it sustained over
+    CAPACITY_OBSERVED_WINDOW while the agent watched (None: no sampler)."""
+
+    measured: IOLimits | None = None
+    measured_at: str = ""
+    observed: Rates | None = None
+
+
+@attrs.frozen
 class NodeState:
     devices: tuple[Device, ...]  # the data devices limits go to now
     # The data disks as DataDisks.as_json() renders them (paths, devices, problem...).
     data_disks: Mapping[str, object]
     limit_record: LimitRecordState | None  # None: no node-state directory
+    capacity: Mapping[Device, DiskCapacityState] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -149,6 +166,10 @@ class SamplerState:
     # Cumulative (metrics) and over the last interval (/status); None: no latency measured.
     latency: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None
     latency_window: Mapping[ContainerKey, Mapping[Device, DeviceLatency]] | None = None
+    # Fraction of the limit in use per container, device and direction (bio-level counts).
+    saturation: Saturation = attrs.field(factory=dict)
+    # IO pressure (PSI, cgroup v2) of the containers that did IO lately.
+    pressure: Mapping[ContainerKey, Pressure] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -169,6 +190,11 @@ class SmartState:
     access: Mapping[str, object] | None = None  # the RBAC gate as AccessGate.as_json() says
     tiers: tuple[tuple[str, float], ...] = ()  # (name, window seconds), shortest first
     remove_delay_seconds: float = 0.0
+    # The capacity capacity-relative amounts are judged against: declared (SMART_LIMIT_
+    # DEVICE_*, both directions) and measured (`diskguard profile`, the slowest data disk's
+    # per field; None until every data disk is measured), as of the last evaluation.
+    declared_capacity: tuple[int, int] = (0, 0)
+    measured_capacity: IOLimits | None = None
 
 
 class AgentView(Protocol):

@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from diskguard.node.capacity import DiskCapacity, disk_identity, record_capacity
+from diskguard.node.state import StateDir
+
 from .conftest import Cluster, scaled
 
 pytestmark = pytest.mark.kernel
@@ -30,15 +33,23 @@ def doctor(cluster: Cluster, **env: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, findings
 
 
-def test_doctor_passes_on_a_healthy_node(cluster: Cluster) -> None:
+def test_doctor_passes_on_a_healthy_node(cluster: Cluster, tmp_path: Path) -> None:
     cluster.add_pod("web")
-    code, found = doctor(cluster, SAMPLER="auto")
+    # What `diskguard profile` recorded for the data disk is shown by the disk's name.
+    state = StateDir(tmp_path / "state")
+    identity = disk_identity(cluster.device)
+    assert identity is not None
+    record_capacity(state, identity, DiskCapacity(9000, 8000, 300 * 2**20, 200 * 2**20))
+    code, found = doctor(cluster, SAMPLER="auto", STATE_DIR=str(state.path))
     assert code == 0, json.dumps(found, indent=1)
     assert found["cgroup hierarchy"]["status"] == "ok"
     assert cluster.hierarchy.version.value in found["cgroup hierarchy"]["detail"]
     assert found["kubelet cgroup layout"]["status"] == "ok"
     assert "(1 containers)" in found["kubelet cgroup layout"]["detail"]
     assert str(cluster.device) in found["data devices"]["detail"]
+    capacity = found["disk capacity"]
+    assert capacity["status"] == "ok"
+    assert f"{cluster.device.name}: read 9,000 IOPS 300 MiB/s" in capacity["detail"]
     assert found["API server"]["status"] == "ok"
     assert found["RBAC"]["status"] == "ok"
     # Says whether per-container latency can be measured (BTF and the completion probe).

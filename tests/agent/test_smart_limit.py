@@ -5,12 +5,15 @@ limit is lifted and only diskguard's keys are gone."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from diskguard.model import IOLimits
+from diskguard.node.capacity import DiskCapacity, disk_identity, record_capacity
+from diskguard.node.state import StateDir
 from diskguard.testing.lab import run_fio, start_fio
 
 from .conftest import Cluster, P, scaled
@@ -198,3 +201,32 @@ async def test_tiers_escalate_to_the_stricter_limit_and_lift_after_the_delay(
     applied = await cluster.wait_events("SmartLimitApplied", 2)
     assert ["(tier fast)" in e["message"] for e in applied] == [True, False]
     assert "(tier slow)" in applied[1]["message"]
+
+
+async def test_capacity_relative_tiers_use_what_profile_recorded(
+    cluster: Cluster, start_agent: Any, tmp_path: Path
+) -> None:
+    """A recorded capacity (as `diskguard profile` writes it) takes the place of the
+    declared one: 25%cap of the disk's recorded 400 write IOPS is 100, which the load at
+    its 200 IOPS limit exceeds; the limit is 20%cap = 80. Against the declared 100,000 the
+    tier would never fire."""
+    state = StateDir(tmp_path / "state")
+    identity = disk_identity(cluster.device)
+    assert identity is not None
+    record_capacity(state, identity, DiskCapacity(10_000, 400, 2**30, 2**30))
+    pod = cluster.add_pod("capped", annotations={f"{P}/write-iops": "200"})
+    tier = "name=cap,window=3s,iops=25%cap,limit-iops=20%cap"
+    await start_agent(
+        **{**SMART_ENV, "SMART_LIMIT_TIERS": tier, "SMART_LIMIT_DEVICE_IOPS": "100000",
+           "STATE_DIR": str(state.path)}
+    )  # fmt: skip
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    load = background_fio(cluster, cg, 30)
+    try:
+        ann = await wait_annotations(cluster, "capped", present=True, timeout=20)
+        assert (ann[f"{P}/auto-iops"], ann[f"{P}/smart-limit-tier"]) == ("80", "cap"), ann
+        await cluster.wait_kernel(cg, IOLimits(80, 80), timeout=5)
+    finally:
+        load.kill()
+        load.wait()

@@ -33,7 +33,7 @@ from .manifests import (
 # Every component alone, and all of them together.
 INSTALLS = [(), *((name,) for name in COMPONENTS), tuple(COMPONENTS)]
 # Kinds the Kubernetes schemas do not hold (CRDs), checked by the tests below instead.
-CRD_KINDS = {"PodMonitor"}
+CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -199,8 +199,25 @@ def test_podmonitor_scrapes_the_agents_metrics() -> None:
     assert spec["selector"]["matchLabels"].items() <= _pod_labels(objects).items()
     assert spec["namespaceSelector"] == {"matchNames": [daemonset["metadata"]["namespace"]]}
     (endpoint,) = spec["podMetricsEndpoints"]
+    # The operator's schema accepts unknown fields (test_operator_schema.py): a misspelt
+    # one would be pruned silently, so the fields are listed here.
+    assert set(endpoint) == {"port", "path", "interval", "honorLabels", "relabelings"}
     scrape = daemonset["spec"]["template"]["metadata"]["annotations"]
     assert endpoint["port"] == "http" and endpoint["path"] == scrape["prometheus.io/path"]
+    # Our per-container series name the monitored container in namespace/pod/container:
+    # kept as they are, not renamed exported_*.
+    assert endpoint["honorLabels"] is True
+    # and the agent pod's own `container` label is not added where a series has none.
+    assert endpoint["relabelings"] == [{"action": "labeldrop", "regex": "container"}]
+
+
+def test_the_alert_rules_live_beside_the_podmonitor() -> None:
+    objects = built("podmonitor")
+    monitor, rule = find(objects, "PodMonitor"), find(objects, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+    assert rule["metadata"]["labels"] == monitor["metadata"]["labels"]
+    assert set(rule["spec"]) == {"groups"}
 
 
 def test_the_latest_schemas_are_newer_than_1_30() -> None:

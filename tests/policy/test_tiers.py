@@ -121,6 +121,27 @@ def test_the_strictest_triggered_tier_is_in_force() -> None:
     assert unknown.limit == AutoLimit(iops=240) and unknown.tier == "short"
 
 
+def test_a_measured_capacity_is_per_direction_and_takes_the_declared_ones_place() -> None:
+    """`diskguard profile` measures reads and writes apart: a capacity-relative amount is
+    of the direction it judges, and a measured figure wins over the declared one."""
+    tier = Tier("cap", 10.0, iops=Amount(0.8, Of.CAPACITY), limit_iops=Amount(0.5, Of.CAPACITY))
+    measured = Capacity(iops=10_000, measured=IOLimits(riops=2000, wiops=500, rbps=1, wbps=1))
+    writes = judge(
+        series([450.0] * 10), 10.0, IOLimits(), measured, AutoLimit(), [tier],
+        remove_threshold=0.5,
+    )  # fmt: skip
+    # 450 write IOPS >= 80 % of the disk's 500: limited to half of the write capacity.
+    assert writes.limit == AutoLimit(iops=250) and writes.triggers[0].threshold == 400
+    reads = [Sample.of(at=i + 1, interval=1.0, rates=Rates(riops=450.0)) for i in range(10)]
+    calm = judge(reads, 10.0, IOLimits(), measured, AutoLimit(), [tier], remove_threshold=0.5)
+    assert calm.limit == AutoLimit() and not calm.triggers  # 450 < 80 % of 2000
+    declared = judge(
+        series([450.0] * 10), 10.0, IOLimits(), Capacity(iops=10_000), AutoLimit(), [tier],
+        remove_threshold=0.5,
+    )  # fmt: skip
+    assert declared.limit == AutoLimit()  # 450 < 80 % of the declared 10,000
+
+
 def test_a_computed_limit_never_goes_below_the_floor() -> None:
     verdict = judge(
         series([480.0] * 10), 10.0, STATIC, Capacity(), AutoLimit(),

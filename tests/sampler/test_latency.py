@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskguard.model import Device
+from diskguard.model import Device, Direction
 from diskguard.sampler.base import Target
 from diskguard.sampler.btf import VMLINUX_BTF
 from diskguard.sampler.latency import (
     SLOTS,
     DeviceLatency,
-    Direction,
     LatencyHistogram,
     latency_between,
     lower_bound_seconds,

@@ -217,12 +217,14 @@ truncate -s "$disk_size" "$run/disk.img"
 
 p9="security_model=none,multidevs=remap"
 t_boot=$SECONDS
+# psi=1: pressure stall information on, whatever the distribution kernel's default (the
+# saturation tests read a throttled container's io.pressure).
 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
     -nodefaults -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem" \
     -nic none -display none -no-reboot \
     -serial "file:$run/console.log" \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 panic=-1 oops=panic mitigations=off" \
+    -append "console=ttyS0 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 panic=-1 oops=panic mitigations=off psi=1" \
     -virtfs "local,path=/,mount_tag=hostroot,$p9,readonly=on" \
     -virtfs "local,path=$repo,mount_tag=repo,$p9" \
     -virtfs "local,path=$run,mount_tag=results,$p9" \
