@@ -45,6 +45,11 @@ def combine(per_device: dict[Device, Rates]) -> Rates:
     )
 
 
+def _busy(rates: Rates) -> bool:
+    """Any IO at all (cheaper than comparing with a zero Rates, per container per pass)."""
+    return bool(rates.riops or rates.wiops or rates.rbps or rates.wbps)
+
+
 class SamplingTask:
     """`kernel_lock` is the one the reconciler's apply batches hold (the agent hands both
     the same lock): arming v1 counters writes throttle files, which must not interleave with
@@ -159,7 +164,7 @@ class SamplingTask:
             return
         left = {t: n - 1 for t, n in self._active.items() if n > 1}
         for target, per_device in rates.items():
-            if any(r != Rates() for r in per_device.values()):
+            if any(_busy(r) for r in per_device.values()):
                 left[target] = PRESSURE_STICKY
         alive = set(targets.values())
         self._active = {t: n for t, n in left.items() if t in alive}

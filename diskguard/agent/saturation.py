@@ -186,7 +186,10 @@ class SaturationMonitor:
         for key, target in targets.items():
             if not _limited(results.get(key)):
                 continue
-            if any(r != Rates() for r in sampler_rates.get(target, {}).values()):
+            if any(
+                r.riops or r.wiops or r.rbps or r.wbps
+                for r in sampler_rates.get(target, {}).values()
+            ):
                 left[target] = STICKY_PASSES
         alive = set(targets.values())
         self._candidates = {t: n for t, n in left.items() if t in alive}

@@ -77,14 +77,16 @@ class SaturationEvents:
 
     def update(self, key: Hashable, saturated: bool, now: float) -> bool:
         """One interval of `key`; True when an Event is due now."""
-        if self.intervals <= 0:
-            return False
+        if self.intervals <= 0 or (not saturated and key not in self._state):
+            return False  # nothing to remember of a container never saturated
         state = self._state.setdefault(key, _Episode())
         if not saturated:
             state.saturated_for = 0
             state.calm_for += 1
-            if state.announced and state.calm_for >= self.intervals:
+            if state.calm_for >= self.intervals:
                 state.announced = False  # the episode is over
+                if state.last_event is None or now - state.last_event >= self.cooldown:
+                    del self._state[key]  # nothing left to hold back: forget it
             return False
         state.calm_for = 0
         state.saturated_for += 1
