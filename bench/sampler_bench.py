@@ -354,6 +354,50 @@ def pass_cost(
     files = "io.stat" if hier.version is CgroupVersion.V2 else "2 blkio.throttle files"
     print(f"  cgroup read():  {k:7.1f} ms CPU  ({files} per cgroup)")
     print(f"  ratio cgroup/bpf: {k / b:.2f}")
+    saturation_cost(hier, disk, targets, cpu_ms)
+
+
+def saturation_cost(
+    hier: CgroupHierarchy, disk: Device, targets: list[Target], cpu_ms: Any
+) -> None:
+    """The saturation monitor's share of a pass beside the eBPF sampler: with every
+    container limited and none doing IO (the common case), and with all of them busy (the
+    worst: each one's cgroup counters are read as well)."""
+    from diskguard.agent.saturation import SaturationMonitor
+    from diskguard.model import ContainerKey, ContainerRef, IOLimits, QoSClass, Rates, Runtime
+    from diskguard.node.applier import ApplyResult
+    from diskguard.policy.saturation import SaturationEvents
+
+    reader = CgroupSampler([disk], hier.path, hier.version, QuietLog(), arm=False)
+    monitor = SaturationMonitor(reader, SaturationEvents(60, 3600.0), lambda _: None, {})
+    keys = {ContainerKey(f"uid-{i}", "c"): t for i, t in enumerate(targets)}
+    results = {
+        key: ApplyResult(
+            ContainerRef("ns", f"p{i}", key.pod_uid, "c", f"id{i}", Runtime.CONTAINERD,
+                         QoSClass.BURSTABLE),
+            t.path,
+            kernel=((disk, IOLimits(500, 500)),),
+        )
+        for i, (key, t) in enumerate(keys.items())
+    }  # fmt: skip
+    clock = [0.0]
+
+    def one_pass(per_target: dict[Target, dict[Device, Rates]]) -> None:
+        clock[0] += 1.0
+        bio = monitor.read(monitor.bio_targets())
+        monitor.update(clock[0], clock[0], 1.0, keys, {}, per_target, bio, results, lambda: None)
+
+    idle = {t: {disk: Rates()} for t in targets}
+    busy = {t: {disk: Rates(wiops=1.0)} for t in targets}
+    idle_ms = cpu_ms(lambda: one_pass(idle))
+    for _ in range(3):  # onto the bio list, and a baseline
+        one_pass(busy)
+    busy_ms = cpu_ms(lambda: one_pass(busy))
+    print(
+        f"  saturation (bpf sampler beside), {len(targets)} limited containers: "
+        f"{idle_ms:.1f} ms CPU per pass none busy, {busy_ms:.1f} ms all busy "
+        "(their cgroup counters read too)"
+    )
 
 
 def compile_and_rss(hier: CgroupHierarchy, disk: Device, opts: BpfOptions) -> None:
