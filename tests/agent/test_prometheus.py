@@ -13,10 +13,12 @@ import httpx
 import pytest
 import trio
 
-from diskguard.model import IOLimits
+from diskguard.model import CgroupVersion, IOLimits
 from diskguard.testing.lab import start_fio
+from tests.deploy.dashboard import MATCH_ALL, dashboard_queries, variable_selectors
 
 from .conftest import Cluster, P, scaled
+from .test_smart_limit import SMART_ENV, background_fio
 
 pytestmark = pytest.mark.kernel
 
@@ -114,3 +116,74 @@ async def test_promtool_finds_the_exposition_clean(
         )
     )
     assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+async def test_every_dashboard_query_answers_for_a_live_agent(
+    cluster: Cluster, start_agent: Any, tmp_path: Path
+) -> None:
+    """The Grafana dashboard's PromQL, run by a real Prometheus scraping a live agent: one
+    pod held at its limit by fio and smart-limited gives every panel a series (the offline
+    test in tests/deploy feeds promtool series written by hand; this one feeds what the
+    agent really exports, labels included)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("needs Debian's prometheus package")
+    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
+    running = await start_agent(SAMPLER="bpf", **SMART_ENV)
+    cg = cluster.cgroup(cluster.refs(pod)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    with trio.fail_after(scaled(60)):
+        await running.agent.measuring.wait()
+    target = running.agent.http_binds[0].removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = free_port()
+    # Rates over 15 s: several scrapes even when the v2 guest's Prometheus is late.
+    queries = dashboard_queries({**MATCH_ALL, "__rate_interval": "15s"})
+    queries += variable_selectors().values()
+    # PSI is cgroup v2's: on v1 the pressure panel is empty by design (README, Saturation).
+    no_psi = cluster.hierarchy.version is CgroupVersion.V1
+    expected = [q for q in queries if not (no_psi and "pressure" in q)]
+    assert len(expected) >= len(queries) - 1
+    load = background_fio(cluster, cg, 600)
+    prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    empty = expected
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def answers(query: str) -> bool:
+                try:
+                    r = await client.get("/api/v1/query", params={"query": query})
+                except httpx.TransportError:
+                    return False  # not listening yet
+                assert r.status_code == 200, (query, r.text)
+                return bool(r.json()["data"]["result"])
+
+            with trio.move_on_after(scaled(90)):
+                while empty:
+                    await trio.sleep(1)
+                    empty = [q for q in empty if not await answers(q)]
+            if no_psi:
+                pressure = [q for q in queries if "pressure" in q]
+                assert not [q for q in pressure if await answers(q)], "PSI on cgroup v1?"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
+        load.kill()
+        load.wait()
+    assert not empty, f"{len(empty)} dashboard queries without data: {empty}"
