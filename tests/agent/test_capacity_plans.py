@@ -38,22 +38,25 @@ class Capacity:
     def __init__(self, known: dict[Device, IOLimits]) -> None:
         self.known = known
         self.reads = 0
+        self.broken = False
 
     def __call__(self, devices: Sequence[Device]) -> Capacities:
         self.reads += 1
+        if self.broken:
+            raise OSError("no state dir")
         return {d: self.known.get(d, IOLimits()) for d in devices}
 
 
 def world(
     tmp_path: Path, capacity: Capacity, devices: tuple[Device, ...] = (FAST,)
-) -> tuple[Reconciler, list[EventRequest]]:
+) -> tuple[Reconciler, list[EventRequest], Applier]:
     hierarchy = CgroupHierarchy(CgroupVersion.V1, tmp_path)
     applier = Applier(hierarchy, backend_for(CgroupVersion.V1), devices, None, "/dgtest")
     events: list[EventRequest] = []
     settings = ReconcileSettings(
         NODE, P, IOLimits(500, 500), ExclusionFilter(), 60.0, capacity_check_interval=0.05
     )
-    return Reconciler(settings, applier, events.append, capacity=capacity), events
+    return Reconciler(settings, applier, events.append, capacity=capacity), events, applier
 
 
 def pods(*objs: dict[str, Any]) -> PodEvent:
@@ -75,7 +78,7 @@ async def test_a_percentage_follows_the_capacity_record(
 ) -> None:
     caplog.set_level(logging.INFO, "diskguard.agent.reconciler")
     capacity = Capacity({FAST: IOLimits(8000, 2000)})
-    reconciler, events = world(tmp_path, capacity)
+    reconciler, events, _ = world(tmp_path, capacity)
     web = make_pod("web", node=NODE, annotations={f"{P}/write-iops": "25%"})
     plain = make_pod("plain", node=NODE, annotations={f"{P}/write-iops": "70"})
     reconciler.on_pod_event(pods(web, plain))
@@ -83,22 +86,22 @@ async def test_a_percentage_follows_the_capacity_record(
     assert wiops(reconciler, uid(web), FAST) == 500
     assert reconciler.capacity == {FAST: IOLimits(8000, 2000)}
 
+    async def reads(more: int) -> None:
+        until = capacity.reads + more
+        with trio.fail_after(5):
+            while capacity.reads < until:
+                await trio.sleep(0.01)
+
     _pod_send, pod_receive = trio.open_memory_channel[PodEvent](10)
     ns_send, ns_receive = trio.open_memory_channel[NamespaceEvent](10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reconciler.run, pod_receive, ns_receive)
         await ns_send.send(Relisted((), "1", "namespaces"))  # pods wait for the namespaces
+        await reads(2)  # at start, and once more on the check interval
         capacity.known = {FAST: IOLimits(8000, 1200)}  # `diskguard profile` measured again
         with trio.fail_after(5):
             while wiops(reconciler, uid(web), FAST) != 300:
                 await trio.sleep(0.01)
-
-        async def reads(more: int) -> None:
-            until = capacity.reads + more
-            with trio.fail_after(5):
-                while capacity.reads < until:
-                    await trio.sleep(0.01)
-
         await reads(3)  # read again, unchanged: not a change
         changes = [r for r in caplog.records if r.getMessage().startswith("data disk capacity")]
         assert len(changes) == 2  # the first read, and the record rewritten
@@ -109,12 +112,12 @@ async def test_a_percentage_follows_the_capacity_record(
 
 async def test_new_data_disks_are_planned_with_their_capacity(tmp_path: Path) -> None:
     capacity = Capacity({FAST: IOLimits(8000, 2000), SLOWER: IOLimits(1200, 800)})
-    reconciler, events = world(tmp_path, capacity)
+    reconciler, events, applier = world(tmp_path, capacity)
     web = make_pod("web", node=NODE, annotations={f"{P}/write-iops": "25%"})
     reconciler.on_pod_event(pods(web))
     await reconciler.reconcile([uid(web)])
     assert wiops(reconciler, uid(web), SLOWER) is None  # not a data disk yet
-    reconciler._applier.set_devices((FAST, SLOWER))
+    applier.set_devices((FAST, SLOWER))  # as the agent moves limits to new data disks
     await reconciler.reconcile([uid(web)])
     assert (wiops(reconciler, uid(web), FAST), wiops(reconciler, uid(web), SLOWER)) == (500, 200)
     assert not [e for e in events if e.reason == "InvalidIOLimit"]
@@ -122,7 +125,7 @@ async def test_new_data_disks_are_planned_with_their_capacity(tmp_path: Path) ->
 
 async def test_a_percentage_without_capacity_is_an_invalid_io_limit(tmp_path: Path) -> None:
     capacity = Capacity({FAST: IOLimits(8000, 2000)})
-    reconciler, events = world(tmp_path, capacity, devices=(FAST, SLOWER))
+    reconciler, events, _ = world(tmp_path, capacity, devices=(FAST, SLOWER))
     web = make_pod("web", node=NODE, annotations={f"{P}/write-iops": "25%"})
     reconciler.on_pod_event(pods(web))
     await reconciler.reconcile([uid(web)])
@@ -140,13 +143,9 @@ async def test_a_percentage_without_capacity_is_an_invalid_io_limit(tmp_path: Pa
 
 async def test_an_unreadable_capacity_keeps_the_last_one(tmp_path: Path) -> None:
     capacity = Capacity({FAST: IOLimits(8000, 2000)})
-    reconciler, _ = world(tmp_path, capacity)
+    reconciler, _, _ = world(tmp_path, capacity)
     assert await reconciler.refresh_capacity((FAST,))
-
-    def broken(devices: Sequence[Device]) -> Capacities:
-        raise OSError("no state dir")
-
-    reconciler._read_capacity = broken
+    capacity.broken = True
     assert not await reconciler.refresh_capacity((FAST,))
     assert reconciler.capacity == {FAST: IOLimits(8000, 2000)}
 
