@@ -21,18 +21,27 @@ from diskguard.logs import LogFormat
 from diskguard.model import (
     CgroupDriver,
     CgroupVersion,
-    IOLimits,
     LatencyMetrics,
     LimitField,
+    LimitUnit,
     Runtime,
     SamplerKind,
 )
 from diskguard.policy.exclusion import ExclusionFilter, FilterConfigError
 from diskguard.policy.names import is_dns1123_label, is_dns1123_subdomain
 from diskguard.policy.resolve import Guardrails
+from diskguard.policy.shares import DECLARED_VARIABLE
 from diskguard.policy.smart import SmartSettings
 from diskguard.policy.tiers import MAX_WINDOW, Tier, parse_tiers, single_tier
-from diskguard.policy.values import parse_bps, parse_iops
+from diskguard.policy.values import (
+    LimitSettings,
+    LimitValue,
+    Share,
+    parse_bps,
+    parse_bps_value,
+    parse_iops,
+    parse_iops_value,
+)
 
 T = TypeVar("T")
 
@@ -126,7 +135,8 @@ class Config:
     cgroup_driver: CgroupDriver | None = None
     container_runtime: Runtime | None = None
     kubelet_cgroup_root: str = "/"
-    defaults: IOLimits = attrs.field(factory=lambda: IOLimits(500, 500, 0, 0))
+    # CONTAINER_*_LIMIT: numbers, or percentages of each disk's capacity.
+    defaults: LimitSettings = attrs.field(factory=lambda: LimitSettings(500, 500, 0, 0))
     data_mounts: tuple[str, ...] = ("/data",)
     # A data path that is a plain directory (no mount) is intended: single-disk nodes.
     data_mount_allow_unmounted: bool = False
@@ -404,35 +414,49 @@ def load_config(
 
     iops_form = "a non-negative whole number of IO operations/s (0 = unlimited)"
     bps_form = "a non-negative number of bytes/s or a quantity such as 10Mi (0 = unlimited)"
-    legacy_iops = get("CONTAINER_IOPS_LIMIT", parse_iops, iops_form, 500)
-    defaults = IOLimits(
-        riops=get("CONTAINER_READ_IOPS_LIMIT", parse_iops, iops_form, legacy_iops),
-        wiops=get("CONTAINER_WRITE_IOPS_LIMIT", parse_iops, iops_form, legacy_iops),
-        rbps=get("CONTAINER_READ_BPS_LIMIT", parse_bps, bps_form, 0),
-        wbps=get("CONTAINER_WRITE_BPS_LIMIT", parse_bps, bps_form, 0),
+    # Parsed first: a percentage default or ceiling needs its declared capacity.
+    smart = _smart(get, iops_form, bps_form)
+    declared = {
+        LimitUnit.IOPS: smart.settings.device_iops,
+        LimitUnit.BPS: smart.settings.device_bps,
+    }
+
+    def limit(name: str, unit: LimitUnit, default: LimitValue, no_limit: str) -> LimitValue:
+        """A default or ceiling: a number, or a percentage of each disk's capacity."""
+        absolute = (iops_form if unit is LimitUnit.IOPS else bps_form).replace(
+            "unlimited", no_limit
+        )
+        variable = DECLARED_VARIABLE[unit]
+        accepted = f"{absolute}, or a percentage of each disk's capacity such as 25%"
+        parse = parse_iops_value if unit is LimitUnit.IOPS else parse_bps_value
+        value = get(name, parse, accepted, default)
+        if isinstance(value, Share) and not declared[unit]:
+            # The absolute fallback: a disk not profiled yet still gets a number, so a
+            # default always applies and a ceiling is never dropped.
+            raise ConfigError(
+                name,
+                env.get(name, ""),
+                f"{absolute}, or a percentage such as 25% with {variable} set",
+                f"a percentage needs {variable}, the declared capacity used for data disks "
+                "`diskguard profile` has not measured",
+            )
+        return value
+
+    legacy_iops = limit("CONTAINER_IOPS_LIMIT", LimitUnit.IOPS, 500, "unlimited")
+    defaults = LimitSettings(
+        riops=limit("CONTAINER_READ_IOPS_LIMIT", LimitUnit.IOPS, legacy_iops, "unlimited"),
+        wiops=limit("CONTAINER_WRITE_IOPS_LIMIT", LimitUnit.IOPS, legacy_iops, "unlimited"),
+        rbps=limit("CONTAINER_READ_BPS_LIMIT", LimitUnit.BPS, 0, "unlimited"),
+        wbps=limit("CONTAINER_WRITE_BPS_LIMIT", LimitUnit.BPS, 0, "unlimited"),
     )
 
     exclusion = _exclusion(env)
     guardrails = Guardrails(
-        ceilings=IOLimits(
-            riops=get(
-                "LIMIT_CEILING_READ_IOPS",
-                parse_iops,
-                iops_form.replace("unlimited", "no ceiling"),
-                0,
-            ),
-            wiops=get(
-                "LIMIT_CEILING_WRITE_IOPS",
-                parse_iops,
-                iops_form.replace("unlimited", "no ceiling"),
-                0,
-            ),
-            rbps=get(
-                "LIMIT_CEILING_READ_BPS", parse_bps, bps_form.replace("unlimited", "no ceiling"), 0
-            ),
-            wbps=get(
-                "LIMIT_CEILING_WRITE_BPS", parse_bps, bps_form.replace("unlimited", "no ceiling"), 0
-            ),
+        ceilings=LimitSettings(
+            **{
+                f.value: limit(f"LIMIT_CEILING_{f.env_suffix}", f.unit, 0, "no ceiling")
+                for f in LimitField
+            }
         ),
         allow_unlimited_namespaces=frozenset(
             get(
@@ -491,7 +515,7 @@ def load_config(
         capacity_observed_window=get(
             "CAPACITY_OBSERVED_WINDOW", _at_most_an_hour, _form("1m") + ", at most 1h", 60.0
         ),
-        smart=_smart(get, iops_form, bps_form),
+        smart=smart,
         http_addr=get(
             "HTTP_ADDR",
             _http_addr,

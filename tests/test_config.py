@@ -1,5 +1,7 @@
 """Env-var configuration: defaults, precedence, and start-up errors that name the variable."""
 
+from decimal import Decimal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,16 +11,16 @@ from diskguard.logs import LogFormat
 from diskguard.model import (
     CgroupDriver,
     CgroupVersion,
-    IOLimits,
     LatencyMetrics,
     Runtime,
     SamplerKind,
 )
+from diskguard.policy.values import LimitSettings, Share
 
 
 def test_defaults() -> None:
     c = load_config({"NODE_NAME": "node-1"})
-    assert c.defaults == IOLimits(riops=500, wiops=500, rbps=0, wbps=0)
+    assert c.defaults == LimitSettings(riops=500, wiops=500, rbps=0, wbps=0)
     assert c.data_mounts == ("/data",)
     assert c.cgroup_root == "/sys/fs/cgroup"
     assert (c.cgroup_version, c.cgroup_driver, c.container_runtime) == (None,) * 3  # auto
@@ -290,3 +292,75 @@ def test_a_bad_tier_names_the_variable_and_what_is_wrong() -> None:
         load_config({"NODE_NAME": "n", "SMART_LIMIT_TIERS": "window=15m,iops=80%"})
     assert info.value.variable == "SMART_LIMIT_TIERS"
     assert "no limit" in str(info.value) and "window=15m,iops=80%,bps=80%" in str(info.value)
+
+
+# -- percentages of each disk's capacity -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "declared"),
+    [
+        ("CONTAINER_WRITE_IOPS_LIMIT", "SMART_LIMIT_DEVICE_IOPS"),
+        ("CONTAINER_IOPS_LIMIT", "SMART_LIMIT_DEVICE_IOPS"),
+        ("CONTAINER_READ_BPS_LIMIT", "SMART_LIMIT_DEVICE_BPS"),
+        ("LIMIT_CEILING_READ_IOPS", "SMART_LIMIT_DEVICE_IOPS"),
+        ("LIMIT_CEILING_WRITE_BPS", "SMART_LIMIT_DEVICE_BPS"),
+    ],
+)
+def test_a_percentage_env_value_needs_the_declared_capacity(variable: str, declared: str) -> None:
+    # The other unit's declared capacity does not do.
+    other = ({"SMART_LIMIT_DEVICE_IOPS", "SMART_LIMIT_DEVICE_BPS"} - {declared}).pop()
+    with pytest.raises(ConfigError) as info:
+        load_config({"NODE_NAME": "n", variable: "25%", other: "1000"})
+    assert info.value.variable == variable
+    message = str(info.value)
+    assert message.startswith(f"{variable}='25%' is invalid (a percentage needs {declared}")
+    assert f"a percentage such as 25% with {declared} set" in message
+
+
+def test_a_percentage_env_value_with_the_declared_capacity_is_accepted() -> None:
+    c = load_config(
+        {
+            "NODE_NAME": "n",
+            "SMART_LIMIT_DEVICE_IOPS": "20000",
+            "SMART_LIMIT_DEVICE_BPS": "1Gi",
+            "CONTAINER_IOPS_LIMIT": "5%",
+            "CONTAINER_WRITE_IOPS_LIMIT": " 2.5% ",
+            "CONTAINER_READ_BPS_LIMIT": "10Mi",
+            "LIMIT_CEILING_WRITE_BPS": "50%",
+            "LIMIT_CEILING_READ_IOPS": "4000",
+        }
+    )
+    assert c.defaults == LimitSettings(
+        riops=Share(Decimal(5)), wiops=Share(Decimal("2.5")), rbps=10 * 2**20, wbps=0
+    )
+    assert c.guardrails.ceilings == LimitSettings(riops=4000, wbps=Share(Decimal(50)))
+    assert (c.smart.settings.device_iops, c.smart.settings.device_bps) == (20000, 2**30)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "why"),
+    [
+        ({"CONTAINER_WRITE_IOPS_LIMIT": "0%"}, "CONTAINER_WRITE_IOPS_LIMIT", "above 0%"),
+        ({"LIMIT_CEILING_WRITE_IOPS": "150%"}, "LIMIT_CEILING_WRITE_IOPS", "at most 100%"),
+        ({"CONTAINER_READ_BPS_LIMIT": "1.234%"}, "CONTAINER_READ_BPS_LIMIT", "two decimals"),
+        # The declared capacity itself, and the smart limit's amounts, stay absolute.
+        ({"SMART_LIMIT_DEVICE_IOPS": "50%"}, "SMART_LIMIT_DEVICE_IOPS", "whole number"),
+        ({"SMART_LIMIT_MIN_BPS": "1%"}, "SMART_LIMIT_MIN_BPS", "quantity"),
+    ],
+)
+def test_bad_percentages_are_refused_with_the_reason(
+    env: dict[str, str], variable: str, why: str
+) -> None:
+    declared = {"SMART_LIMIT_DEVICE_IOPS": "1000", "SMART_LIMIT_DEVICE_BPS": "1Gi"}
+    with pytest.raises(ConfigError) as info:
+        load_config({"NODE_NAME": "n", **declared, **env})
+    assert info.value.variable == variable
+    assert why in str(info.value)
+
+
+def test_percentage_ceilings_count_as_ceilings() -> None:
+    env = {f"LIMIT_CEILING_{s}": "80%" for s in ("READ_IOPS", "WRITE_IOPS", "READ_BPS")}
+    env |= {"LIMIT_CEILING_WRITE_BPS": "1Gi", "SMART_LIMIT_DEVICE_IOPS": "1000"}
+    env["SMART_LIMIT_DEVICE_BPS"] = "2Gi"
+    assert not startup_warnings(load_config({"NODE_NAME": "n", **env}))

@@ -4,7 +4,9 @@ Namespaces are normally editable only by administrators, so their annotations ca
 `<prefix>/default-read-iops`… replace the env defaults for the namespace's pods and
 `<prefix>/max-read-iops`… tighten the env ceilings. The store keeps the last good value of
 each key, warns once per bad value with an Event on the Namespace, and says which
-namespaces' effective policy changed so their pods can be re-reconciled.
+namespaces' effective policy changed so their pods can be re-reconciled. A percentage is
+good only while every data disk's capacity is known: a change of capacity judges every
+namespace's keys again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from diskguard.kube.namespaces import NamespaceEvent, NamespaceInfo
 from diskguard.kube.watch import Changed, ChangeKind, Relisted
 from diskguard.logs import get_logger
 from diskguard.policy.resolve import KeyMemory, NamespacePolicy, namespace_policy
+from diskguard.policy.shares import NO_DISKS, Capacities
 from diskguard.policy.values import shown
 
 log = get_logger(__name__)
@@ -28,10 +31,22 @@ class NamespacePolicies:
         self.policies: dict[str, NamespacePolicy] = {}
         self._memory: dict[str, tuple[KeyMemory, KeyMemory]] = {}
         self._warned: dict[str, frozenset[tuple[str, str]]] = {}
+        # Each namespace as last seen, to judge its keys again when the capacity changes.
+        self._seen: dict[str, NamespaceInfo] = {}
+        self._capacity: Capacities = NO_DISKS
         self.listed = False
 
     def get(self, namespace: str) -> NamespacePolicy | None:
         return self.policies.get(namespace)
+
+    def set_capacity(self, capacity: Capacities) -> set[str]:
+        """The data disks' capacity changed: percentages are judged against the new one.
+        Returns the namespaces whose policy changed."""
+        self._capacity = capacity
+        changed: set[str] = set()
+        for ns in list(self._seen.values()):
+            self._upsert(ns, changed)
+        return changed
 
     def on_event(self, event: NamespaceEvent) -> set[str]:
         """Apply one namespaces watch event; return the namespaces whose policy changed."""
@@ -61,7 +76,10 @@ class NamespacePolicies:
                 "namespace annotations are not strings; update ignored", namespace=name[:253]
             )
             return name
-        policy = namespace_policy(name, annotations, self._prefix, self._memory.get(name))
+        policy = namespace_policy(
+            name, annotations, self._prefix, self._memory.get(name), self._capacity
+        )
+        self._seen[name] = ns
         self._memory[name] = policy.memory
         if self.policies.get(name) != policy:
             changed.add(name)
@@ -70,7 +88,7 @@ class NamespacePolicies:
         return name
 
     def _forget(self, name: str) -> None:
-        for table in (self.policies, self._memory, self._warned):
+        for table in (self.policies, self._memory, self._warned, self._seen):
             table.pop(name, None)
 
     def _warn_invalid(self, policy: NamespacePolicy, uid: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -31,6 +31,7 @@ from diskguard.logs import get_logger
 from diskguard.model import (
     CgroupVersion,
     ContainerKey,
+    Device,
     DurationHistogram,
     ErrorStage,
     IOLimits,
@@ -42,8 +43,9 @@ from diskguard.node.applier import Applier, ApplyResult
 from diskguard.policy.annotations import LIMIT_KEYS
 from diskguard.policy.exclusion import ExclusionFilter
 from diskguard.policy.plan import KERNEL_MIN_LIMIT, PodPlan, plan_pod
-from diskguard.policy.resolve import Guardrails, KeyMemory
-from diskguard.policy.values import render_limit, shown
+from diskguard.policy.resolve import Clamp, Guardrails, KeyMemory
+from diskguard.policy.shares import NO_DISKS, Capacities
+from diskguard.policy.values import LimitSettings, render_limit, shown
 from diskguard.web.view import ContainerSnapshot, PodSnapshot, ReconcileSnapshot
 
 log = get_logger(__name__)
@@ -57,13 +59,16 @@ RETRY_ATTEMPTS = 20
 # Unexpected errors that belong to no pod (a whole batch, an event with no pod) kept for
 # /status; those of a pod go with the pod.
 LOOSE_ERRORS = 100
+# How often the data disks' capacity (what percentages are of) is read again: a stat of the
+# capacity record, which `diskguard profile` may rewrite at any time.
+CAPACITY_CHECK_INTERVAL = 5.0
 
 
 @attrs.frozen
 class ReconcileSettings:
     node_name: str
     prefix: str
-    defaults: IOLimits
+    defaults: LimitSettings | IOLimits
     exclusion: ExclusionFilter
     resync_interval: float
     forced_runtime: Runtime | None = None
@@ -74,6 +79,7 @@ class ReconcileSettings:
     namespace_wait: float | None = None
     # Decides the smallest limit the kernel accepts (io.max refuses 1).
     cgroup_version: CgroupVersion = CgroupVersion.V1
+    capacity_check_interval: float = CAPACITY_CHECK_INTERVAL
 
 
 @attrs.frozen
@@ -198,10 +204,18 @@ class Reconciler:
         emit: Callable[[EventRequest], None],
         *,
         kernel_lock: trio.Lock | None = None,
+        capacity: Callable[[Sequence[Device]], Capacities] | None = None,
     ) -> None:
+        """`capacity` reads what each of the data disks given can do (blocking: it runs in a
+        worker thread), which percentages of capacity are resolved against."""
         self.settings = settings
         self._applier = applier
         self._emit = emit
+        self._read_capacity = capacity
+        # The capacity the plans are made against, and the data disks it was read for
+        # (None: not read yet).
+        self.capacity: Capacities = NO_DISKS
+        self._capacity_devices: tuple[Device, ...] | None = None
         # One record per pod, by uid; a pod that fails to parse with no usable uid is kept
         # by its namespace/name (it never has a PodInfo). Bounded by the pods on the node.
         self._states: dict[str, PodState] = {}
@@ -246,6 +260,29 @@ class Reconciler:
         """Re-apply every pod now (the data disks changed), not at the next resync."""
         self._dirty |= self._live()
         self._wake()
+
+    async def refresh_capacity(self, devices: Sequence[Device]) -> bool:
+        """Read the data disks' capacity again; when it changed, every pod (and namespace
+        policy) is planned again, as after a change of the data disks. True if it changed."""
+        self._capacity_devices = tuple(devices)
+        if self._read_capacity is None:
+            return False
+        read = self._read_capacity
+        try:
+            found = await trio.to_thread.run_sync(read, tuple(devices))
+        except Exception as exc:  # keep planning against the last capacity known
+            log.warning("reading the data disks' capacity failed", error=_error_text(exc))
+            return False
+        if found == self.capacity:
+            return False
+        self.capacity = found
+        log.info(
+            "data disk capacity changed; planning every pod again",
+            capacity="; ".join(f"{d}: {c}" for d, c in found.items()),
+        )
+        self.namespaces.set_capacity(found)
+        self._dirty |= self._live()
+        return True
 
     # -- output --------------------------------------------------------------------------
 
@@ -388,6 +425,8 @@ class Reconciler:
     ) -> None:
         """Take pod events (batched) and namespace events (each on its own channel) and
         reconcile, until cancelled."""
+        # Before any namespace policy or pod is judged: a percentage is checked against it.
+        await self.refresh_capacity(self._applier.devices)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._take_namespaces, namespaces)
             await self._loop(pods)
@@ -405,9 +444,14 @@ class Reconciler:
         next_resync = math.inf
         wait = self.settings.namespace_wait
         namespaces_due = math.inf if wait is None else trio.current_time() + wait
+        capacity_due = (
+            math.inf
+            if self._read_capacity is None
+            else trio.current_time() + self.settings.capacity_check_interval
+        )
         while True:
             gated = not self.namespaces.listed and trio.current_time() < namespaces_due
-            deadline = min([next_resync, *(r.due for r in self._retries())])
+            deadline = min([next_resync, capacity_due, *(r.due for r in self._retries())])
             if gated:
                 deadline = min(deadline, namespaces_due)
             elif self._dirty:
@@ -423,6 +467,9 @@ class Reconciler:
                     break
                 self.on_pod_event(event, _stamp(event))
             now = trio.current_time()
+            if now >= capacity_due:
+                await self.refresh_capacity(self._applier.devices)
+                capacity_due = trio.current_time() + self.settings.capacity_check_interval
             if not self.namespaces.listed and now < namespaces_due:
                 continue  # pods wait for their namespaces' policy (bounded by namespace_wait)
             if namespaces_due <= now and not self.namespaces.listed and wait is not None:
@@ -454,6 +501,11 @@ class Reconciler:
         return dirty
 
     async def reconcile(self, uids: Iterable[str]) -> None:
+        uids = list(uids)
+        devices = tuple(self._applier.devices)
+        # New data disks (or the first batch): their capacity before any plan for them.
+        if devices != self._capacity_devices and await self.refresh_capacity(devices):
+            self._dirty -= set(uids)  # planned here, with it
         pod_plans = []
         # Each pod's pending change is this batch's, applied or not (a pod whose planning
         # failed twice starts afresh at its next change).
@@ -464,7 +516,7 @@ class Reconciler:
                 continue
             if state.changed_at is not None:
                 changed[uid], state.changed_at = state.changed_at, None
-            plan = self._plan(state, state.pod)
+            plan = self._plan(state, state.pod, devices)
             if plan is not None:
                 pod_plans.append(plan)
         container_plans = [c for p in pod_plans for c in p.containers]
@@ -518,7 +570,7 @@ class Reconciler:
                 )
                 self._record(ErrorStage.APPLY, plan.pod.uid, plan.pod.key, _error_text(exc))
 
-    def _plan(self, state: PodState, pod: PodInfo) -> PodPlan | None:
+    def _plan(self, state: PodState, pod: PodInfo, devices: Sequence[Device]) -> PodPlan | None:
         """Plan one pod; if planning raises, fall back to the node's policy (env defaults
         and ceilings, none of the pod's or its namespace's annotations) so the pod's
         containers are still held to what the administrator set."""
@@ -534,7 +586,8 @@ class Reconciler:
                 namespace=self.namespaces.get(pod.namespace),
                 guardrails=s.guardrails,
                 cgroup_version=s.cgroup_version,
-                devices=self._applier.devices,
+                devices=devices,
+                capacity=self.capacity,
             )
             state.memory = plan.resolution.memory
             if state.plan is None:
@@ -559,7 +612,8 @@ class Reconciler:
                     previous=None,
                     guardrails=s.guardrails,
                     cgroup_version=s.cgroup_version,
-                    devices=self._applier.devices,
+                    devices=devices,
+                    capacity=self.capacity,
                 )
             except Exception:
                 log.exception(
@@ -744,7 +798,7 @@ class Reconciler:
         if not clamps:
             return
         asked = "; ".join(
-            f"{c.key}={render_limit(c.asked)} asked, "
+            f"{c.key}={_asked(c)} asked, "
             f"{c.field}={render_limit(c.enforced)} enforced "
             f"({plan.resolution.sources[c.field]})"
             for c in clamps
@@ -755,6 +809,12 @@ class Reconciler:
 def _stamp(event: PodEvent) -> float:
     """When the apply latency of what `event` changes starts: at the API edge, else now."""
     return event.at if event.at is not None else trio.current_time()
+
+
+def _asked(clamp: Clamp) -> str:
+    """What a clamped pod asked: `25% (500)` for a percentage, else the number."""
+    number = render_limit(clamp.asked)
+    return number if clamp.share is None else f"{clamp.share} ({number})"
 
 
 def _error_text(exc: BaseException) -> str:

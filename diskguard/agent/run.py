@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -37,7 +37,7 @@ from diskguard.kube.namespaces import NamespaceEvent, parse_namespace_events
 from diskguard.kube.pods import PodEvent, parse_pod_events
 from diskguard.kube.watch import ListWatcher, WatchEvent
 from diskguard.logs import get_logger
-from diskguard.model import CgroupVersion, Device, SamplerKind
+from diskguard.model import CgroupVersion, Device, IOLimits, SamplerKind
 from diskguard.node.applier import Applier
 from diskguard.node.capacity import CapacityReader
 from diskguard.node.datadisks import DataDisks, DiskResolution
@@ -45,6 +45,7 @@ from diskguard.node.limits import backend_for
 from diskguard.node.setup import NodeSetup, inspect_node
 from diskguard.node.state import LimitRecord, StateDir
 from diskguard.policy.saturation import SaturationEvents
+from diskguard.policy.shares import disk_capacities
 from diskguard.sampler import Sampler, SamplerUnavailable, open_sampler
 from diskguard.sampler.cgroupfs import CgroupSampler
 from diskguard.web import server as web
@@ -90,7 +91,7 @@ class Agent:
             config.kubelet_cgroup_root,
             node.record or LimitRecord(StateDir(Path(config.state_dir))),
         )
-        # What `diskguard profile` measured, for capacity-relative smart limits.
+        # What `diskguard profile` measured, for capacity-relative smart limits and limits.
         self.capacity = CapacityReader(StateDir(Path(config.state_dir)))
         self.events = EventSink()
         self._events_unfinished: list[Posting] = []
@@ -112,6 +113,7 @@ class Agent:
             self.applier,
             self.events.emit,
             kernel_lock=self._kernel_lock,
+            capacity=self.disk_capacity,
         )
         self.data_disks = DataDisks(
             config.data_mounts,
@@ -172,6 +174,14 @@ class Agent:
         if since is not None and trio.current_time() - since > APPLY_STUCK_AFTER:
             return f"a kernel apply batch has been running for over {APPLY_STUCK_AFTER:.0f}s"
         return ""
+
+    def disk_capacity(self, devices: Sequence[Device]) -> dict[Device, IOLimits]:
+        """What percentages of capacity are of, per data disk and field: the measured
+        capacity, else the declared one (blocking: reads the node-state directory)."""
+        settings = self.config.smart.settings
+        measured = {d: c.as_limits() for d, c in self.capacity.per_device(devices).items()}
+        declared = IOLimits.per_unit(settings.device_iops, settings.device_bps)
+        return disk_capacities(devices, measured, declared)
 
     async def _move_limits(self, devices: tuple[Device, ...]) -> None:
         """The data disks changed: limits go to the new ones, diskguard's come off the old."""

@@ -8,16 +8,27 @@ import attrs
 
 from diskguard.model import Direction, LimitField, LimitUnit
 from diskguard.policy.names import is_dns1123_label
-from diskguard.policy.values import LimitValueError, parse_bps, parse_iops
+from diskguard.policy.shares import NO_DISKS, Capacities, unresolvable
+from diskguard.policy.values import (
+    LimitValue,
+    LimitValueError,
+    Share,
+    parse_bps,
+    parse_bps_value,
+    parse_iops,
+    parse_iops_value,
+)
 
 
-def _parser(unit: LimitUnit) -> Callable[[str], int]:
-    return parse_iops if unit is LimitUnit.IOPS else parse_bps
+def _parser(unit: LimitUnit) -> Callable[[str], LimitValue]:
+    return parse_iops_value if unit is LimitUnit.IOPS else parse_bps_value
 
 
 # Annotation key suffix -> (parser, the IOLimits fields it sets). A direction-specific key
 # outranks the combined key, which outranks the env default (see policy.resolve_limits).
-LIMIT_KEYS: dict[str, tuple[Callable[[str], int], tuple[LimitField, ...]]] = {
+# Limit keys take a number or a percentage of each disk's capacity (a Share); the smart
+# limit's own keys below stay absolute.
+LIMIT_KEYS: dict[str, tuple[Callable[[str], LimitValue], tuple[LimitField, ...]]] = {
     suffix: (_parser(unit), tuple(f for f in LimitField if suffix in f.annotation_suffixes))
     for unit in LimitUnit
     for suffix in (f"{Direction.READ}-{unit}", f"{Direction.WRITE}-{unit}", str(unit))
@@ -35,24 +46,33 @@ class InvalidAnnotation:
 class AnnotationLimits:
     """What a pod's limit annotations say: good values by key suffix, and the bad ones."""
 
-    values: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    values: Mapping[str, LimitValue] = attrs.field(factory=dict, hash=False)
     invalid: Mapping[str, InvalidAnnotation] = attrs.field(factory=dict, hash=False)
 
 
 def parse_limit_annotations(
-    annotations: Mapping[str, str], prefix: str, stem: str = ""
+    annotations: Mapping[str, str],
+    prefix: str,
+    stem: str = "",
+    capacity: Capacities = NO_DISKS,
 ) -> AnnotationLimits:
     """Pods use `prefix/read-iops`…; namespaces `prefix/default-read-iops` and
-    `prefix/max-read-iops`… (stem `default-` / `max-`), parsed the same way."""
-    values: dict[str, int] = {}
+    `prefix/max-read-iops`… (stem `default-` / `max-`), parsed the same way.
+
+    A percentage is good only where every data disk in `capacity` has a known capacity for
+    every field its key sets; otherwise it is a bad value whose reason says how to fix it."""
+    values: dict[str, LimitValue] = {}
     invalid: dict[str, InvalidAnnotation] = {}
-    for suffix, (parse, _fields) in LIMIT_KEYS.items():
+    for suffix, (parse, fields) in LIMIT_KEYS.items():
         key = f"{prefix}/{stem}{suffix}"
         raw = annotations.get(key)
         if raw is None:
             continue
         try:
-            values[suffix] = parse(raw)
+            value = parse(raw)
+            if isinstance(value, Share) and (why := unresolvable(value, fields, capacity)):
+                raise LimitValueError(why)
+            values[suffix] = value
         except LimitValueError as exc:
             invalid[suffix] = InvalidAnnotation(key=key, value=raw, reason=str(exc))
     return AnnotationLimits(values=values, invalid=invalid)

@@ -20,6 +20,7 @@ from diskguard.model import (
     Device,
     DeviceLimits,
     IOLimits,
+    LimitField,
     PodInfo,
 )
 from diskguard.policy.annotations import (
@@ -32,6 +33,7 @@ from diskguard.policy.exclusion import Exclusion, ExclusionFilter
 from diskguard.policy.resolve import (
     Guardrails,
     KeyMemory,
+    KeySet,
     NamespacePolicy,
     Resolution,
     device_limits,
@@ -40,7 +42,9 @@ from diskguard.policy.resolve import (
     raise_to_kernel_minimum,
     resolve_limits,
 )
+from diskguard.policy.shares import NO_DISKS, UNKNOWN, Capacities, involves_shares
 from diskguard.policy.source import Source, SourceKind
+from diskguard.policy.values import LimitSettings
 
 # The smallest limit each cgroup version's kernel interface accepts.
 KERNEL_MIN_LIMIT = {CgroupVersion.V1: 1, CgroupVersion.V2: V2_MIN_LIMIT}
@@ -76,8 +80,18 @@ class ContainerPlan:
     enforcement: Enforcement = Enforcement.POD_LIMITS
     exclusion: Exclusion | None = None
     kind: ContainerKind = ContainerKind.REGULAR
-    # What the cgroup should hold on each data device (the same on every one today).
+    # What the cgroup should hold on each data device.
     desired: DesiredLimits = attrs.field(factory=DesiredLimits)
+    # The resolution on each data device, when percentages of disks' capacities make them
+    # differ (`resolution` is the first one's); empty when `resolution` holds on every one.
+    per_device: tuple[tuple[Device, Resolution], ...] = ()
+
+    def resolution_on(self, device: Device) -> Resolution | None:
+        """The resolution behind what the cgroup should hold on `device`."""
+        for known, resolution in self.per_device:
+            if known == device:
+                return resolution
+        return self.resolution
 
     @property
     def excluded_because(self) -> str:
@@ -104,33 +118,50 @@ def plan_pod(
     pod: PodInfo,
     *,
     prefix: str,
-    defaults: IOLimits,
+    defaults: LimitSettings | IOLimits,
     exclusion: ExclusionFilter,
     previous: KeyMemory | None,
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
     cgroup_version: CgroupVersion = CgroupVersion.V1,
     devices: Sequence[Device] = (),
+    capacity: Capacities = NO_DISKS,
 ) -> PodPlan:
-    """Plan one pod's containers; `devices` are the data devices their limits go to."""
-    keys = key_set(pod.annotations, prefix, previous)
+    """Plan one pod's containers; `devices` are the data devices their limits go to, and
+    `capacity` what each can do (0 = unknown), which percentages are resolved against: a
+    pod whose limits involve a percentage is resolved once per data device."""
+    disks = {device: capacity.get(device, UNKNOWN) for device in devices}
+    keys = key_set(pod.annotations, prefix, previous, capacity=disks)
     parsed = keys.parsed
     smart = parse_smart_annotations(pod.annotations, prefix)
     auto = IOLimits.per_unit(smart.auto_iops, smart.auto_bps)
-    resolution = resolve_limits(
-        keys,
-        defaults,
-        namespace=namespace,
-        guardrails=guardrails,
-        pod_namespace=pod.namespace,
-        auto=auto,
-        auto_source=Source(
-            SourceKind.SMART,
-            f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
-            f"{prefix}/{AUTO_IOPS}",
-        ),
+    auto_source = Source(
+        SourceKind.SMART,
+        f"smart limit {prefix}/{AUTO_IOPS} / {prefix}/{AUTO_BPS}",
+        f"{prefix}/{AUTO_IOPS}",
     )
-    resolution = raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
+
+    def resolve_on(device: Device | None, disk: IOLimits) -> Resolution:
+        resolution = resolve_limits(
+            keys,
+            defaults,
+            namespace=namespace,
+            guardrails=guardrails,
+            pod_namespace=pod.namespace,
+            auto=auto,
+            auto_source=auto_source,
+            device=device,
+            capacity=disk,
+        )
+        return raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
+
+    on_devices: tuple[tuple[Device, Resolution], ...] = ()
+    if devices and _involves_shares(keys, namespace, defaults, guardrails):
+        on_devices = tuple((d, resolve_on(d, disks[d])) for d in devices)
+        resolution = on_devices[0][1]
+    else:
+        # The same on every disk: resolved once (the common case, and the fast one).
+        resolution = resolve_on(None, UNKNOWN)
     plans = []
     # Every kind of container that runs (regular, sidecar, init while it runs, ephemeral)
     # has its own cgroup and gets the pod's limits in it.
@@ -140,19 +171,15 @@ def plan_pod(
             continue
         excluded = exclusion.container_exclusion(pod, container)
         enforcement = enforcement_for(excluded)
-        container_resolution: Resolution | None
-        if enforcement is Enforcement.POD_LIMITS:
-            container_resolution = resolution
-        elif enforcement is Enforcement.CEILINGS:
-            assert excluded is not None
-            container_resolution = held_to_ceilings(
-                resolution, Source(SourceKind.EXCLUDED, f"excluded by {excluded.rule.value}")
-            )
+        container_resolution = _for_container(resolution, excluded)
+        per_device: tuple[tuple[Device, Resolution], ...] = ()
+        if on_devices:
+            each = [(d, _for_container(r, excluded)) for d, r in on_devices]
+            desired = DesiredLimits(tuple((d, _device_limits(r)) for d, r in each))
+            if len(each) > 1:
+                per_device = tuple((d, r) for d, r in each if r is not None)
         else:
-            container_resolution = None
-        on_each = (
-            DeviceLimits() if container_resolution is None else device_limits(container_resolution)
-        )
+            desired = DesiredLimits.same(devices, _device_limits(container_resolution))
         plans.append(
             ContainerPlan(
                 ref,
@@ -160,7 +187,39 @@ def plan_pod(
                 enforcement,
                 excluded,
                 container.kind,
-                DesiredLimits.same(devices, on_each),
+                desired,
+                per_device,
             )
         )
     return PodPlan(pod, parsed, resolution, tuple(plans))
+
+
+def _for_container(resolution: Resolution, excluded: Exclusion | None) -> Resolution | None:
+    """The pod's `resolution` as one container gets it (None: exempt, no limit at all)."""
+    enforcement = enforcement_for(excluded)
+    if enforcement is Enforcement.POD_LIMITS:
+        return resolution
+    if enforcement is Enforcement.CEILINGS:
+        assert excluded is not None
+        why = Source(SourceKind.EXCLUDED, f"excluded by {excluded.rule.value}")
+        return held_to_ceilings(resolution, why)
+    return None
+
+
+def _device_limits(resolution: Resolution | None) -> DeviceLimits:
+    return DeviceLimits() if resolution is None else device_limits(resolution)
+
+
+def _involves_shares(
+    keys: KeySet,
+    namespace: NamespacePolicy | None,
+    defaults: LimitSettings | IOLimits,
+    guardrails: Guardrails,
+) -> bool:
+    """Whether any value that may decide a limit is a percentage (then the limits differ
+    from disk to disk)."""
+    sets = [keys] if namespace is None else [keys, namespace.defaults, namespace.maxima]
+    keyed = (c.value for ks in sets for chain in ks.candidates.values() for c in chain)
+    return involves_shares(keyed) or involves_shares(
+        v for settings in (defaults, guardrails.ceilings) for v in map(settings.get, LimitField)
+    )

@@ -11,6 +11,11 @@ A pod key whose value is invalid never lowers protection: its last good value (r
 across updates) stays in force; if this process never saw a good value (fresh start), the
 kernel's current value is kept. An invalid namespace key keeps its last good value, or is
 ignored on a fresh start (and a Warning Event on the Namespace says so).
+
+A value may be a percentage of the disk's capacity (a `Share`, policy/shares.py): it is
+resolved per data disk, before the priority chain, so everything after it compares numbers.
+A remembered share on a disk whose capacity is no longer known counts as a bad value with
+no good one seen: the kernel's value stays (a namespace key is ignored there).
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from collections.abc import Mapping
 
 import attrs
 
-from diskguard.model import DeviceLimits, IOLimits, LimitField
+from diskguard.model import Device, DeviceLimits, IOLimits, LimitField
 from diskguard.policy.annotations import LIMIT_KEYS, AnnotationLimits, parse_limit_annotations
+from diskguard.policy.shares import NO_DISKS, UNKNOWN, Capacities, share_text
 from diskguard.policy.source import ENV_DEFAULT, Source, SourceKind
-from diskguard.policy.values import render_limit
+from diskguard.policy.values import LimitSettings, LimitValue, Share, render_limit
 
-# Memory of a set of limit keys: suffix -> last good value, or None when the last good value
-# is unknown to this process (the kernel's value is kept). A suffix missing from the mapping
-# was absent, so the next key in priority order decides.
-KeyMemory = Mapping[str, int | None]
+# Memory of a set of limit keys: suffix -> last good value (a number or a share), or None
+# when the last good value is unknown to this process (the kernel's value is kept). A suffix
+# missing from the mapping was absent, so the next key in priority order decides.
+KeyMemory = Mapping[str, LimitValue | None]
 
 SMART_LIMIT = Source(SourceKind.SMART, "smart limit")
 
@@ -36,8 +42,9 @@ SMART_LIMIT = Source(SourceKind.SMART, "smart limit")
 class Candidate:
     """One key's say on one field: a value, or None for "keep what the kernel holds"."""
 
-    value: int | None
+    value: LimitValue | None
     source: Source
+    share: Share | None = None  # on one disk: the share `value` was resolved from
 
 
 @attrs.frozen
@@ -48,6 +55,7 @@ class Clamp:
     key: str
     asked: int  # 0 = unlimited
     enforced: int
+    share: Share | None = None  # the percentage `asked` was resolved from
 
 
 @attrs.frozen
@@ -92,8 +100,8 @@ class Resolution:
         return ", ".join(parts)
 
 
-def _remember(parsed: AnnotationLimits, previous: KeyMemory | None) -> dict[str, int | None]:
-    memory: dict[str, int | None] = {}
+def _remember(parsed: AnnotationLimits, previous: KeyMemory | None) -> dict[str, LimitValue | None]:
+    memory: dict[str, LimitValue | None] = {}
     for suffix in LIMIT_KEYS:
         if suffix in parsed.values:
             memory[suffix] = parsed.values[suffix]
@@ -146,9 +154,11 @@ def key_set(
     *,
     stem: str = "",
     kind: SourceKind = SourceKind.ANNOTATION,
+    capacity: Capacities = NO_DISKS,
 ) -> KeySet:
-    """`kind`: ANNOTATION for a pod's keys, NAMESPACE for a namespace's."""
-    parsed = parse_limit_annotations(annotations, prefix, stem)
+    """`kind`: ANNOTATION for a pod's keys, NAMESPACE for a namespace's. `capacity`: the
+    data disks a percentage must be resolvable on (see `parse_limit_annotations`)."""
+    parsed = parse_limit_annotations(annotations, prefix, stem, capacity)
     memory = _remember(parsed, previous)
     keys = {s: f"{prefix}/{stem}{s}" for s in LIMIT_KEYS}
     return KeySet(parsed, memory, _candidates(parsed, memory, keys, kind))
@@ -172,14 +182,16 @@ def namespace_policy(
     annotations: Mapping[str, str],
     prefix: str,
     previous: tuple[KeyMemory, KeyMemory] | None,
+    capacity: Capacities = NO_DISKS,
 ) -> NamespacePolicy:
     prev_defaults, prev_maxima = previous if previous is not None else (None, None)
+    ns = SourceKind.NAMESPACE
     return NamespacePolicy(
         name=name,
         defaults=key_set(
-            annotations, prefix, prev_defaults, stem="default-", kind=SourceKind.NAMESPACE
+            annotations, prefix, prev_defaults, stem="default-", kind=ns, capacity=capacity
         ),
-        maxima=key_set(annotations, prefix, prev_maxima, stem="max-", kind=SourceKind.NAMESPACE),
+        maxima=key_set(annotations, prefix, prev_maxima, stem="max-", kind=ns, capacity=capacity),
     )
 
 
@@ -187,26 +199,56 @@ def namespace_policy(
 class Guardrails:
     """The administrator's side: env ceilings and where pods may ask for unlimited."""
 
-    ceilings: IOLimits = IOLimits()  # 0 = no ceiling
+    # 0 = no ceiling; a share is of each disk's capacity (config requires a declared one).
+    ceilings: LimitSettings | IOLimits = IOLimits()
     allow_unlimited_namespaces: frozenset[str] = frozenset()
 
 
-def _first_value(chain: list[Candidate]) -> int | None:
-    return next((c.value for c in chain if c.value is not None), None)
+def _on_disk(
+    candidate: Candidate, field: LimitField, capacity: int, device: Device | None
+) -> Candidate:
+    """`candidate` on one disk: a share turned into its number there; None ("keep what
+    the kernel holds") where that disk's capacity is unknown."""
+    share = candidate.value
+    if not isinstance(share, Share):
+        return candidate
+    source = candidate.source
+    if not capacity:
+        where = f" on {device}" if device is not None else ""
+        what = source.key or source.text
+        text = f"kept from the kernel: {what}={share} has no known capacity{where}"
+        return Candidate(None, Source(SourceKind.KERNEL, text, source.key))
+    value = min(share.of(capacity), field.kernel_max)
+    detail = share_text(share, capacity, device)
+    return Candidate(value, attrs.evolve(source, text=f"{source.text} ({detail})"), share)
+
+
+def _number(candidate: Candidate) -> int | None:
+    """A candidate's value once `_on_disk` resolved it (never a share)."""
+    value = candidate.value
+    assert not isinstance(value, Share)
+    return value
 
 
 def resolve_limits(
     pod: KeySet,
-    defaults: IOLimits,
+    defaults: LimitSettings | IOLimits,
     *,
     namespace: NamespacePolicy | None = None,
     guardrails: Guardrails = Guardrails(),
     pod_namespace: str = "",
     auto: IOLimits = IOLimits(),
     auto_source: Source = SMART_LIMIT,
+    device: Device | None = None,
+    capacity: IOLimits = UNKNOWN,
 ) -> Resolution:
     """Resolve one pod's limits from its keys, its namespace's policy, the env and the
-    automatic (smart) limit, which can only make a limit stricter."""
+    automatic (smart) limit, which can only make a limit stricter.
+
+    `device` and its `capacity` (0 = unknown per field): the disk percentages are resolved
+    on (plan.plan_pod resolves once per data disk when any value is a percentage). An env
+    percentage on a disk of unknown capacity (which the config's declared capacity rules
+    out) keeps the kernel's value as a default and is no ceiling."""
     values: dict[LimitField, int] = {}
     keep: set[LimitField] = set()
     sources: dict[LimitField, Source] = {}
@@ -215,25 +257,28 @@ def resolve_limits(
     clamps: list[Clamp] = []
     env_ceilings_apply = pod_namespace not in guardrails.allow_unlimited_namespaces
     for field in LimitField:
-        chain = list(pod.candidates[field])
+        cap = capacity.get(field)
+        chain = [_on_disk(c, field, cap, device) for c in pod.candidates[field]]
         if namespace is not None:
             # A namespace key that is invalid with no good value seen is ignored.
-            chain += [c for c in namespace.defaults.candidates[field] if c.value is not None]
-        chain.append(Candidate(defaults.get(field), ENV_DEFAULT))
-        chosen = next(c for c in chain if c.value is not None)
+            mine = (_on_disk(c, field, cap, device) for c in namespace.defaults.candidates[field])
+            chain += [c for c in mine if c.value is not None]
+        chain.append(_on_disk(Candidate(defaults.get(field), ENV_DEFAULT), field, cap, device))
+        chosen = next((c for c in chain if c.value is not None), chain[-1])
         if chain[0].value is None:
             keep.add(field)
             sources[field] = chain[0].source
-        value = chosen.value
-        assert value is not None
+        value = _number(chosen) or 0  # nothing but kept values: unlimited where none is held
 
-        ceiling, ceiling_source = _ceiling(field, namespace, guardrails, env_ceilings_apply)
+        ceiling, ceiling_source = _ceiling(
+            field, namespace, guardrails, env_ceilings_apply, cap, device
+        )
         ceilings[field] = ceiling
         if ceiling:
             ceiling_sources[field] = ceiling_source
         if ceiling and (value == 0 or value > ceiling):
             if chosen.source.kind is SourceKind.ANNOTATION:
-                clamps.append(Clamp(field, chosen.source.key, value, ceiling))
+                clamps.append(Clamp(field, chosen.source.key, value, ceiling, chosen.share))
             sources.setdefault(field, chosen.source.clamped_to(ceiling_source))
             value = ceiling
         values[field] = value
@@ -285,16 +330,32 @@ def held_to_ceilings(resolution: Resolution, why: Source) -> Resolution:
 
 
 def _ceiling(
-    field: LimitField, namespace: NamespacePolicy | None, guardrails: Guardrails, env_applies: bool
+    field: LimitField,
+    namespace: NamespacePolicy | None,
+    guardrails: Guardrails,
+    env_applies: bool,
+    capacity: int,
+    device: Device | None,
 ) -> tuple[int, str]:
-    env = guardrails.ceilings.get(field) if env_applies else 0
-    ns = _first_value(namespace.maxima.candidates[field]) if namespace is not None else None
-    maxima = namespace.maxima.candidates[field] if namespace is not None else []
-    ns_key = next((c.source.key for c in maxima if c.value), "")
+    env, env_note = 0, ""
+    if env_applies:
+        setting = Candidate(guardrails.ceilings.get(field), ENV_DEFAULT)
+        on_disk = _on_disk(setting, field, capacity, device)
+        env = _number(on_disk) or 0
+        if on_disk.share is not None:
+            env_note = f" ({share_text(on_disk.share, capacity, device)})"
+    maxima = [] if namespace is None else namespace.maxima.candidates[field]
+    first = next(
+        (c for c in (_on_disk(m, field, capacity, device) for m in maxima) if c.value is not None),
+        None,
+    )
+    ns = 0 if first is None else _number(first) or 0
     if ns and (not env or ns < env):
-        return ns, f"namespace ceiling {ns_key}={ns}"
+        assert first is not None
+        ns_note = f" ({share_text(first.share, capacity, device)})" if first.share else ""
+        return ns, f"namespace ceiling {first.source.key}={ns}{ns_note}"
     if env:
-        return env, f"env ceiling LIMIT_CEILING_{field.env_suffix}={env}"
+        return env, f"env ceiling LIMIT_CEILING_{field.env_suffix}={env}{env_note}"
     return 0, ""
 
 

@@ -1,7 +1,9 @@
 """Parsing of IO limit values as users write them (annotations and env vars).
 
 IOPS are plain non-negative integers; bytes/s are non-negative integers or Kubernetes
-quantities (`10Mi`, `500k`, `1G`). Both are bounded by what the kernel accepts.
+quantities (`10Mi`, `500k`, `1G`). Both are bounded by what the kernel accepts. The limit
+keys and settings also take a percentage of each disk's capacity (`25%`, a `Share`),
+turned into a number per disk where the capacity is known (policy/shares.py).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
+import attrs
 from kubernetes.utils import parse_quantity
 
-from diskguard.model import MAX_BPS, MAX_IOPS
+from diskguard.model import MAX_BPS, MAX_IOPS, LimitField
 
 _DIGITS = re.compile(r"[0-9]+")
 _QUANTITY_CHARS = re.compile(r"[-+0-9.eEkKMGTPinum]+")
@@ -110,3 +113,78 @@ def parse_bps(text: str) -> int:
     if number > MAX_BPS:
         raise LimitValueError(f"{shown(text)} exceeds the kernel's maximum bytes/s limit {MAX_BPS}")
     return int(number)
+
+
+# A share of a disk's capacity: digits, up to two decimals, then `%` (`25%`, `12.5%`).
+_SHARE = re.compile(r"[0-9]+(?:\.[0-9]{1,2})?%")
+_HUNDRED = Decimal(100)
+
+
+@attrs.frozen
+class Share:
+    """A limit given as a percentage of a disk's capacity (0 < percent <= 100), turned into a
+    number per disk: disks of different speeds each give the same share of what they can do."""
+
+    percent: Decimal
+
+    def of(self, capacity: int) -> int:
+        """This share of `capacity`, rounded down, but never 0 (which would mean unlimited)."""
+        # In whole hundredths of a percent: exact integer arithmetic for any capacity.
+        return max(1, capacity * int(self.percent * 100) // 10_000)
+
+    def __str__(self) -> str:
+        return f"{self.percent.normalize():f}%"
+
+
+# What a limit key or setting may say: an absolute number (0 = unlimited) or a share.
+LimitValue = int | Share
+
+
+def parse_share(text: str) -> Share:
+    value = _bounded(text).strip()
+    match = _SHARE.fullmatch(value)
+    if match is None:
+        raise LimitValueError(
+            f"{shown(text)} is not a percentage such as 25% or 12.5% (at most two decimals)"
+        )
+    percent = Decimal(value[:-1])
+    if percent == 0:
+        # 0 means unlimited only as a number; "0 % of the disk" would mean no IO at all.
+        raise LimitValueError(
+            f"{shown(text)}: a percentage must be above 0% (write 0 to remove the limit)"
+        )
+    if percent > _HUNDRED:
+        raise LimitValueError(f"{shown(text)}: a share of a disk's capacity is at most 100%")
+    return Share(percent)
+
+
+def _is_share(text: str) -> bool:
+    return text.strip().endswith("%")
+
+
+def parse_iops_value(text: str) -> LimitValue:
+    """IO operations/s, or a percentage of each disk's IOPS capacity."""
+    return parse_share(text) if _is_share(_bounded(text)) else parse_iops(text)
+
+
+def parse_bps_value(text: str) -> LimitValue:
+    """Bytes/s, or a percentage of each disk's bytes/s capacity."""
+    return parse_share(text) if _is_share(_bounded(text)) else parse_bps(text)
+
+
+@attrs.frozen
+class LimitSettings:
+    """An administrator's value per limit field (env defaults, env ceilings): a number
+    (0 = unlimited, or no ceiling) or a share of each disk's capacity."""
+
+    riops: LimitValue = 0
+    wiops: LimitValue = 0
+    rbps: LimitValue = 0
+    wbps: LimitValue = 0
+
+    def get(self, field: LimitField) -> LimitValue:
+        value: LimitValue = getattr(self, field.value)
+        return value
+
+    def __str__(self) -> str:
+        return " ".join(f"{f}={self.get(f)}" for f in LimitField)

@@ -138,6 +138,7 @@ class AgentCollector(Collector):
                 if result is None or res is None:
                     continue
                 for device, held in result.kernel:
+                    on = cplan.resolution_on(device) or res
                     for field in LimitField:
                         value = held.get(field)
                         if not value:
@@ -149,7 +150,7 @@ class AgentCollector(Collector):
                                 ref.container,
                                 *self._device(device),
                                 str(field.direction),
-                                str(source_kind(res.origins.get(field))),
+                                str(source_kind(on.origins.get(field))),
                             ],
                             value,
                         )

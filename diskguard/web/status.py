@@ -19,6 +19,7 @@ from diskguard.model import (
 from diskguard.node.applier import ApplyResult
 from diskguard.policy.annotations import LIMIT_REASON, parse_smart_annotations
 from diskguard.policy.plan import ContainerPlan, PodPlan
+from diskguard.policy.resolve import Resolution
 from diskguard.policy.saturation import DirectionSaturation, Saturation
 from diskguard.policy.source import Source, SourceLabel
 from diskguard.policy.values import limit_json
@@ -81,6 +82,18 @@ def _bounded(text: str | None, limit: int = 1024) -> str | None:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+def resolution_json(res: Resolution) -> dict[str, Any]:
+    """What a container should hold (on one device, or on each), and why."""
+    return {
+        "limits": limits_json(res.limits),
+        "sources": dict(res.sources),
+        "source_kinds": {f: source_kind(s) for f, s in res.origins.items()},
+        "kept_from_kernel": sorted(res.keep),
+        "ceilings": limits_json(res.ceilings),
+        "static": limits_json(res.static),
+    }
+
+
 def container_json(
     plan: PodPlan,
     cplan: ContainerPlan,
@@ -100,12 +113,12 @@ def container_json(
         in_sync = all(v == limits_json(IOLimits()) for v in kernel.values())
     else:
         desired = {
-            "limits": limits_json(res.limits),
-            "sources": dict(res.sources),
-            "source_kinds": {f: source_kind(s) for f, s in res.origins.items()},
-            "kept_from_kernel": sorted(res.keep),
-            "ceilings": limits_json(res.ceilings),
-            "static": limits_json(res.static),
+            **resolution_json(res),
+            # Per data device when percentages of disks' capacities make them differ (the
+            # fields above are then the first device's); null when the same on every one.
+            "per_device": {str(dev): resolution_json(r) for dev, r in cplan.per_device}
+            if cplan.per_device
+            else None,
         }
         in_sync = bool(result and result.cgroup and not result.error)
     return {

@@ -8,6 +8,7 @@ administrator's namespace settings lift those.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,10 +16,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskguard.kube.pods import parse_pod
-from diskguard.model import ContainerKind, Device, DeviceLimits, IOLimits, LimitField
+from diskguard.model import (
+    MAX_IOPS,
+    CgroupVersion,
+    ContainerKind,
+    DesiredLimits,
+    Device,
+    DeviceLimits,
+    IOLimits,
+    LimitField,
+)
 from diskguard.policy.exclusion import Exclusion, ExclusionFilter, ExclusionRule
 from diskguard.policy.plan import ContainerPlan, Enforcement, PodPlan, enforcement_for, plan_pod
-from diskguard.policy.resolve import Guardrails, namespace_policy
+from diskguard.policy.resolve import Guardrails, KeyMemory, device_limits, namespace_policy
+from diskguard.policy.shares import disk_capacities
+from diskguard.policy.values import LimitSettings, Share
 from diskguard.testing.fakeapi.objects import make_pod
 from diskguard.web.status import source_kind
 
@@ -320,3 +332,226 @@ def test_the_desired_limits_are_per_device_the_same_on_every_data_disk() -> None
     ).containers[0]
     assert exempt.enforcement is Enforcement.EXEMPT
     assert all(w == DeviceLimits() for _, w in exempt.desired.devices)
+
+
+# -- percentages of each disk's capacity ----------------------------------------------------
+
+FAST = Device(259, 0, "nvme0n1")
+SLOWER = Device(8, 16, "sdb")
+# Measured (or declared) per disk: read and write IOPS, read and write bytes/s.
+CAPACITY = {FAST: IOLimits(8000, 2000, 2 * 2**30, 2**30), SLOWER: IOLimits(1200, 800, 0, 0)}
+
+
+def plan_on_disks(
+    annotations: dict[str, str],
+    *,
+    capacity: dict[Device, IOLimits] = CAPACITY,
+    defaults: IOLimits | LimitSettings = DEFAULTS,
+    guardrails: Guardrails = Guardrails(),
+    ns_annotations: dict[str, str] | None = None,
+    previous: KeyMemory | None = None,
+    containers: tuple[tuple[str, str], ...] = (("app", "busybox"),),
+) -> PodPlan:
+    pod = parse_pod(make_pod("web", "team", annotations=annotations, containers=containers))
+    disks = tuple(capacity)
+    ns = None
+    if ns_annotations is not None:
+        ns = namespace_policy("team", ns_annotations, P, None, capacity)
+    return plan_pod(
+        pod,
+        prefix=P,
+        defaults=defaults,
+        exclusion=FILTER,
+        previous=previous,
+        namespace=ns,
+        guardrails=guardrails,
+        devices=disks,
+        capacity=capacity,
+    )
+
+
+def on(c: ContainerPlan, device: Device) -> IOLimits:
+    wanted = c.desired.get(device)
+    assert wanted is not None
+    return wanted.against(IOLimits())
+
+
+def test_two_disks_of_different_speeds_get_the_same_share_of_each() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "25%", f"{P}/read-iops": "10%"})
+    [app] = p.containers
+    assert on(app, FAST) == IOLimits(800, 500)
+    assert on(app, SLOWER) == IOLimits(120, 200)
+    # The pod's resolution (Events, /status, smart limit) is the first data disk's.
+    assert p.resolution.limits == IOLimits(800, 500)
+    assert p.resolution.sources[LimitField.WIOPS] == (
+        f"annotation {P}/write-iops (25% of 2000 on 259:0)"
+    )
+    slower = app.resolution_on(SLOWER)
+    assert slower is not None
+    assert slower.sources[LimitField.WIOPS] == f"annotation {P}/write-iops (25% of 800 on 8:16)"
+    assert source_kind(slower.origins[LimitField.WIOPS]) == "annotation"
+    assert p.resolution.memory["write-iops"] == Share(Decimal(25))
+
+
+def test_a_combined_key_sets_both_directions_from_their_own_capacity() -> None:
+    [app] = plan_on_disks({f"{P}/iops": "50%"}).containers
+    assert on(app, FAST) == IOLimits(4000, 1000)
+    assert on(app, SLOWER) == IOLimits(600, 400)
+
+
+def test_absolute_values_are_resolved_once_for_every_disk() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "300"}, guardrails=Guardrails(CEILINGS))
+    [app] = p.containers
+    assert app.per_device == ()
+    assert app.desired == DesiredLimits.same(tuple(CAPACITY), device_limits(p.resolution))
+    assert app.resolution_on(SLOWER) is app.resolution
+
+
+def test_a_percentage_ceiling_clamps_an_absolute_request_per_disk() -> None:
+    ceilings = LimitSettings(wiops=Share(Decimal(50)))
+    p = plan_on_disks({f"{P}/write-iops": "600"}, guardrails=Guardrails(ceilings))
+    [app] = p.containers
+    assert on(app, FAST).wiops == 600  # under 50 % of 2000
+    assert on(app, SLOWER).wiops == 400  # 50 % of 800
+    slower = app.resolution_on(SLOWER)
+    assert slower is not None
+    assert [(c.key, c.asked, c.enforced) for c in slower.clamps] == [(f"{P}/write-iops", 600, 400)]
+    assert slower.sources[LimitField.WIOPS] == (
+        f"annotation {P}/write-iops, clamped to the env ceiling "
+        "LIMIT_CEILING_WRITE_IOPS=400 (50% of 800 on 8:16)"
+    )
+    assert not p.resolution.clamps  # the first disk's: nothing clamped there
+
+
+def test_a_percentage_request_above_an_absolute_ceiling_is_clamped_and_says_so() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "100%"}, guardrails=Guardrails(IOLimits(wiops=1000)))
+    [clamp] = p.resolution.clamps
+    assert (clamp.asked, clamp.enforced, clamp.share) == (2000, 1000, Share(Decimal(100)))
+    assert on(p.containers[0], SLOWER).wiops == 800
+
+
+def test_a_percentage_env_default_applies_per_disk() -> None:
+    defaults = LimitSettings(riops=500, wiops=Share(Decimal(10)))
+    p = plan_on_disks({}, defaults=defaults)
+    [app] = p.containers
+    assert (on(app, FAST), on(app, SLOWER)) == (IOLimits(500, 200), IOLimits(500, 80))
+    assert p.resolution.sources[LimitField.WIOPS] == "env default (10% of 2000 on 259:0)"
+    assert not p.resolution.annotation_driven
+
+
+def test_a_namespace_default_and_ceiling_as_percentages() -> None:
+    ns = {f"{P}/default-write-iops": "10%", f"{P}/max-read-iops": "5%"}
+    p = plan_on_disks({f"{P}/read-iops": "900"}, ns_annotations=ns)
+    [app] = p.containers
+    assert on(app, FAST) == IOLimits(400, 200)  # 900 asked, 5 % of 8000 = 400
+    assert on(app, SLOWER) == IOLimits(60, 80)
+    assert p.resolution.sources[LimitField.WIOPS] == (
+        f"namespace annotation {P}/default-write-iops (10% of 2000 on 259:0)"
+    )
+    assert (
+        "namespace ceiling iops-limit/max-read-iops=400 (5% of 8000 on 259:0)"
+        in (p.resolution.sources[LimitField.RIOPS])
+    )
+
+
+def test_excluded_containers_are_held_to_each_disks_percentage_ceiling() -> None:
+    ceilings = LimitSettings(riops=1000, wiops=Share(Decimal(50)))
+    p = plan_on_disks(
+        {}, guardrails=Guardrails(ceilings), containers=(("app", "x"), ("app-pause", "x"))
+    )
+    excluded = only(p, "app-pause")
+    assert excluded.enforcement is Enforcement.CEILINGS
+    assert (on(excluded, FAST), on(excluded, SLOWER)) == (IOLimits(1000, 1000), IOLimits(1000, 400))
+
+
+# A disk that `diskguard profile` has not measured, with nothing declared.
+UNMEASURED = {FAST: CAPACITY[FAST], SLOWER: IOLimits()}
+
+
+def test_a_percentage_with_a_disk_of_unknown_capacity_is_invalid_and_the_last_good_stays() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "25%"}, capacity=UNMEASURED, previous={"write-iops": 70})
+    [bad] = p.parsed.invalid.values()
+    assert (bad.key, bad.value) == (f"{P}/write-iops", "25%")
+    assert "IOPS capacity of sdb (8:16) is not known" in bad.reason
+    assert "diskguard profile" in bad.reason and "SMART_LIMIT_DEVICE_IOPS" in bad.reason
+    [app] = p.containers
+    assert on(app, FAST).wiops == on(app, SLOWER).wiops == 70
+    assert p.resolution.memory == {"write-iops": 70}
+    assert "last good value" in p.resolution.sources[LimitField.WIOPS]
+
+
+def test_a_percentage_with_a_disk_of_unknown_capacity_keeps_the_kernel_on_a_fresh_start() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "25%"}, capacity=UNMEASURED)
+    assert p.parsed.invalid
+    assert p.resolution.keep == frozenset({LimitField.WIOPS})
+    for _, wanted in p.containers[0].desired.devices:
+        assert wanted.against(IOLimits(wiops=42)).wiops == 42
+
+
+def test_a_remembered_percentage_keeps_the_kernel_where_the_capacity_went() -> None:
+    good = plan_on_disks({f"{P}/write-iops": "25%"})
+    later = plan_on_disks(
+        {f"{P}/write-iops": "25%"}, capacity=UNMEASURED, previous=good.resolution.memory
+    )
+    [app] = later.containers
+    assert on(app, FAST).wiops == 500  # the last good 25 %, on the disk it can be resolved on
+    slower = app.desired.get(SLOWER)
+    assert slower is not None and LimitField.WIOPS in slower.keep
+    assert slower.against(IOLimits(wiops=200)).wiops == 200
+    # A bad value later: the last good percentage is still the one in force.
+    bad = plan_on_disks({f"{P}/write-iops": "lots"}, previous=good.resolution.memory)
+    assert on(bad.containers[0], SLOWER).wiops == 200
+
+
+def test_a_namespace_percentage_without_capacity_is_ignored_on_first_sight() -> None:
+    ns = {f"{P}/default-write-iops": "10%"}
+    policy = namespace_policy("team", ns, P, None, UNMEASURED)
+    assert "write-iops" in policy.defaults.parsed.invalid
+    p = plan_on_disks({}, capacity=UNMEASURED, ns_annotations=ns)
+    assert on(p.containers[0], SLOWER) == DEFAULTS
+
+
+def test_a_declared_capacity_resolves_what_no_measurement_covers() -> None:
+    declared = disk_capacities(tuple(CAPACITY), {FAST: CAPACITY[FAST]}, IOLimits.per_unit(400, 0))
+    [app] = plan_on_disks({f"{P}/write-iops": "25%"}, capacity=declared).containers
+    assert (on(app, FAST).wiops, on(app, SLOWER).wiops) == (500, 100)
+
+
+def test_percentages_on_v2_are_raised_to_the_kernels_minimum() -> None:
+    pod = parse_pod(make_pod("web", annotations={f"{P}/write-iops": "0.01%"}))
+    p = plan_pod(
+        pod,
+        prefix=P,
+        defaults=DEFAULTS,
+        exclusion=FILTER,
+        previous=None,
+        cgroup_version=CgroupVersion.V2,
+        devices=(SLOWER,),
+        capacity={SLOWER: IOLimits(100, 100)},
+    )
+    assert p.resolution.limits.wiops == 2 and p.resolution.raised == {LimitField.WIOPS}
+
+
+def test_a_pod_with_percentages_and_no_data_disk_is_planned_without_error() -> None:
+    p = plan_on_disks({f"{P}/write-iops": "25%"}, capacity={})
+    assert "no data disk is known" in p.parsed.invalid["write-iops"].reason
+    assert p.containers[0].desired.devices == ()
+
+
+def test_percentages_resolve_within_the_kernels_bounds_property() -> None:
+    @given(
+        percent=st.integers(1, 10_000).map(lambda h: f"{Decimal(h) / 100}%"),
+        fast=st.integers(1, 2**40),
+        slow=st.integers(1, 2**40),
+    )
+    def check(percent: str, fast: int, slow: int) -> None:
+        capacity = {FAST: IOLimits.per_unit(fast, fast), SLOWER: IOLimits.per_unit(slow, slow)}
+        p = plan_on_disks({f"{P}/write-iops": percent, f"{P}/bps": percent}, capacity=capacity)
+        assert not p.parsed.invalid
+        for device, wanted in p.containers[0].desired.devices:
+            limits = wanted.against(IOLimits())
+            cap = capacity[device].wiops
+            assert 1 <= limits.wiops <= min(max(1, cap), MAX_IOPS)
+            assert 1 <= limits.rbps <= max(1, cap)
+
+    check()

@@ -1,8 +1,9 @@
 """Annotation priority, defaults, namespace policy, ceilings, invalid values (pure)."""
 
 from collections.abc import Mapping
+from decimal import Decimal
 
-from diskguard.model import IOLimits, LimitField
+from diskguard.model import Device, IOLimits, LimitField
 from diskguard.policy.resolve import (
     Guardrails,
     KeyMemory,
@@ -13,6 +14,7 @@ from diskguard.policy.resolve import (
     namespace_policy,
     resolve_limits,
 )
+from diskguard.policy.values import Share
 
 P = "iops-limit"
 DEFAULTS = IOLimits(riops=500, wiops=500, rbps=0, wbps=0)
@@ -197,3 +199,40 @@ def test_kept_kernel_value_is_clamped_too() -> None:
     assert device_limits(res).against(IOLimits(wiops=0)).wiops == 500  # nothing held: fallback
     assert device_limits(res).against(IOLimits(wiops=7000)).wiops == 1000
     assert device_limits(res).against(IOLimits(wiops=70)).wiops == 70
+
+
+# ---------------------------------------------------------------- percentages, on one disk
+
+DISK = Device(259, 0, "nvme0n1")
+KNOWN = {DISK: IOLimits(4000, 2000, 2**30, 2**29)}
+
+
+def test_a_percentage_is_resolved_against_the_disk_given() -> None:
+    keys = key_set({f"{P}/write-iops": "25%", f"{P}/bps": "50%"}, P, None, capacity=KNOWN)
+    res = resolve_limits(keys, DEFAULTS, device=DISK, capacity=KNOWN[DISK])
+    assert res.limits == IOLimits(500, 500, 2**29, 2**28)
+    assert res.sources[LimitField.RBPS] == f"annotation {P}/bps (50% of {2**30} on 259:0)"
+    assert res.memory == {"write-iops": Share(Decimal(25)), "bps": Share(Decimal(50))}
+
+
+def test_a_remembered_percentage_survives_a_bad_value() -> None:
+    good = key_set({f"{P}/write-iops": "25%"}, P, None, capacity=KNOWN)
+    bad = key_set({f"{P}/write-iops": "fast"}, P, good.memory, capacity=KNOWN)
+    res = resolve_limits(bad, DEFAULTS, device=DISK, capacity=KNOWN[DISK])
+    assert res.limits.wiops == 500
+    assert res.sources[LimitField.WIOPS] == (
+        f"last good value of {P}/write-iops (25% of 2000 on 259:0)"
+    )
+
+
+def test_a_percentage_is_invalid_without_the_disks_capacity() -> None:
+    unknown = {DISK: IOLimits(4000, 0)}  # read IOPS known, write IOPS not
+    assert "write-iops" not in key_set({f"{P}/read-iops": "5%"}, P, None, capacity=unknown).memory
+    keys = key_set({f"{P}/iops": "5%"}, P, None, capacity=unknown)  # sets both directions
+    assert keys.parsed.invalid["iops"].reason.startswith("5% is a share of each data disk")
+    assert keys.memory == {"iops": None}
+
+
+def test_a_percentage_needs_a_data_disk() -> None:
+    keys = key_set({f"{P}/write-iops": "25%"}, P, None)
+    assert "no data disk is known" in keys.parsed.invalid["write-iops"].reason

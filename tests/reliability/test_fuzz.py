@@ -32,6 +32,7 @@ from diskguard.model import (
     MAX_IOPS,
     CgroupDriver,
     CgroupVersion,
+    Device,
     IOLimits,
     PodInfo,
 )
@@ -97,9 +98,21 @@ _NUMBERISH = st.one_of(
             str(2**63 - 1),
             "true",
             "null",
+            # Percentages of each disk's capacity.
+            "25%",
+            " 12.5% ",
+            "100%",
+            "0.01%",
+            "0%",
+            "100.01%",
+            "12.345%",
+            "50 %",
+            "%",
+            "1e2%",
+            "25%%",
         ]
     ),
-    st.text(alphabet="0123456789.-+eEkKMGTPi ", max_size=12),
+    st.text(alphabet="0123456789.-+eEkKMGTPi% ", max_size=12),
     st.text(max_size=64),
     st.text(min_size=1000, max_size=5000, alphabet=st.characters(codec="utf-8")),
 )
@@ -111,6 +124,9 @@ _KEYS = st.one_of(
     st.text(max_size=80),
 )
 ANNOTATIONS = st.dictionaries(_KEYS, _NUMBERISH, max_size=12)
+
+
+DISK = Device(259, 0, "nvme0n1")
 
 
 def _in_range(limits: IOLimits) -> None:
@@ -138,15 +154,26 @@ def test_pod_and_namespace_annotations_resolve_to_kernel_range_limits(
         )
     )
     guard = Guardrails(ceilings, frozenset(data.draw(st.sets(st.sampled_from(["ns", "x"])))))
-    policy = namespace_policy("ns", ns_annotations, P, None)
-    policy = namespace_policy("ns", ns_annotations, P, policy.memory)  # and with memory
+    # The data disk's capacity, each field possibly unknown (0): percentages resolve on it.
+    capacity = data.draw(
+        st.builds(IOLimits, *(st.sampled_from([0, 1, 3, 2**20, 2**40, 2**70]) for _ in range(4)))
+    )
+    disks = {DISK: capacity}
+    policy = namespace_policy("ns", ns_annotations, P, None, disks)
+    policy = namespace_policy("ns", ns_annotations, P, policy.memory, disks)  # and with memory
     memory = None
     for pod_annotations in rounds:
-        keys = key_set(pod_annotations, P, memory)
+        keys = key_set(pod_annotations, P, memory, capacity=disks)
         for bad in keys.parsed.invalid.values():
             assert bad.reason and bad.key in pod_annotations
         res = resolve_limits(
-            keys, IOLimits(500, 500), namespace=policy, guardrails=guard, pod_namespace="ns"
+            keys,
+            IOLimits(500, 500),
+            namespace=policy,
+            guardrails=guard,
+            pod_namespace="ns",
+            device=DISK,
+            capacity=capacity,
         )
         _in_range(res.limits)
         _in_range(res.static)
