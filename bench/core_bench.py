@@ -94,7 +94,11 @@ def read_wiops(cgroup: Path, device: Device, version: CgroupVersion) -> int:
 
 
 def wait_wiops(
-    cgroup: Path, device: Device, version: CgroupVersion, want: int, timeout: float,
+    cgroup: Path,
+    device: Device,
+    version: CgroupVersion,
+    want: int,
+    timeout: float,
     interval: float = 0.001,
 ) -> float:
     """Poll until the kernel holds `want`; return the perf_counter time it was seen."""
@@ -136,20 +140,32 @@ class World:
     pods: list[Pod] = attrs.field(factory=list)
 
     def add_pod(
-        self, name: str, containers: int, annotations: dict[str, str] | None, want: IOLimits,
+        self,
+        name: str,
+        containers: int,
+        annotations: dict[str, str] | None,
+        want: IOLimits,
         qos: QoSClass = QoSClass.BURSTABLE,
     ) -> Pod:
         obj = make_pod(
-            name, "default", NODE,
+            name,
+            "default",
+            NODE,
             containers=tuple((f"c{i}", "busybox:1.36") for i in range(containers)),
-            annotations=annotations, qos=qos,
+            annotations=annotations,
+            qos=qos,
         )
         cgroups = []
         for status in obj["status"]["containerStatuses"]:
             runtime, cid = parse_container_id(status["containerID"])
             ref = ContainerRef(
-                namespace="default", pod=name, pod_uid=obj["metadata"]["uid"],
-                container=status["name"], container_id=cid, runtime=runtime, qos=qos,
+                namespace="default",
+                pod=name,
+                pod_uid=obj["metadata"]["uid"],
+                container=status["name"],
+                container_id=cid,
+                runtime=runtime,
+                qos=qos,
             )
             cgroups.append(self.kubelet.create(ref, CgroupDriver.CGROUPFS))
         self.api.create("pods", obj)
@@ -216,8 +232,13 @@ def world(disk: Disk, tag: str) -> Iterator[World]:
         api.write_kubeconfig(kubeconfig)
         undo.callback(kubeconfig.unlink, missing_ok=True)
         yield World(
-            api=api, kubeconfig=kubeconfig, hierarchy=disk.hierarchy, kubelet=kubelet,
-            backend=backend_for(disk.hierarchy.version), mount=disk.mount, device=disk.device,
+            api=api,
+            kubeconfig=kubeconfig,
+            hierarchy=disk.hierarchy,
+            kubelet=kubelet,
+            backend=backend_for(disk.hierarchy.version),
+            mount=disk.mount,
+            device=disk.device,
             workdir=disk.workdir,
         )
 
@@ -284,8 +305,11 @@ def agent(w: World, watch_for: str = "", **env: str) -> Iterator[AgentProcess]:
         undo.callback(log_path.unlink, missing_ok=True)
         started, started_mono = time.perf_counter(), time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "diskguard", "run"], env=w.env(**env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "diskguard", "run"],
+            env=w.env(**env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         undo.callback(_stop, proc)
         running = AgentProcess(proc, started, started_mono, log_path)
@@ -350,19 +374,24 @@ def wait_all_applied(w: World, ag: AgentProcess, timeout: float) -> Milestones:
     wrong = [(cg, want, got) for cg, want in containers if (got := w.kernel(cg)) != want]
     if wrong:
         cg, want, got = wrong[0]
-        raise BenchError(f"{len(wrong)} containers hold the wrong limits, e.g. {cg}: {got} "
-                         f"!= {want}")
+        raise BenchError(
+            f"{len(wrong)} containers hold the wrong limits, e.g. {cg}: {got} != {want}"
+        )
     listed, watching = pod_requests(w, ag)
     return Milestones(listed, watching, done - ag.started)
 
 
 def pod_requests(w: World, ag: AgentProcess, timeout: float = 30) -> tuple[float, float]:
     """When the fake API received this agent's first pod LIST and WATCH (s from start)."""
+
     def at(watch: bool) -> float:
         entry = w.api.wait_for_request(
-            lambda r: r.method == "GET" and r.path.endswith("/pods")
-            and r.time >= ag.started_mono
-            and (r.query.get("watch") in ("true", "1")) == watch,
+            lambda r: (
+                r.method == "GET"
+                and r.path.endswith("/pods")
+                and r.time >= ag.started_mono
+                and (r.query.get("watch") in ("true", "1")) == watch
+            ),
             timeout,
         )
         return entry.time - ag.started_mono
@@ -438,9 +467,7 @@ def populate(w: World, pods: int) -> None:
         w.add_pod(f"pod-{i:04d}", 2, ann, want, QOS_CYCLE[i % 3])
 
 
-def bench_startup(
-    disk: Disk, pods: int, repeats: int, sampler: str, with_log_run: bool
-) -> Startup:
+def bench_startup(disk: Disk, pods: int, repeats: int, sampler: str, with_log_run: bool) -> Startup:
     with world(disk, f"start{pods}") as w:
         populate(w, pods)
         runs, cpus, rss = [], [], []
@@ -462,8 +489,7 @@ def bench_startup(
                     time.sleep(0.01)
                 if ag.seen:
                     synced = ag.seen[0][0] - ag.started
-    return Startup(pods, pods * 2, sampler, tuple(runs), tuple(cpus), tuple(rss), synced,
-                   done_info)
+    return Startup(pods, pods * 2, sampler, tuple(runs), tuple(cpus), tuple(rss), synced, done_info)
 
 
 # ---------------------------------------------------------------- 3. memory and idle CPU
@@ -496,12 +522,26 @@ def measure_idle(
     time.sleep(window)
     cpu, elapsed, mem = ag.cpu_seconds() - before, time.perf_counter() - t0, ag.memory_kib()
     ag.check_alive()
-    return Idle(containers, sampler, resync, elapsed, rss_start, mem["VmRSS"], mem["RssAnon"],
-                mem["RssFile"], mem["VmHWM"], cpu, ag.threads())
+    return Idle(
+        containers,
+        sampler,
+        resync,
+        elapsed,
+        rss_start,
+        mem["VmRSS"],
+        mem["RssAnon"],
+        mem["RssFile"],
+        mem["VmHWM"],
+        cpu,
+        ag.threads(),
+    )
 
 
 def bench_idle(
-    disk: Disk, pods: int, window: float, configs: Sequence[tuple[str, float]],
+    disk: Disk,
+    pods: int,
+    window: float,
+    configs: Sequence[tuple[str, float]],
     baseline_window: float,
 ) -> list[Idle]:
     """RSS and idle CPU per (SAMPLER, RESYNC_INTERVAL), after a baseline without pods.
@@ -537,60 +577,85 @@ def ms(seconds: float) -> str:
 
 
 def print_report(
-    command: str, lat: list[Latency], starts: list[Startup], idle: list[Idle],
-    load: tuple[tuple[float, ...], tuple[float, ...]], out: Callable[[str], None] = print,
+    command: str,
+    lat: list[Latency],
+    starts: list[Startup],
+    idle: list[Idle],
+    load: tuple[tuple[float, ...], tuple[float, ...]],
+    out: Callable[[str], None] = print,
 ) -> None:
     out("")
     out("=" * 78)
     out(f"command: {command}")
-    out(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, python "
-        f"{sys.version.split()[0]}")
-    out("load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f}"
-        .format(*load[0], *load[1]))
+    out(
+        f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, python "
+        f"{sys.version.split()[0]}"
+    )
+    out(
+        "load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f}".format(
+            *load[0], *load[1]
+        )
+    )
     out("agent: python -m diskguard run, LOG_LEVEL=warning, defaults otherwise (SAMPLER=auto)")
     out("")
-    out("1. annotation edit -> kernel limit (ms from the API edit returning to "
-        "write_iops showing it)")
+    out(
+        "1. annotation edit -> kernel limit (ms from the API edit returning to "
+        "write_iops showing it)"
+    )
     out(f"   {'scenario':<40}{'n':>5}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     for r in lat:
-        out(f"   {r.label:<40}{len(r.samples):>5}{ms(r.pct(50)):>8}{ms(r.pct(90)):>8}"
-            f"{ms(r.pct(99)):>8}{ms(max(r.samples)):>8}")
+        out(
+            f"   {r.label:<40}{len(r.samples):>5}{ms(r.pct(50)):>8}{ms(r.pct(90)):>8}"
+            f"{ms(r.pct(99)):>8}{ms(max(r.samples)):>8}"
+        )
     out("")
-    out("2. start-up reconcile: agent process start -> every container's kernel files "
-        "as expected")
-    out(f"   {'pods':>5}{'ctrs':>6}{'SAMPLER':>8}{'LIST at':>9}{'all at':>8}{'ctrs/s':>8}"
-        f"{'after LIST':>11}{'CPU s':>7}{'RSS MiB':>8}  all at, per run")
+    out("2. start-up reconcile: agent process start -> every container's kernel files as expected")
+    out(
+        f"   {'pods':>5}{'ctrs':>6}{'SAMPLER':>8}{'LIST at':>9}{'all at':>8}{'ctrs/s':>8}"
+        f"{'after LIST':>11}{'CPU s':>7}{'RSS MiB':>8}  all at, per run"
+    )
     for s in starts:
         listed = statistics.median(r.listed for r in s.runs)
         done = statistics.median(r.applied for r in s.runs)
         after = statistics.median(r.applied - r.listed for r in s.runs)
         runs = " ".join(f"{r.applied:.2f}" for r in s.runs)
-        out(f"   {s.pods:>5}{s.containers:>6}{s.sampler:>8}{listed:>8.2f}s{done:>7.2f}s"
+        out(
+            f"   {s.pods:>5}{s.containers:>6}{s.sampler:>8}{listed:>8.2f}s{done:>7.2f}s"
             f"{s.containers / done:>8.0f}{after:>10.2f}s{statistics.median(s.cpu):>7.2f}"
-            f"{statistics.median(s.rss_kib) / 1024:>8.1f}  {runs}")
+            f"{statistics.median(s.rss_kib) / 1024:>8.1f}  {runs}"
+        )
     for s in starts:
         if s.done_info is not None:
             synced = "not seen" if s.synced_logged is None else f"{s.synced_logged:.2f} s"
-            out(f"   {s.containers} ctrs, SAMPLER={s.sampler}, LOG_LEVEL=info: 'initial "
-                f"reconcile done' logged at {synced},")
+            out(
+                f"   {s.containers} ctrs, SAMPLER={s.sampler}, LOG_LEVEL=info: 'initial "
+                f"reconcile done' logged at {synced},"
+            )
             out(f"   all limited at {s.done_info:.2f} s")
-    out("   (medians over the runs. LIST at: process start to the agent's pod LIST reaching "
-        "the API:")
-    out("   interpreter, imports, config, node checks, sampler set-up. after LIST: list, "
-        "plan, apply.")
+    out(
+        "   (medians over the runs. LIST at: process start to the agent's pod LIST reaching "
+        "the API:"
+    )
+    out(
+        "   interpreter, imports, config, node checks, sampler set-up. after LIST: list, "
+        "plan, apply."
+    )
     out("   ctrs/s: containers / 'all at', end to end. CPU s, RSS: the agent's, at 'all at')")
     out("")
     out("3. agent memory and idle CPU")
-    out(f"   {'ctrs':>6}{'SAMPLER':>8}{'RESYNC':>7}{'RSS start':>10}{'RSS end':>8}"
+    out(
+        f"   {'ctrs':>6}{'SAMPLER':>8}{'RESYNC':>7}{'RSS start':>10}{'RSS end':>8}"
         f"{'anon':>6}{'file':>6}{'VmHWM':>7}{'window':>7}{'CPU s':>6}{'% core':>7}"
-        f"{'thr':>4}")
+        f"{'thr':>4}"
+    )
     for i in idle:
-        out(f"   {i.containers:>6}{i.sampler:>8}{i.resync:>6g}s{i.rss_start_kib / 1024:>10.1f}"
+        out(
+            f"   {i.containers:>6}{i.sampler:>8}{i.resync:>6g}s{i.rss_start_kib / 1024:>10.1f}"
             f"{i.rss_kib / 1024:>8.1f}{i.anon_kib / 1024:>6.1f}{i.file_kib / 1024:>6.1f}"
             f"{i.hwm_kib / 1024:>7.1f}{i.window:>6.1f}s{i.cpu_s:>6.2f}{i.core_pct:>6.2f}%"
-            f"{i.threads:>4}")
-    out("   (MiB. RSS end = anon (heap) + file (mapped libraries, shared with other "
-        "processes).")
+            f"{i.threads:>4}"
+        )
+    out("   (MiB. RSS end = anon (heap) + file (mapped libraries, shared with other processes).")
     out("   0 ctrs: the baseline, no pods. Windows begin ~2 s after start-up,")
     out("   on a node whose kernel already held the limits: no start-up Events pending)")
     out("=" * 78)
@@ -601,14 +666,20 @@ def print_report(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true",
-                   help="small version: 50 pods, 50 edits, one run each, 5 s idle windows")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small version: 50 pods, 50 edits, one run each, 5 s idle windows",
+    )
     p.add_argument("--edits", type=int, help="annotation edits per latency scenario")
     p.add_argument("--repeats", type=int, help="start-up runs per size")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window")
     p.add_argument("--idle-pods", type=int, help="pods (x 2 containers) in the idle section")
-    p.add_argument("--only", choices=("latency", "startup", "idle"),
-                   help="run one section (e.g. the memory figures alone: --only idle)")
+    p.add_argument(
+        "--only",
+        choices=("latency", "startup", "idle"),
+        help="run one section (e.g. the memory figures alone: --only idle)",
+    )
     return p.parse_args(argv)
 
 
@@ -625,14 +696,24 @@ class Plan:
 
 
 FULL = Plan(
-    edits=200, others=100,
+    edits=200,
+    others=100,
     startups=((100, "auto", False), (500, "auto", True), (500, "cgroup", False)),
-    repeats=3, idle_pods=500, idle=(("auto", 60.0), ("auto", 5.0), ("cgroup", 60.0)),
-    window=30.0, baseline_window=10.0,
+    repeats=3,
+    idle_pods=500,
+    idle=(("auto", 60.0), ("auto", 5.0), ("cgroup", 60.0)),
+    window=30.0,
+    baseline_window=10.0,
 )
 QUICK = Plan(
-    edits=50, others=50, startups=((50, "auto", True),), repeats=1, idle_pods=50,
-    idle=(("auto", 60.0), ("auto", 5.0)), window=5.0, baseline_window=5.0,
+    edits=50,
+    others=50,
+    startups=((50, "auto", True),),
+    repeats=1,
+    idle_pods=50,
+    idle=(("auto", 60.0), ("auto", 5.0)),
+    window=5.0,
+    baseline_window=5.0,
 )
 
 
@@ -667,8 +748,10 @@ def main(argv: Sequence[str]) -> int:
             ld = undo.enter_context(loop_disk(workdir / "disk", size_mib=64))
             assert ld.mount is not None
             disk = Disk(hierarchy, ld.mount, ld.device, workdir)
-            log(f"cgroup {hierarchy.version.value} at {hierarchy.path}, data disk "
-                f"{ld.node} ({ld.device}) on {ld.mount}")
+            log(
+                f"cgroup {hierarchy.version.value} at {hierarchy.path}, data disk "
+                f"{ld.node} ({ld.device}) on {ld.mount}"
+            )
 
             lat: list[Latency] = []
             for others in (0, plan.others) if "latency" in wanted else ():
@@ -676,13 +759,17 @@ def main(argv: Sequence[str]) -> int:
                 lat.append(bench_latency(disk, plan.edits, others, gap=0.01))
             starts: list[Startup] = []
             for pods, sampler, log_run in plan.startups if "startup" in wanted else ():
-                log(f"2. start-up: {pods} pods x 2 containers, SAMPLER={sampler}, "
-                    f"{plan.repeats} run(s) ...")
+                log(
+                    f"2. start-up: {pods} pods x 2 containers, SAMPLER={sampler}, "
+                    f"{plan.repeats} run(s) ..."
+                )
                 starts.append(bench_startup(disk, pods, plan.repeats, sampler, log_run))
             idle: list[Idle] = []
             if "idle" in wanted:
-                log(f"3. memory and idle CPU: {plan.idle_pods * 2} containers, "
-                    f"{plan.window:g} s windows ...")
+                log(
+                    f"3. memory and idle CPU: {plan.idle_pods * 2} containers, "
+                    f"{plan.window:g} s windows ..."
+                )
                 idle = bench_idle(
                     disk, plan.idle_pods, plan.window, plan.idle, plan.baseline_window
                 )

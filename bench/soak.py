@@ -79,8 +79,6 @@ class SoakError(RuntimeError):
     pass
 
 
-
-
 # ---------------------------------------------------------------- the node's pods
 
 
@@ -138,14 +136,19 @@ class Node:
         driver = CgroupDriver.SYSTEMD if self.serial % 4 == 0 else CgroupDriver.CGROUPFS
         ann = {k: v for k, v in (annotations or {}).items() if v is not None}
         obj = make_pod(
-            name, "default", NODE, containers=(("c0", "img"), ("c1", "img")),
-            annotations=ann or None, qos=qos,
+            name,
+            "default",
+            NODE,
+            containers=(("c0", "img"), ("c1", "img")),
+            annotations=ann or None,
+            qos=qos,
         )
         containers = []
         for status in obj["status"]["containerStatuses"]:
             runtime, cid = parse_container_id(status["containerID"])
-            ref = ContainerRef("default", name, obj["metadata"]["uid"], status["name"], cid,
-                               runtime, qos)
+            ref = ContainerRef(
+                "default", name, obj["metadata"]["uid"], status["name"], cid, runtime, qos
+            )
             containers.append(Container(status["name"], ref, self.kubelet.create(ref, driver)))
         self.api.create("pods", obj)
         pod = SoakPod(name, obj["metadata"]["uid"], qos, driver, containers, ann, probe)
@@ -298,8 +301,11 @@ def run_agent(env: dict[str, str], log_path: Path) -> Iterator[Agent]:
     with log_path.open("wb") as log:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "diskguard", "run"], env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "diskguard", "run"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         yield Agent(proc, log_path, started)
@@ -483,8 +489,10 @@ def soak(s: Settings, node: Node, env: dict[str, str], log_path: Path) -> Result
         quiet_s = time.monotonic() - quiet_started
         traffic_quiet_end = node.api.traffic()
         rss_start, cpu_start = agent.rss_kib(), agent.cpu_seconds()
-        print(f"initial reconcile of {2 * s.pods} containers: {initial:.2f} s; churn begins",
-              flush=True)
+        print(
+            f"initial reconcile of {2 * s.pods} containers: {initial:.2f} s; churn begins",
+            flush=True,
+        )
         probe = Probe(node, probe_pods, 1.0 / s.probe_rate)
         thread = threading.Thread(target=probe.run, name="probe", daemon=True)
         thread.start()
@@ -505,9 +513,12 @@ def soak(s: Settings, node: Node, env: dict[str, str], log_path: Path) -> Result
                     agent.check_alive()
                     check = check_kernel(node, min(elapsed, s.duration), agent)
                 checks.append(check)
-                print(f"  t={check.at:6.1f}s  containers {check.containers:5d}  missed "
-                      f"{check.missed}  wrong {check.wrong}  RSS {check.rss_kib / 1024:.1f} MiB"
-                      + (f"  e.g. {check.example}" if check.example else ""), flush=True)
+                print(
+                    f"  t={check.at:6.1f}s  containers {check.containers:5d}  missed "
+                    f"{check.missed}  wrong {check.wrong}  RSS {check.rss_kib / 1024:.1f} MiB"
+                    + (f"  e.g. {check.example}" if check.example else ""),
+                    flush=True,
+                )
                 paused += time.monotonic() - t0
                 next_event = time.monotonic()
                 if elapsed >= s.duration:
@@ -532,8 +543,19 @@ def soak(s: Settings, node: Node, env: dict[str, str], log_path: Path) -> Result
         dropped = sum(metrics.get("diskguard_events_dropped_total", {}).values())
         traffic_end = node.api.traffic()
     return Result(
-        s, tuple(checks), node.counts, tuple(probe.lags), probe.late, initial, rss_start,
-        rss_end, cpu, churn_s, states, dropped, agent.proc.returncode,
+        s,
+        tuple(checks),
+        node.counts,
+        tuple(probe.lags),
+        probe.late,
+        initial,
+        rss_start,
+        rss_end,
+        cpu,
+        churn_s,
+        states,
+        dropped,
+        agent.proc.returncode,
         traffic_start=traffic_start,
         traffic_quiet=traffic_delta(traffic_quiet_end, traffic_start),
         traffic_churn=traffic_delta(traffic_end, traffic_quiet_end),
@@ -571,16 +593,24 @@ def print_report(r: Result, command: str, load: tuple[float, float, float]) -> N
     print()
     print("=" * 78)
     print(f"command: {command}")
-    print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, python "
-          f"{sys.version.split()[0]}; load average at the end {load[0]:.2f}/{load[1]:.2f}/"
-          f"{load[2]:.2f}")
-    print("agent: python -m diskguard run, LOG_LEVEL=info, SAMPLER=cgroup, RESYNC_INTERVAL="
-          "60 (defaults otherwise)")
-    print(f"load: {s.pods} pods x 2 containers, {s.rate:g} pod events/s for {r.churn_s:.0f} s "
-          f"(seed {s.seed})")
-    print(f"      creates {c.creates - s.pods}, deletes {c.deletes}, container restarts "
-          f"{c.restarts} ({c.restarts_status_first} status before cgroup), edits {c.edits}, "
-          f"probe edits {c.probes + r.late_probes}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, python "
+        f"{sys.version.split()[0]}; load average at the end {load[0]:.2f}/{load[1]:.2f}/"
+        f"{load[2]:.2f}"
+    )
+    print(
+        "agent: python -m diskguard run, LOG_LEVEL=info, SAMPLER=cgroup, RESYNC_INTERVAL="
+        "60 (defaults otherwise)"
+    )
+    print(
+        f"load: {s.pods} pods x 2 containers, {s.rate:g} pod events/s for {r.churn_s:.0f} s "
+        f"(seed {s.seed})"
+    )
+    print(
+        f"      creates {c.creates - s.pods}, deletes {c.deletes}, container restarts "
+        f"{c.restarts} ({c.restarts_status_first} status before cgroup), edits {c.edits}, "
+        f"probe edits {c.probes + r.late_probes}"
+    )
     print()
     print(f"  {'metric':<44}{'value':>14}")
     print(f"  {'missed limits (all checkpoints)':<44}{missed:>14}")
@@ -602,10 +632,12 @@ def print_report(r: Result, command: str, load: tuple[float, float, float]) -> N
     states = ", ".join(f"{k}={v:g}" for k, v in sorted(r.agent_containers.items()))
     print(f"  agent's own container count at the end: {states}")
     print(f"  Events dropped by the agent (queue full): {r.events_dropped:g}")
-    print("  (lag: from the API edit call returning to the container's write_iops/io.max "
-          "showing it;")
-    print("   checkpoints pause the churn and let the agent settle before reading every "
-          "container's")
+    print(
+        "  (lag: from the API edit call returning to the container's write_iops/io.max showing it;"
+    )
+    print(
+        "   checkpoints pause the churn and let the agent settle before reading every container's"
+    )
     print("   kernel files; RSS start is after the initial reconcile)")
     print_traffic(r)
     print("=" * 78)
@@ -622,8 +654,10 @@ def print_traffic(r: Result) -> None:
     hour = 3600 / max(r.quiet_s, 1e-9)
     kinds = sorted(set(r.traffic_start) | set(r.traffic_quiet) | set(r.traffic_churn))
     print()
-    print(f"  API-server cost ({r.settings.pods} pods x 2 containers; {r.quiet_s:.0f} s quiet "
-          f"window projected to an hour; churn: {events} pod events)")
+    print(
+        f"  API-server cost ({r.settings.pods} pods x 2 containers; {r.quiet_s:.0f} s quiet "
+        f"window projected to an hour; churn: {events} pod events)"
+    )
     print(f"  {'call':<36}{'start':>16}{'quiet, per hour':>20}{'per 1,000 events':>20}")
     print(f"  {'':<36}{'req   KiB':>16}{'req     KiB':>20}{'req     KiB':>20}")
     total = [Traffic(), Traffic(), Traffic()]
@@ -632,13 +666,17 @@ def print_traffic(r: Result) -> None:
         qu = r.traffic_quiet.get(kind, Traffic())
         ch = r.traffic_churn.get(kind, Traffic())
         total = [total[0] + st, total[1] + qu, total[2] + ch]
-        print(f"  {kind[:35]:<36}{st.requests:>6}{kib(st):>10.1f}"
-              f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
-              f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}")
+        print(
+            f"  {kind[:35]:<36}{st.requests:>6}{kib(st):>10.1f}"
+            f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
+            f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}"
+        )
     st, qu, ch = total
-    print(f"  {'all':<36}{st.requests:>6}{kib(st):>10.1f}"
-          f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
-          f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}")
+    print(
+        f"  {'all':<36}{st.requests:>6}{kib(st):>10.1f}"
+        f"{qu.requests * hour:>10.0f}{kib(qu) * hour:>10.1f}"
+        f"{ch.requests * 1000 / events:>10.0f}{kib(ch) * 1000 / events:>10.1f}"
+    )
     print("  (KiB = request + response bodies; a watch's KiB are its events and bookmarks)")
 
 
@@ -655,8 +693,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--pods", type=int, help="pods of 2 containers (default 500; quick 100)")
     p.add_argument("--duration", type=float, help="seconds of churn (default 300; quick 60)")
     p.add_argument("--rate", type=float, default=20.0, help="pod events per second (20)")
-    p.add_argument("--quiet", type=float, help="seconds without events before the churn, for "
-                   "the API cost of a quiet node (default 60; quick 20)")
+    p.add_argument(
+        "--quiet",
+        type=float,
+        help="seconds without events before the churn, for "
+        "the API cost of a quiet node (default 60; quick 20)",
+    )
     p.add_argument("--checkpoint", type=float, default=30.0, help="seconds between checks")
     p.add_argument("--settle", type=float, default=1.5, help="seconds the agent gets per check")
     p.add_argument("--seed", type=int, default=1)
@@ -671,8 +713,16 @@ def main(argv: Sequence[str]) -> int:
         print("soak: need --pods >= 10, --duration > 0, --rate > 2", file=sys.stderr)
         return 2
     quiet = args.quiet if args.quiet is not None else (20.0 if args.quick else 60.0)
-    settings = Settings(pods, duration, args.rate, args.checkpoint, args.settle,
-                        probe_rate=min(2.0, args.rate / 10), seed=args.seed, quiet=quiet)
+    settings = Settings(
+        pods,
+        duration,
+        args.rate,
+        args.checkpoint,
+        args.settle,
+        probe_rate=min(2.0, args.rate / 10),
+        seed=args.seed,
+        quiet=quiet,
+    )
     command = shlex.join([interpreter(), "bench/soak.py", *argv])
     if os.geteuid() != 0:
         print("soak: needs root (cgroups, loop device)", file=sys.stderr)
@@ -691,15 +741,22 @@ def main(argv: Sequence[str]) -> int:
             # no "-" in the name: the systemd driver would escape it
             kubelet = KubeletRoot(hierarchy, f"dgsoak{uuid.uuid4().hex[:8]}")
             undo.callback(kubelet.cleanup)
-            api = undo.enter_context(
-                FakeAPIServer(bookmark_interval=60.0, history_limit=200_000)
-            )
+            api = undo.enter_context(FakeAPIServer(bookmark_interval=60.0, history_limit=200_000))
             kubeconfig = workdir / "kubeconfig"
             api.write_kubeconfig(kubeconfig)
-            print(f"cgroup {hierarchy.version.value} at {hierarchy.path}, data disk {disk.node} "
-                  f"({disk.device}) on {disk.mount}", flush=True)
-            node = Node(api, hierarchy, kubelet, backend_for(hierarchy.version), disk.device,
-                        random.Random(args.seed))
+            print(
+                f"cgroup {hierarchy.version.value} at {hierarchy.path}, data disk {disk.node} "
+                f"({disk.device}) on {disk.mount}",
+                flush=True,
+            )
+            node = Node(
+                api,
+                hierarchy,
+                kubelet,
+                backend_for(hierarchy.version),
+                disk.device,
+                random.Random(args.seed),
+            )
             h = hierarchy.path
             env = {
                 **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ},

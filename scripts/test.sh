@@ -24,6 +24,7 @@ lap "setup"
 echo "== static checks"
 lap_start=$SECONDS
 .venv/bin/ruff check diskguard tests bench
+.venv/bin/ruff format --check diskguard tests bench
 .venv/bin/mypy
 # Declared dependencies equal imported ones (runtime vs test extra).
 .venv/bin/deptry .

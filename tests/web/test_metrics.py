@@ -61,9 +61,7 @@ def _families(per: LatencyMetrics) -> dict[str, Any]:
 
 def test_latency_per_container_names_the_disk_by_name_and_numbers() -> None:
     family = _families(LatencyMetrics.CONTAINER)["diskguard_container_io_latency_seconds"]
-    counts = {
-        s.labels["container"]: s.value for s in family.samples if s.name.endswith("_count")
-    }
+    counts = {s.labels["container"]: s.value for s in family.samples if s.name.endswith("_count")}
     assert counts == {"app": 3, "sidecar": 1}
     sample = family.samples[0]
     assert (sample.labels["device"], sample.labels["major"], sample.labels["minor"]) == (
