@@ -130,10 +130,17 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("needs Debian's prometheus package")
-    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
-    running = await start_agent(SAMPLER="bpf", **SMART_ENV)
+    # Limited in both units, each held at or above the smart limit's threshold by the load
+    # (200 x 4k = 800 KiB/s of 1 MiB/s): both automatic limits, IOPS and bytes/s, appear.
+    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200", f"{P}/write-bps": "1Mi"})
+    running = await start_agent(
+        SAMPLER="bpf",
+        SMART_LIMIT_HIGH_BPS_THRESHOLD="0.5",  # as SMART_ENV's IOPS threshold
+        SMART_LIMIT_MIN_BPS="64Ki",
+        **SMART_ENV,
+    )
     cg = cluster.cgroup(cluster.refs(pod)[0])
-    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    await cluster.wait_kernel(cg, IOLimits(500, 200, 0, 2**20))
     with trio.fail_after(scaled(60)):
         await running.agent.measuring.wait()
     target = running.agent.http_binds[0].removeprefix("http://")

@@ -1,4 +1,4 @@
-"""`docker run` arguments that run the image the way deploy/daemonset.yaml runs it.
+"""`docker run` arguments that run an image the way a DaemonSet of deploy/ runs it.
 
 The mounts, environment and arguments are read from the DaemonSet itself, so the image
 lane and the manifest cannot drift: a volume added to the DaemonSet is mounted here too.
@@ -32,6 +32,7 @@ def docker_run_args(
     host_paths: Mapping[str, str] = {},
     env: Mapping[str, str] = {},
     extra_mounts: Mapping[str, str] = {},
+    container: str = "diskguard",
 ) -> list[str]:
     """Options for `docker run` (before the image name) and, after it, the arguments.
 
@@ -39,14 +40,15 @@ def docker_run_args(
     host_paths: volume name -> host path replacing that hostPath volume's path.
     env: variables set or replaced after the DaemonSet's own.
     extra_mounts: host path -> container path, read-only (e.g. a kubeconfig).
+    container: the (init) container of the pod template to run.
     """
     spec = daemonset["spec"]["template"]["spec"]
-    (container,) = [c for c in spec["containers"] if c["name"] == "diskguard"]
+    chosen = _container(daemonset, container)
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     opts: list[str] = ["--network=host"]
-    if (container.get("securityContext") or {}).get("privileged"):
+    if (chosen.get("securityContext") or {}).get("privileged"):
         opts += PRIVILEGED_ON_THIS_VM
-    for mount in container.get("volumeMounts", []):
+    for mount in chosen.get("volumeMounts", []):
         volume = volumes[mount["name"]]
         target = mount["mountPath"]
         if "hostPath" in volume:
@@ -64,7 +66,7 @@ def docker_run_args(
     for source, target in extra_mounts.items():
         opts.append(f"--volume={source}:{target}:ro")
     values: dict[str, str] = {}
-    for var in container.get("env", []):
+    for var in chosen.get("env", []):
         if "value" in var:
             values[var["name"]] = str(var["value"])
         elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
@@ -78,7 +80,13 @@ def docker_run_args(
     return opts
 
 
-def container_args(daemonset: Mapping[str, Any]) -> list[str]:
+def container_args(daemonset: Mapping[str, Any], container: str = "diskguard") -> list[str]:
+    chosen = _container(daemonset, container)
+    return [*chosen.get("command", []), *chosen.get("args", [])]
+
+
+def _container(daemonset: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     spec = daemonset["spec"]["template"]["spec"]
-    (container,) = [c for c in spec["containers"] if c["name"] == "diskguard"]
-    return [*container.get("command", []), *container.get("args", [])]
+    everyone = [*spec.get("initContainers", []), *spec["containers"]]
+    (found,) = [c for c in everyone if c["name"] == name]
+    return dict(found)
