@@ -591,11 +591,8 @@ def print_report(
         f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}, python "
         f"{sys.version.split()[0]}"
     )
-    out(
-        "load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f}".format(
-            *load[0], *load[1]
-        )
-    )
+    start, end = ("/".join(f"{v:.2f}" for v in avg) for avg in load)
+    out(f"load average (1/5/15 min) at start {start}, at end {end}")
     out("agent: python -m diskguard run, LOG_LEVEL=warning, defaults otherwise (SAMPLER=auto)")
     out("")
     out(
