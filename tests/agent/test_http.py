@@ -26,7 +26,7 @@ def url(running: Any, path: str) -> str:
 
 async def get(running: Any, path: str) -> httpx.Response:
     async with httpx.AsyncClient() as client:
-        return await client.get(url(running, path), timeout=5)
+        return await client.get(url(running, path), timeout=scaled(5))
 
 
 async def test_status_shows_desired_kernel_and_sources(cluster: Cluster, start_agent: Any) -> None:

@@ -271,7 +271,9 @@ async def test_readyz_follows_the_kubelet_pod_source_while_it_is_the_one_in_use(
 
     async def ask() -> tuple[str, float, dict[str, Any]]:
         """/readyz as status and text, diskguard_ready, /status."""
-        async with httpx.AsyncClient(base_url=running.agent.http_binds[0], timeout=5) as http:
+        async with httpx.AsyncClient(
+            base_url=running.agent.http_binds[0], timeout=scaled(5)
+        ) as http:
             readyz = await http.get("/readyz")
             metrics = (await http.get("/metrics")).text
             status = (await http.get("/status")).json()

@@ -27,7 +27,7 @@ METRIC = "diskguard_container_io_latency_seconds"
 
 async def get(running: Any, path: str) -> httpx.Response:
     async with httpx.AsyncClient() as client:
-        return await client.get(f"{running.agent.http_binds[0]}{path}", timeout=5)
+        return await client.get(f"{running.agent.http_binds[0]}{path}", timeout=scaled(5))
 
 
 def histogram(text: str, pod: str, direction: str) -> dict[str, Any] | None:

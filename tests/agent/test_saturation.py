@@ -26,7 +26,7 @@ ENV = {"SAMPLE_INTERVAL": "0.25", "SATURATION_EVENT_INTERVALS": "4"}
 
 async def _status(running: Any) -> dict[str, Any]:
     async with httpx.AsyncClient() as client:
-        response = await client.get(f"{running.agent.http_binds[0]}/status", timeout=5)
+        response = await client.get(f"{running.agent.http_binds[0]}/status", timeout=scaled(5))
         return dict(response.json())
 
 
@@ -95,7 +95,7 @@ async def test_a_container_at_its_limit_is_saturated_and_its_owner_told_once(
 
 async def running_metrics(running: Any) -> bytes:
     async with httpx.AsyncClient() as client:
-        response = await client.get(f"{running.agent.http_binds[0]}/metrics", timeout=5)
+        response = await client.get(f"{running.agent.http_binds[0]}/metrics", timeout=scaled(5))
         return response.content
 
 
