@@ -87,7 +87,7 @@ BPF_TABLE("lru_hash", struct dg_key, struct dg_lat, dg_lat, DG_LAT_ENTRIES);
 // preallocates per tag and reuses, is issued again and overwrites it, so leftovers are
 // bounded by the data disks' tags. When the map is full a request is counted, not timed; so
 // is one whose issue probe runs in interrupt context while a probe it interrupted on that
-// CPU updates this map (the kernel refuses the nested update with -EBUSY): rare, ~0.2 % seen
+// CPU updates this map (the kernel refuses the nested update with -EBUSY): rare, 0.2-0.7 % seen
 // under load.
 BPF_HASH(dg_start, u64, struct dg_start, DG_MAX_INFLIGHT);
 #endif

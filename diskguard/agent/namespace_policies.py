@@ -45,7 +45,10 @@ class NamespacePolicies:
         self._capacity = capacity
         changed: set[str] = set()
         for ns in list(self._seen.values()):
-            self._upsert(ns, changed)
+            try:
+                self._upsert(ns, changed)
+            except Exception:  # one namespace's surprise must not cost the others
+                log.exception("judging a namespace's policy failed", namespace=ns.name[:253])
         return changed
 
     def on_event(self, event: NamespaceEvent) -> set[str]:

@@ -80,6 +80,9 @@ class ReconcileSettings:
     # Decides the smallest limit the kernel accepts (io.max refuses 1).
     cgroup_version: CgroupVersion = CgroupVersion.V1
     capacity_check_interval: float = CAPACITY_CHECK_INTERVAL
+    # SMART_LIMIT_DEVICE_*: what a data disk can do until its capacity is read (a failed
+    # read included), so that an env percentage, which requires it, always resolves.
+    declared_capacity: IOLimits = IOLimits()
 
 
 @attrs.frozen
@@ -269,10 +272,13 @@ class Reconciler:
             return False
         read = self._read_capacity
         try:
-            found = await trio.to_thread.run_sync(read, tuple(devices))
-        except Exception as exc:  # keep planning against the last capacity known
+            found = dict(await trio.to_thread.run_sync(read, tuple(devices)))
+        except Exception as exc:
+            # Keep planning against the last capacity known; a disk never read gets the
+            # declared one, so no env ceiling lapses for want of a capacity.
             log.warning("reading the data disks' capacity failed", error=_error_text(exc))
-            return False
+            declared = self.settings.declared_capacity
+            found = {d: self.capacity.get(d, declared) for d in devices}
         if found == self.capacity:
             return False
         self.capacity = found
@@ -280,9 +286,18 @@ class Reconciler:
             "data disk capacity changed; planning every pod again",
             capacity="; ".join(f"{d}: {c}" for d, c in found.items()),
         )
-        self.namespaces.set_capacity(found)
+        try:
+            self.namespaces.set_capacity(found)
+        except Exception:  # the pods are planned again whatever happened to one namespace
+            log.exception("judging namespace policies against the new capacity failed")
         self._dirty |= self._live()
         return True
+
+    def _capacities(self, devices: Sequence[Device]) -> Capacities:
+        """Per data disk, what plans resolve percentages against: the capacity read, else
+        the declared one (a disk added since the last read)."""
+        declared = self.settings.declared_capacity
+        return {d: self.capacity.get(d, declared) for d in devices}
 
     # -- output --------------------------------------------------------------------------
 
@@ -587,7 +602,7 @@ class Reconciler:
                 guardrails=s.guardrails,
                 cgroup_version=s.cgroup_version,
                 devices=devices,
-                capacity=self.capacity,
+                capacity=self._capacities(devices),
             )
             state.memory = plan.resolution.memory
             if state.plan is None:
@@ -613,7 +628,7 @@ class Reconciler:
                     guardrails=s.guardrails,
                     cgroup_version=s.cgroup_version,
                     devices=devices,
-                    capacity=self.capacity,
+                    capacity=self._capacities(devices),
                 )
             except Exception:
                 log.exception(
@@ -799,8 +814,9 @@ class Reconciler:
             return
         asked = "; ".join(
             f"{c.key}={_asked(c)} asked, "
-            f"{c.field}={render_limit(c.enforced)} enforced "
-            f"({plan.resolution.sources[c.field]})"
+            f"{c.field}={render_limit(c.enforced)} enforced"
+            f"{f' on {c.device}' if c.device is not None else ''} "
+            f"({c.why or plan.resolution.sources[c.field]})"
             for c in clamps
         )
         self._emit(pod_event(plan.pod, "IOLimitClamped", asked, warning=True))

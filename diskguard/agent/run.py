@@ -109,6 +109,9 @@ class Agent:
                 guardrails=config.guardrails,
                 namespace_wait=NAMESPACE_WAIT,
                 cgroup_version=node.hierarchy.version,
+                declared_capacity=IOLimits.per_unit(
+                    config.smart.settings.device_iops, config.smart.settings.device_bps
+                ),
             ),
             self.applier,
             self.events.emit,

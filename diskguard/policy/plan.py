@@ -152,13 +152,24 @@ def plan_pod(
             auto_source=auto_source,
             device=device,
             capacity=disk,
+            ceiling_capacity=slowest_known,
         )
         return raise_to_kernel_minimum(resolution, KERNEL_MIN_LIMIT[cgroup_version])
 
+    # Per field, the slowest data disk whose capacity is known: what a percentage ceiling is
+    # of on a disk whose own capacity is unknown (a ceiling fails closed).
+    slowest_known = IOLimits.of(
+        {f: min((c.get(f) for c in disks.values() if c.get(f)), default=0) for f in LimitField}
+    )
     on_devices: tuple[tuple[Device, Resolution], ...] = ()
     if devices and _involves_shares(keys, namespace, defaults, guardrails):
         on_devices = tuple((d, resolve_on(d, disks[d])) for d in devices)
+        # The first disk's resolution speaks for the pod (Events, /status), with what any
+        # disk clamped: a request held to its ceiling on one disk only is still said.
         resolution = on_devices[0][1]
+        clamps = tuple(c for _, r in on_devices for c in r.clamps)
+        if clamps != resolution.clamps:
+            resolution = attrs.evolve(resolution, clamps=clamps)
     else:
         # The same on every disk: resolved once (the common case, and the fast one).
         resolution = resolve_on(None, UNKNOWN)
@@ -176,7 +187,8 @@ def plan_pod(
         if on_devices:
             each = [(d, _for_container(r, excluded)) for d, r in on_devices]
             desired = DesiredLimits(tuple((d, _device_limits(r)) for d, r in each))
-            if len(each) > 1:
+            # Shown per disk only where the disks' limits differ (else `resolution` says it).
+            if len({limits for _, limits in desired.devices}) > 1:
                 per_device = tuple((d, r) for d, r in each if r is not None)
         else:
             desired = DesiredLimits.same(devices, _device_limits(container_resolution))

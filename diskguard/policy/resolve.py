@@ -56,6 +56,9 @@ class Clamp:
     asked: int  # 0 = unlimited
     enforced: int
     share: Share | None = None  # the percentage `asked` was resolved from
+    # With percentages, on which data disk (None: the same on every one), and why there.
+    device: Device | None = None
+    why: str = ""
 
 
 @attrs.frozen
@@ -241,14 +244,19 @@ def resolve_limits(
     auto_source: Source = SMART_LIMIT,
     device: Device | None = None,
     capacity: IOLimits = UNKNOWN,
+    ceiling_capacity: IOLimits = UNKNOWN,
 ) -> Resolution:
     """Resolve one pod's limits from its keys, its namespace's policy, the env and the
     automatic (smart) limit, which can only make a limit stricter.
 
     `device` and its `capacity` (0 = unknown per field): the disk percentages are resolved
-    on (plan.plan_pod resolves once per data disk when any value is a percentage). An env
-    percentage on a disk of unknown capacity (which the config's declared capacity rules
-    out) keeps the kernel's value as a default and is no ceiling."""
+    on (plan.plan_pod resolves once per data disk when any value is a percentage). A
+    percentage default on a disk of unknown capacity keeps the kernel's value (a pod key)
+    or is skipped (a namespace key); a percentage ceiling there is resolved against
+    `ceiling_capacity` instead (the slowest data disk whose capacity is known), so a
+    ceiling fails closed: it never lapses for want of a capacity. Only when no disk's
+    capacity is known at all is it no ceiling (the config's declared capacity rules that
+    out for the env ceilings; a namespace key is then invalid, with an Event)."""
     values: dict[LimitField, int] = {}
     keep: set[LimitField] = set()
     sources: dict[LimitField, Source] = {}
@@ -270,16 +278,30 @@ def resolve_limits(
             sources[field] = chain[0].source
         value = _number(chosen) or 0  # nothing but kept values: unlimited where none is held
 
+        # Where this disk's capacity is unknown, a percentage ceiling is of the slowest
+        # known disk's: never more than it allows there.
+        on = device if cap else None
         ceiling, ceiling_source = _ceiling(
-            field, namespace, guardrails, env_ceilings_apply, cap, device
+            field, namespace, guardrails, env_ceilings_apply, cap or ceiling_capacity.get(field), on
         )
         ceilings[field] = ceiling
         if ceiling:
             ceiling_sources[field] = ceiling_source
         if ceiling and (value == 0 or value > ceiling):
+            clamped = chosen.source.clamped_to(ceiling_source)
             if chosen.source.kind is SourceKind.ANNOTATION:
-                clamps.append(Clamp(field, chosen.source.key, value, ceiling, chosen.share))
-            sources.setdefault(field, chosen.source.clamped_to(ceiling_source))
+                clamps.append(
+                    Clamp(
+                        field,
+                        chosen.source.key,
+                        value,
+                        ceiling,
+                        chosen.share,
+                        device,
+                        clamped.text,
+                    )
+                )
+            sources.setdefault(field, clamped)
             value = ceiling
         values[field] = value
         sources.setdefault(field, chosen.source)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from diskguard.node.applier import Applier
 from diskguard.node.cgroups import CgroupHierarchy
 from diskguard.node.limits import backend_for
 from diskguard.policy.exclusion import ExclusionFilter
+from diskguard.policy.resolve import Guardrails
 from diskguard.policy.shares import Capacities
+from diskguard.policy.values import LimitSettings, Share
 from diskguard.testing.fakeapi.objects import make_pod
 
 P = "iops-limit"
@@ -148,6 +151,34 @@ async def test_an_unreadable_capacity_keeps_the_last_one(tmp_path: Path) -> None
     capacity.broken = True
     assert not await reconciler.refresh_capacity((FAST,))
     assert reconciler.capacity == {FAST: IOLimits(8000, 2000)}
+
+
+async def test_an_unreadable_first_capacity_falls_back_on_the_declared_one(
+    tmp_path: Path,
+) -> None:
+    """An env ceiling as a percentage (the config requires a declared capacity for it) holds
+    even when the record was never read: it is of the declared capacity then."""
+    capacity = Capacity({})
+    capacity.broken = True
+    hierarchy = CgroupHierarchy(CgroupVersion.V1, tmp_path)
+    applier = Applier(hierarchy, backend_for(CgroupVersion.V1), (FAST,), None, "/dgtest")
+    settings = ReconcileSettings(
+        NODE,
+        P,
+        IOLimits(500, 500),
+        ExclusionFilter(),
+        60.0,
+        guardrails=Guardrails(LimitSettings(wiops=Share(Decimal(10)))),
+        declared_capacity=IOLimits.per_unit(1000, 0),
+    )
+    events: list[EventRequest] = []
+    reconciler = Reconciler(settings, applier, events.append, capacity=capacity)
+    assert await reconciler.refresh_capacity((FAST,))  # failed, yet something to plan with
+    assert reconciler.capacity == {FAST: IOLimits.per_unit(1000, 0)}
+    web = make_pod("web", node=NODE, annotations={f"{P}/write-iops": "0"})
+    reconciler.on_pod_event(pods(web))
+    await reconciler.reconcile([uid(web)])
+    assert wiops(reconciler, uid(web), FAST) == 100  # unlimited asked, 10 % of 1,000 held
 
 
 @pytest.mark.parametrize("known", [True, False])

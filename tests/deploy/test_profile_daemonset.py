@@ -86,6 +86,15 @@ def test_profile_runs_with_the_agents_data_mount_and_state_dir() -> None:
         assert mounts[path]["mountPropagation"] == "HostToContainer"
 
 
+def test_the_agent_never_limits_the_measurement() -> None:
+    """A profile run held to the agent's own limits would record them as the disk's
+    capacity, and every percentage would then be a share of the agent's default."""
+    agent = literal_env(agent_container(_daemonset(build(DEPLOY))))
+    config = load_config({"NODE_NAME": "node-1", **agent})
+    ns = next(o for o in OBJECTS if o["kind"] == "Namespace")["metadata"]["name"]
+    assert ns in config.exclusion.namespaces
+
+
 def test_the_profile_image_is_the_agents_plus_fio() -> None:
     dockerfile = (PROFILE / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE=\S+$", dockerfile, re.MULTILINE)

