@@ -130,9 +130,12 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("needs Debian's prometheus package")
-    # Limited in both units, each held at or above the smart limit's threshold by the load
-    # (200 x 4k = 800 KiB/s of 1 MiB/s): both automatic limits, IOPS and bytes/s, appear.
-    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200", f"{P}/write-bps": "1Mi"})
+    # One pod held at its IOPS limit (4k writes), one at its bytes/s limit (64k writes, 16 of
+    # its 500 IOPS): each unit's automatic limit appears, neither waiting on the other (in
+    # one pod, an automatic IOPS limit that came first would hold bytes/s under its
+    # threshold for good).
+    pod = cluster.add_pod("busy", annotations={f"{P}/write-iops": "200"})
+    wide = cluster.add_pod("wide", annotations={f"{P}/write-bps": "1Mi"})
     running = await start_agent(
         SAMPLER="bpf",
         SMART_LIMIT_HIGH_BPS_THRESHOLD="0.5",  # as SMART_ENV's IOPS threshold
@@ -140,7 +143,9 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
         **SMART_ENV,
     )
     cg = cluster.cgroup(cluster.refs(pod)[0])
-    await cluster.wait_kernel(cg, IOLimits(500, 200, 0, 2**20))
+    wide_cg = cluster.cgroup(cluster.refs(wide)[0])
+    await cluster.wait_kernel(cg, IOLimits(500, 200))
+    await cluster.wait_kernel(wide_cg, IOLimits(500, 500, 0, 2**20))
     with trio.fail_after(scaled(60)):
         await running.agent.measuring.wait()
     target = running.agent.http_binds[0].removeprefix("http://")
@@ -159,6 +164,9 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     expected = [q for q in queries if not (no_psi and "pressure" in q)]
     assert len(expected) >= len(queries) - 1
     load = background_fio(cluster, cg, 600)
+    wide_load = start_fio(
+        wide_cg, cluster.mount, bs="64k", runtime=600, ioengine="libaio", iodepth=8
+    )
     prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [
             binary,
@@ -191,6 +199,7 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     finally:
         prom.terminate()
         prom.wait(timeout=10)
-        load.kill()
-        load.wait()
+        for job in (load, wide_load):
+            job.kill()
+            job.wait()
     assert not empty, f"{len(empty)} dashboard queries without data: {empty}"
