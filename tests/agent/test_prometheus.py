@@ -29,6 +29,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_prometheus(
+    binary: str, target: str, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's Prometheus scraping `target` (host:port) every second, on a free loopback
+    port: the process and its port."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    port = free_port()
+    prom = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return prom, port
+
+
 async def test_prometheus_scrapes_the_agent(
     cluster: Cluster, start_agent: Any, tmp_path: Path
 ) -> None:
@@ -39,23 +64,7 @@ async def test_prometheus_scrapes_the_agent(
     running = await start_agent()
     await cluster.wait_kernel(cluster.cgroup(cluster.refs(pod)[0]), IOLimits(500, 100))
     target = running.agent.http_binds[0].removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
-    )
-    port = free_port()
-    prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom, port = start_prometheus(binary, target, tmp_path)
     query = 'diskguard_container_limit_iops{pod="web",container="app",direction="write"}'
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -149,13 +158,6 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     with trio.fail_after(scaled(60)):
         await running.agent.measuring.wait()
     target = running.agent.http_binds[0].removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: diskguard\n    static_configs: [{{targets: ['{target}']}}]\n"
-    )
-    port = free_port()
     # Rates over 15 s: several scrapes even when the v2 guest's Prometheus is late.
     queries = dashboard_queries({**MATCH_ALL, "__rate_interval": "15s"})
     queries += variable_selectors().values()
@@ -167,16 +169,7 @@ async def test_every_dashboard_query_answers_for_a_live_agent(
     wide_load = start_fio(
         wide_cg, cluster.mount, bs="64k", runtime=600, ioengine="libaio", iodepth=8
     )
-    prom = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom, port = start_prometheus(binary, target, tmp_path)
     empty = expected
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

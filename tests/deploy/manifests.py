@@ -112,6 +112,22 @@ def agent_container(daemonset: Mapping[str, Any]) -> dict[str, Any]:
     return dict(containers[0])
 
 
+def only_daemonset(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The one DaemonSet among built objects."""
+    (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    return dict(ds)
+
+
+def host_paths(spec: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+    """mountPath -> host path of each hostPath volume the container mounts."""
+    volumes = {v["name"]: v for v in spec["volumes"] if "hostPath" in v}
+    return {
+        m["mountPath"]: volumes[m["name"]]["hostPath"]["path"]
+        for m in container["volumeMounts"]
+        if m["name"] in volumes
+    }
+
+
 def literal_env(container: Mapping[str, Any]) -> dict[str, str]:
     """The env entries with a literal value (valueFrom entries are left out)."""
     return {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}

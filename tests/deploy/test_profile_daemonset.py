@@ -20,26 +20,14 @@ from .manifests import (
     agent_container,
     check_env_names,
     check_kustomization,
+    host_paths,
     literal_env,
+    only_daemonset,
     validate_schema,
 )
 
 PROFILE = DEPLOY / "profile"
 OBJECTS = build(PROFILE)
-
-
-def _daemonset(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
-    return ds
-
-
-def _host_paths(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    volumes = {v["name"]: v for v in spec["volumes"] if "hostPath" in v}
-    return {
-        m["mountPath"]: volumes[m["name"]]["hostPath"]["path"]
-        for m in container["volumeMounts"]
-        if m["name"] in volumes
-    }
 
 
 def test_profile_kustomization_lists_its_manifests() -> None:
@@ -54,7 +42,7 @@ def test_profile_objects_are_valid(obj: dict[str, Any], version: str) -> None:
 
 
 def test_profile_runs_with_the_agents_data_mount_and_state_dir() -> None:
-    ds = _daemonset(OBJECTS)
+    ds = only_daemonset(OBJECTS)
     ns = next(o for o in OBJECTS if o["kind"] == "Namespace")
     assert ds["metadata"]["namespace"] == ns["metadata"]["name"]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
@@ -69,14 +57,14 @@ def test_profile_runs_with_the_agents_data_mount_and_state_dir() -> None:
     assert "cpu" not in profile["resources"]["limits"]
     check_env_names(profile, known_variables())
 
-    agent_ds = _daemonset(build(DEPLOY))
+    agent_ds = only_daemonset(build(DEPLOY))
     agent = agent_container(agent_ds)
     agent_env, env = literal_env(agent), literal_env(profile)
     for name in ("DATA_MOUNT", "STATE_DIR"):
         assert env[name] == agent_env[name], name
     config = load_config({"NODE_NAME": "node-1", **env})
-    agent_paths = _host_paths(agent_ds["spec"]["template"]["spec"], agent)
-    paths = _host_paths(spec, profile)
+    agent_paths = host_paths(agent_ds["spec"]["template"]["spec"], agent)
+    paths = host_paths(spec, profile)
     for path in (config.state_dir, *config.data_mounts):
         assert paths[path] == agent_paths[path], path
     mounts = {m["mountPath"]: m for m in profile["volumeMounts"]}
@@ -89,7 +77,7 @@ def test_profile_runs_with_the_agents_data_mount_and_state_dir() -> None:
 def test_the_agent_never_limits_the_measurement() -> None:
     """A profile run held to the agent's own limits would record them as the disk's
     capacity, and every percentage would then be a share of the agent's default."""
-    agent = literal_env(agent_container(_daemonset(build(DEPLOY))))
+    agent = literal_env(agent_container(only_daemonset(build(DEPLOY))))
     config = load_config({"NODE_NAME": "node-1", **agent})
     ns = next(o for o in OBJECTS if o["kind"] == "Namespace")["metadata"]["name"]
     assert ns in config.exclusion.namespaces
@@ -105,8 +93,8 @@ def test_the_profile_image_is_the_agents_plus_fio() -> None:
     images = {
         c["image"]
         for c in [
-            *_daemonset(OBJECTS)["spec"]["template"]["spec"]["initContainers"],
-            *_daemonset(OBJECTS)["spec"]["template"]["spec"]["containers"],
+            *only_daemonset(OBJECTS)["spec"]["template"]["spec"]["initContainers"],
+            *only_daemonset(OBJECTS)["spec"]["template"]["spec"]["containers"],
         ]
     }
     assert len(images) == 1 and "diskguard-profile" in images.pop()

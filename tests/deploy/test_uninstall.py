@@ -19,27 +19,14 @@ from .manifests import (
     agent_container,
     check_env_names,
     check_kustomization,
+    host_paths,
     literal_env,
+    only_daemonset,
     validate_schema,
 )
 
 UNINSTALL = DEPLOY / "uninstall"
 OBJECTS = build(UNINSTALL)
-
-
-def _daemonset(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
-    return ds
-
-
-def _host_paths(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """mountPath -> host path of each hostPath volume the container mounts."""
-    volumes = {v["name"]: v for v in spec["volumes"] if "hostPath" in v}
-    return {
-        m["mountPath"]: volumes[m["name"]]["hostPath"]["path"]
-        for m in container["volumeMounts"]
-        if m["name"] in volumes
-    }
 
 
 def test_uninstall_kustomization_lists_its_manifests() -> None:
@@ -57,12 +44,12 @@ def test_its_own_namespace_outlives_the_agents() -> None:
     agent_ns = {o["metadata"]["name"] for o in build(DEPLOY) if o["kind"] == "Namespace"}
     ns = next(o for o in OBJECTS if o["kind"] == "Namespace")
     assert ns["metadata"]["name"] not in agent_ns
-    assert _daemonset(OBJECTS)["metadata"]["namespace"] == ns["metadata"]["name"]
+    assert only_daemonset(OBJECTS)["metadata"]["namespace"] == ns["metadata"]["name"]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
 def test_reset_all_runs_with_the_agents_paths_and_settings() -> None:
-    spec = _daemonset(OBJECTS)["spec"]["template"]["spec"]
+    spec = only_daemonset(OBJECTS)["spec"]["template"]["spec"]
     (reset,) = spec["initContainers"]
     assert reset["args"][0] == "reset-all"
     assert "reset-all" in CliRunner().invoke(main, ["--help"]).output
@@ -71,14 +58,14 @@ def test_reset_all_runs_with_the_agents_paths_and_settings() -> None:
     assert {"operator": "Exists"} in spec["tolerations"]
     check_env_names(reset, known_variables())
 
-    agent_ds = _daemonset(build(DEPLOY))
+    agent_ds = only_daemonset(build(DEPLOY))
     agent_spec = agent_ds["spec"]["template"]["spec"]
     agent = agent_container(agent_ds)
     agent_env, env = literal_env(agent), literal_env(reset)
     for name in ("CGROUP_ROOT", "KUBELET_CGROUP_ROOT", "DATA_MOUNT", "STATE_DIR"):
         assert env[name] == agent_env[name], name
     config = load_config({"NODE_NAME": "node-1", **env})
-    agent_paths, paths = _host_paths(agent_spec, agent), _host_paths(spec, reset)
+    agent_paths, paths = host_paths(agent_spec, agent), host_paths(spec, reset)
     for path in (config.cgroup_root, config.state_dir, *config.data_mounts):
         assert paths[path] == agent_paths[path], path
     mounts = {m["mountPath"]: m for m in reset["volumeMounts"]}
@@ -87,7 +74,7 @@ def test_reset_all_runs_with_the_agents_paths_and_settings() -> None:
 
 
 def test_the_agent_keeps_its_record_on_a_host_path() -> None:
-    agent_ds = _daemonset(build(DEPLOY))
+    agent_ds = only_daemonset(build(DEPLOY))
     spec = agent_ds["spec"]["template"]["spec"]
     agent = agent_container(agent_ds)
     config = load_config({"NODE_NAME": "node-1", **literal_env(agent)})
@@ -95,5 +82,5 @@ def test_the_agent_keeps_its_record_on_a_host_path() -> None:
         v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == config.state_dir
     ]
     assert volume["hostPath"]["type"] == "DirectoryOrCreate"
-    assert _host_paths(spec, agent)[config.state_dir] == config.state_dir
+    assert host_paths(spec, agent)[config.state_dir] == config.state_dir
     assert config.data_mount_allow_unmounted is False  # the shipped default, said in YAML
